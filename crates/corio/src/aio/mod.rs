@@ -1,0 +1,785 @@
+//! AioContext: QEMU's event loop (block/aio.h, util/async.c, util/aio-posix.c).
+//!
+//! A context runs, from [`AioContext::poll`] on its home thread:
+//!
+//! * bottom halves ([`Bh`]), scheduled from any thread, run in FIFO order;
+//! * level-triggered fd handlers and event notifiers;
+//! * timers, whose nearest deadline bounds a blocking poll;
+//! * coroutines handed over with [`AioContext::co_schedule`] from any thread.
+//!
+//! [`AioContext`] is a cheap, `Send + Sync` handle. What only the home thread
+//! may do (poll, fd handlers, timers) panics elsewhere; what any thread may do
+//! (schedule, notify, co_schedule, run_in) says so in its `# Thread context`.
+//!
+//! # Notification
+//!
+//! QEMU's `notify_me` protocol: a blocking `poll` raises `notify_me` before it
+//! looks for work and lowers it after waking; [`AioContext::notify`] writes
+//! the eventfd only when `notify_me` is raised, so notifying a context that
+//! is busy costs a fence and a load, no system call.
+//!
+//! # Examples
+//!
+//! ```
+//! use corio::{AioContext, Coroutine, coroutine};
+//! use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+//!
+//! let ctx = AioContext::new().unwrap();
+//! let steps = Arc::new(AtomicUsize::new(0));
+//! let s = steps.clone();
+//! let co = Coroutine::new(move || {
+//!     s.fetch_add(1, Ordering::SeqCst);
+//!     coroutine::yield_now();
+//!     s.fetch_add(1, Ordering::SeqCst);
+//! });
+//! co.enter();
+//! let handle = co.handle();
+//! // Another thread hands the coroutine back to its context...
+//! std::thread::spawn(move || handle.wake()).join().unwrap();
+//! // ...which resumes it in its next poll.
+//! while steps.load(Ordering::SeqCst) < 2 {
+//!     ctx.poll(true);
+//! }
+//! assert!(co.is_terminated());
+//! ```
+
+mod bh;
+mod fd;
+pub(crate) mod queue;
+mod sys;
+mod timer;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release, SeqCst};
+use std::sync::{Arc, Weak};
+
+pub use bh::Bh;
+pub use fd::{EventNotifier, FdCallback};
+pub use sys::events;
+pub use timer::{Clock, Timer};
+
+use self::bh::{BhInner, DELETED, IDLE, ONESHOT, PENDING, SCHEDULED};
+use self::fd::FdNode;
+use self::queue::AtomicStack;
+use self::sys::{Epoll, FdMonitor, Ready};
+use self::timer::TimerInner;
+use crate::coroutine::{self, tls, CoHandle, CoInner, Scheduler};
+use crate::loom::{fence, AtomicU32};
+use crate::trace;
+
+/// How long a blocking poll may sleep while only idle bottom halves wait.
+const IDLE_BH_TIMEOUT_NS: i64 = 10_000_000;
+
+/// An event loop. Cloning gives another handle to the same context.
+#[derive(Clone)]
+pub struct AioContext {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The home thread's token (`tls::thread_token`): poll runs only there.
+    home_token: usize,
+    home_name: String,
+    /// QEMU's `notify_me`: 2 per blocking poll in progress on the home
+    /// thread. Written only by the home thread, read by notifiers.
+    notify_me: AtomicU32,
+    /// The context's own eventfd: written by `notify` when `notify_me` is
+    /// raised; registered with the fd monitor.
+    notifier: EventNotifier,
+    /// Scheduled bottom halves, pushed by any thread, taken by `poll`.
+    bh_list: AtomicStack<BhInner>,
+    /// Coroutines handed over by `co_schedule`, taken by `co_bh`.
+    co_queue: AtomicStack<CoInner>,
+    /// The bottom half that enters the coroutines in `co_queue`.
+    co_bh: Arc<BhInner>,
+    /// Home-thread state (see the `Sync` impl).
+    local: RefCell<Local>,
+}
+
+// SAFETY: `local` is the only field that is not thread-safe; it is reached
+// only through `Shared::local`, which asserts that the caller is the home
+// thread, and every borrow of it ends before a callback runs. Its contents are
+// `Send` (checked by `_assert_local_send`), so dropping a `Shared` on another
+// thread is fine.
+unsafe impl Sync for Shared {}
+
+fn _assert_kinds() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<AioContext>();
+    send_sync::<Bh>();
+    send_sync::<CoHandle>();
+    send::<Local>();
+}
+
+struct Local {
+    monitor: Epoll,
+    handlers: HashMap<i32, Arc<FdNode>>,
+    /// Reused buffer for the fd monitor's results.
+    ready: Vec<Ready>,
+    /// Bottom halves taken from `bh_list` and not yet run, oldest first. A
+    /// nested poll continues this queue before its own batch (QEMU's slices).
+    bh_queue: VecDeque<Arc<BhInner>>,
+    /// Armed timers, nearest deadline first.
+    timers: Vec<Arc<TimerInner>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for p in self.bh_list.take_all() {
+            // SAFETY: nodes in `bh_list` are `Arc`s given up by `bh_enqueue`.
+            drop(unsafe { Arc::from_raw(p.as_ptr()) });
+        }
+        for p in self.co_queue.take_all() {
+            // SAFETY: nodes in `co_queue` are `Arc`s given up by `co_schedule_inner`.
+            drop(unsafe { Arc::from_raw(p.as_ptr()) });
+        }
+    }
+}
+
+impl Shared {
+    fn is_home(&self) -> bool {
+        self.home_token == tls::thread_token()
+    }
+
+    fn local(&self) -> std::cell::RefMut<'_, Local> {
+        if !self.is_home() {
+            not_home(&self.home_name, "access its home-thread state");
+        }
+        self.local.borrow_mut()
+    }
+
+    fn ptr(&self) -> *const () {
+        self as *const Shared as *const ()
+    }
+}
+
+#[cold]
+fn not_home(home: &str, what: &str) -> ! {
+    panic!(
+        "{what}: only the AioContext's home thread ({home}) may do this, not {:?}",
+        std::thread::current().name().unwrap_or("unnamed")
+    );
+}
+
+impl AioContext {
+    /// Creates a context whose home is the calling thread, and makes it the
+    /// thread's current context if the thread has none (QEMU's
+    /// `aio_context_new`).
+    ///
+    /// # Errors
+    /// If the eventfd or the epoll instance cannot be created.
+    pub fn new() -> io::Result<AioContext> {
+        trace::init_from_env();
+        let notifier = EventNotifier::new()?;
+        let mut monitor = Epoll::new()?;
+        monitor.register(notifier.as_fd(), events::IN)?;
+        let home_name = std::thread::current().name().map_or_else(
+            || format!("{:?}", std::thread::current().id()),
+            str::to_owned,
+        );
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
+            let weak = weak.clone();
+            Shared {
+                home_token: tls::thread_token(),
+                home_name,
+                notify_me: AtomicU32::new(0),
+                notifier,
+                bh_list: AtomicStack::new(),
+                co_queue: AtomicStack::new(),
+                co_bh: BhInner::new(
+                    "co_schedule_bh",
+                    Box::new(move || {
+                        if let Some(shared) = weak.upgrade() {
+                            AioContext { shared }.co_schedule_bh_cb();
+                        }
+                    }),
+                ),
+                local: RefCell::new(Local {
+                    monitor,
+                    handlers: HashMap::new(),
+                    ready: Vec::with_capacity(64),
+                    bh_queue: VecDeque::new(),
+                    timers: Vec::new(),
+                }),
+            }
+        });
+        let ctx = AioContext { shared };
+        tls::set_current_ctx_if_none(&ctx);
+        Ok(ctx)
+    }
+
+    /// The calling thread's current context (QEMU's
+    /// `qemu_get_current_aio_context`), created on first use.
+    ///
+    /// # Panics
+    /// If a context has to be created and cannot be (out of fds).
+    pub fn current() -> AioContext {
+        tls::current_ctx().unwrap_or_else(|| {
+            AioContext::new().unwrap_or_else(|e| panic!("cannot create an AioContext: {e}"))
+        })
+    }
+
+    /// The calling thread's current context, if it has one.
+    pub fn try_current() -> Option<AioContext> {
+        tls::current_ctx()
+    }
+
+    /// Makes this context the calling thread's current one, returning the
+    /// previous one (QEMU's `qemu_set_current_aio_context`).
+    ///
+    /// # Panics
+    /// If the calling thread is not the context's home.
+    pub fn set_current(&self) -> Option<AioContext> {
+        self.assert_home("set_current");
+        tls::replace_current_ctx(Some(self.clone()))
+    }
+
+    /// Whether the calling thread is this context's home (QEMU's
+    /// `in_aio_context_home_thread`).
+    pub fn in_home_thread(&self) -> bool {
+        self.shared.is_home()
+    }
+
+    pub(crate) fn home_token(&self) -> usize {
+        self.shared.home_token
+    }
+
+    pub(crate) fn assert_home(&self, what: &str) {
+        if !self.shared.is_home() {
+            not_home(&self.shared.home_name, what);
+        }
+    }
+
+    /// An address that identifies the context, for traces and logs.
+    pub fn as_ptr(&self) -> *const () {
+        self.shared.ptr()
+    }
+
+    /// Whether both handles name the same context.
+    pub fn ptr_eq(&self, other: &AioContext) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Wakes the home thread if it sleeps in a blocking poll (QEMU's
+    /// `aio_notify`). Costs a fence and a load when it does not.
+    ///
+    /// # Thread context
+    /// Any thread.
+    pub fn notify(&self) {
+        // Dekker with `poll`: we wrote the work (a list push) before this
+        // fence, poll raises `notify_me` before its fence and looks for work
+        // after it. SeqCst fences on both sides guarantee that poll sees our
+        // work or we see `notify_me` raised (or both). Pairs with the fence
+        // in `poll`.
+        fence(SeqCst);
+        if self.shared.notify_me.load(Relaxed) != 0 {
+            let _ = self.shared.notifier.set();
+        }
+    }
+
+    // ----- bottom halves -----
+
+    /// Creates a bottom half in this context (QEMU's `aio_bh_new`).
+    ///
+    /// # Thread context
+    /// Any thread; the callback runs on the home thread.
+    pub fn bh_new(&self, cb: impl FnMut() + Send + 'static) -> Bh {
+        self.bh_new_named("bh", cb)
+    }
+
+    /// Like [`bh_new`](Self::bh_new) with a name for traces (QEMU's `aio_bh_new_full`).
+    pub fn bh_new_named(&self, name: &'static str, cb: impl FnMut() + Send + 'static) -> Bh {
+        Bh {
+            inner: BhInner::new(name, Box::new(cb)),
+            ctx: self.clone(),
+        }
+    }
+
+    /// Schedules `cb` to run once in this context, then drops it (QEMU's
+    /// `aio_bh_schedule_oneshot`).
+    ///
+    /// # Thread context
+    /// Any thread.
+    pub fn bh_schedule_oneshot(&self, cb: impl FnOnce() + Send + 'static) {
+        let mut cb = Some(cb);
+        let bh = BhInner::new(
+            "oneshot",
+            Box::new(move || {
+                if let Some(cb) = cb.take() {
+                    cb()
+                }
+            }),
+        );
+        self.bh_enqueue(&bh, SCHEDULED | ONESHOT);
+    }
+
+    /// QEMU's `aio_bh_enqueue`: sets `new_flags | PENDING` and, if the BH
+    /// was not pending, pushes it and notifies.
+    fn bh_enqueue(&self, bh: &Arc<BhInner>, new_flags: u32) {
+        // AcqRel: Release publishes what the scheduler wrote before
+        // scheduling to the callback (pairs with the AcqRel fetch_and in
+        // `bh_poll`); Acquire orders us after the previous take-out.
+        let old = bh.flags.fetch_or(new_flags | PENDING, AcqRel);
+        if old & DELETED != 0 {
+            return; // never again
+        }
+        trace::aio_bh_schedule(self.as_ptr(), Arc::as_ptr(bh).cast(), "");
+        if old & PENDING == 0 {
+            // SAFETY: we won PENDING, so the BH is in no list; the Arc clone
+            // keeps it alive until `poll` takes it back with `Arc::from_raw`.
+            unsafe { self.shared.bh_list.push(bh::into_node(bh.clone())) };
+            // On the home thread there is no sleeping poll to wake: the home
+            // thread is running this.
+            if !self.shared.is_home() {
+                self.notify();
+            }
+        }
+    }
+
+    /// Runs the bottom halves taken so far; returns whether any non-idle one
+    /// ran (QEMU's `aio_bh_poll`).
+    fn bh_poll(&self) -> bool {
+        let s = &*self.shared;
+        let mut progress = false;
+        loop {
+            let Some(bh) = s.local().bh_queue.pop_front() else {
+                break;
+            };
+            // AcqRel: pairs with the fetch_or in `bh_enqueue` (see there).
+            let flags = bh.flags.fetch_and(!(PENDING | SCHEDULED | IDLE), AcqRel);
+            if flags & (SCHEDULED | DELETED) == SCHEDULED {
+                // SAFETY: `bh_poll` runs on the home thread (`local` asserted).
+                let ran = unsafe { bh.call(s.ptr()) };
+                if ran && flags & IDLE == 0 {
+                    progress = true;
+                }
+                if !ran {
+                    // Its callback is running further up: run it next time.
+                    self.bh_enqueue(&bh, flags & (SCHEDULED | IDLE));
+                }
+            }
+            if flags & (DELETED | ONESHOT) != 0 {
+                // SAFETY: home thread, as above.
+                unsafe { bh.release() };
+            }
+        }
+        progress
+    }
+
+    fn take_bhs(&self, local: &mut Local) {
+        for p in self.shared.bh_list.take_all() {
+            // SAFETY: nodes in `bh_list` are `Arc`s given up by `bh_enqueue`.
+            local
+                .bh_queue
+                .push_back(unsafe { Arc::from_raw(p.as_ptr()) });
+        }
+    }
+
+    // ----- poll -----
+
+    /// Runs one iteration of the loop: bottom halves, ready fd handlers and
+    /// expired timers. With `blocking`, first sleeps until there is something
+    /// to do. Returns whether any callback made progress (QEMU's `aio_poll`;
+    /// idle bottom halves and the context's own notifier are not progress).
+    ///
+    /// # Thread context
+    /// Home thread only. A callback may poll again (nested poll).
+    ///
+    /// # Panics
+    /// On another thread; and a panic in a callback propagates from here.
+    pub fn poll(&self, blocking: bool) -> bool {
+        let s = &*self.shared;
+        let mut local = s.local();
+        if blocking {
+            s.notify_me.fetch_add(2, Relaxed);
+            // Pairs with the fence in `notify`: either we see the work it
+            // published, or it sees `notify_me` raised and kicks the eventfd.
+            fence(SeqCst);
+        }
+        self.take_bhs(&mut local);
+        let timeout = if blocking {
+            Self::compute_timeout(&local)
+        } else {
+            0
+        };
+        trace::aio_poll_begin(s.ptr(), blocking, timeout);
+        let mut ready = std::mem::take(&mut local.ready);
+        // With nothing to wait for but our own notifier, a zero timeout needs
+        // no system call: the notifier is only written while we sleep.
+        if timeout != 0 || !local.handlers.is_empty() {
+            if let Err(e) = local.monitor.wait(timeout, &mut ready) {
+                panic!("AioContext::poll: fd monitor wait failed: {e}");
+            }
+        }
+        if blocking {
+            // Release: our reads of the lists happen before a notifier sees
+            // `notify_me` lowered (QEMU's qatomic_store_release).
+            s.notify_me.fetch_sub(2, Release);
+        }
+        drop(local);
+
+        let mut progress = self.bh_poll();
+        progress |= self.dispatch(&ready);
+        ready.clear();
+        {
+            let mut local = s.local();
+            if local.ready.capacity() < ready.capacity() {
+                local.ready = ready;
+            }
+        }
+        progress |= self.run_timers();
+        trace::aio_poll_end(s.ptr(), progress);
+        progress
+    }
+
+    fn compute_timeout(local: &Local) -> i64 {
+        let mut timeout = -1;
+        for bh in &local.bh_queue {
+            let f = bh.flags.load(Relaxed);
+            if f & (SCHEDULED | DELETED) == SCHEDULED {
+                if f & IDLE == 0 {
+                    return 0;
+                }
+                timeout = IDLE_BH_TIMEOUT_NS;
+            }
+        }
+        if let Some(t) = local.timers.first() {
+            let left = (t.expire.load(Relaxed) - Clock::Realtime.now_ns()).max(0);
+            if timeout < 0 || left < timeout {
+                timeout = left;
+            }
+        }
+        timeout
+    }
+
+    fn dispatch(&self, ready: &[Ready]) -> bool {
+        let s = &*self.shared;
+        let own = s.notifier.as_raw_fd();
+        let mut progress = false;
+        for r in ready {
+            if r.fd == own {
+                s.notifier.test_and_clear();
+                continue;
+            }
+            let Some(node) = s.local().handlers.get(&r.fd).cloned() else {
+                continue;
+            };
+            if r.events & (events::IN | events::HUP | events::ERR) != 0 {
+                progress |= node.call(&node.read);
+            }
+            if r.events & (events::OUT | events::ERR) != 0 {
+                progress |= node.call(&node.write);
+            }
+        }
+        progress
+    }
+
+    // ----- fd handlers -----
+
+    /// Sets, replaces or (with both callbacks `None`) removes the handlers of
+    /// `fd` (QEMU's `aio_set_fd_handler`). Handlers are level-triggered:
+    /// `io_read` runs from every poll while `fd` is readable (or hung up, or in
+    /// error), `io_write` while it is writable. A handler may remove or
+    /// replace itself from its own callback.
+    ///
+    /// # Errors
+    /// If the fd monitor refuses the fd.
+    ///
+    /// # Panics
+    /// Outside the home thread.
+    pub fn set_fd_handler(
+        &self,
+        fd: BorrowedFd<'_>,
+        io_read: Option<FdCallback>,
+        io_write: Option<FdCallback>,
+    ) -> io::Result<()> {
+        let s = &*self.shared;
+        let raw = fd.as_raw_fd();
+        let mut local = s.local();
+        let old = local.handlers.remove(&raw);
+        if let Some(old) = &old {
+            old.deleted.store(true, Relaxed);
+        }
+        if io_read.is_none() && io_write.is_none() {
+            if let Some(old) = old {
+                trace::poll_remove(s.ptr(), Arc::as_ptr(&old).cast(), raw);
+                local.monitor.deregister(fd);
+            }
+            return Ok(());
+        }
+        let interest = if io_read.is_some() { events::IN } else { 0 }
+            | if io_write.is_some() { events::OUT } else { 0 };
+        let node = FdNode::new(io_read, io_write);
+        trace::poll_add(s.ptr(), Arc::as_ptr(&node).cast(), raw, interest);
+        local.monitor.register(fd, interest)?;
+        local.handlers.insert(raw, node);
+        drop(old); // its callbacks drop here unless a dispatch still holds them
+        Ok(())
+    }
+
+    /// Sets or removes (`None`) the handler of an [`EventNotifier`] (QEMU's
+    /// `aio_set_event_notifier`). The handler gets the notifier and normally
+    /// calls [`EventNotifier::test_and_clear`].
+    ///
+    /// # Errors
+    /// As [`set_fd_handler`](Self::set_fd_handler).
+    pub fn set_event_notifier(
+        &self,
+        notifier: &EventNotifier,
+        io_read: Option<Box<dyn FnMut(&EventNotifier) + Send>>,
+    ) -> io::Result<()> {
+        let cb = io_read.map(|mut f| {
+            let n = notifier.clone();
+            Box::new(move || f(&n)) as FdCallback
+        });
+        self.set_fd_handler(notifier.as_fd(), cb, None)
+    }
+
+    // ----- timers -----
+
+    fn timer_insert(&self, t: &Arc<TimerInner>) {
+        let mut local = self.shared.local();
+        let at = t.expire.load(Relaxed);
+        let pos = local
+            .timers
+            .partition_point(|o| o.expire.load(Relaxed) <= at);
+        local.timers.insert(pos, t.clone());
+        // No notify: timers are armed on the home thread, which is awake.
+    }
+
+    fn timer_remove(&self, t: &Arc<TimerInner>) {
+        let mut local = self.shared.local();
+        if let Some(i) = local.timers.iter().position(|o| Arc::ptr_eq(o, t)) {
+            local.timers.remove(i);
+        }
+    }
+
+    fn run_timers(&self) -> bool {
+        let s = &*self.shared;
+        if s.local().timers.is_empty() {
+            return false;
+        }
+        let now = Clock::Realtime.now_ns();
+        let mut progress = false;
+        loop {
+            let t = {
+                let mut local = s.local();
+                match local.timers.first() {
+                    Some(t) if t.expire.load(Relaxed) <= now => local.timers.remove(0),
+                    _ => break,
+                }
+            };
+            t.expire.store(-1, Relaxed);
+            let called = match t.cb.try_lock() {
+                Ok(mut cb) => {
+                    cb();
+                    true
+                }
+                Err(_) => false, // running further up (a nested poll)
+            };
+            progress |= called;
+        }
+        progress
+    }
+
+    // ----- coroutines -----
+
+    /// Hands a coroutine to this context: it is entered from the context's
+    /// next poll (QEMU's `aio_co_schedule`). This context must be the
+    /// coroutine's home; to move a coroutine elsewhere see
+    /// [`co_schedule_migrate`](Self::co_schedule_migrate).
+    ///
+    /// # Thread context
+    /// Any thread.
+    ///
+    /// # Panics
+    /// If the coroutine is already scheduled ("Co-routine was already
+    /// scheduled in 'aio_co_schedule'"), or this is not its home context.
+    pub fn co_schedule(&self, co: &CoHandle) {
+        if co.context().shared.home_token != self.shared.home_token {
+            panic!(
+                "co_schedule: the coroutine's home is another AioContext; \
+                 moving it needs the unsafe co_schedule_migrate"
+            );
+        }
+        self.co_schedule_inner(co.inner.clone(), Scheduler::AioCoSchedule);
+    }
+
+    /// Moves a coroutine to this context, whatever its home, and schedules it
+    /// here: it resumes on this context's home thread, which becomes its home.
+    ///
+    /// # Safety
+    /// The coroutine's stack moves to another thread. At the point where it
+    /// yielded, and at every later yield while it lives on this thread:
+    /// * every value alive on its stack is `Send` (no `Rc`, no `RefCell`
+    ///   borrow of shared state, no `MutexGuard` of a `std` mutex);
+    /// * it holds no reference, address or guard to a thread-local;
+    /// * nothing will wake it on its old context (such a wake would panic).
+    ///
+    /// # Panics
+    /// If the caller is not on the coroutine's current home thread, or the
+    /// coroutine is running (entered), or it is already scheduled.
+    pub unsafe fn co_schedule_migrate(&self, co: &CoHandle) {
+        assert!(
+            co.inner.is_idle_here(),
+            "co_schedule_migrate: call it on the coroutine's home thread, while it is not running"
+        );
+        co.inner.mark_scheduled(Scheduler::AioCoSchedule);
+        co.inner.set_home(self);
+        self.push_scheduled(co.inner.clone());
+    }
+
+    /// QEMU's `aio_co_enter`: enters `co` now if the caller is this context's
+    /// home thread (queued behind the running coroutine, if any), else
+    /// schedules it here.
+    ///
+    /// # Thread context
+    /// Any thread.
+    pub fn co_enter(&self, co: &CoHandle) {
+        if self.in_home_thread() && co.is_home() {
+            if let Some(local) = co.local() {
+                local.wake();
+            }
+        } else {
+            self.co_schedule(co);
+        }
+    }
+
+    pub(crate) fn co_schedule_inner(&self, co: Arc<CoInner>, who: Scheduler) {
+        co.mark_scheduled(who);
+        self.push_scheduled(co);
+    }
+
+    fn push_scheduled(&self, co: Arc<CoInner>) {
+        trace::aio_co_schedule(self.as_ptr(), Arc::as_ptr(&co).cast());
+        // SAFETY: we won the `scheduled` compare-exchange, so the coroutine
+        // is in no queue; the Arc is taken back in `co_schedule_bh_cb`.
+        unsafe {
+            self.shared.co_queue.push(std::ptr::NonNull::new_unchecked(
+                Arc::into_raw(co).cast_mut(),
+            ));
+        }
+        self.bh_enqueue(&self.shared.co_bh, SCHEDULED);
+    }
+
+    /// The co_schedule bottom half: takes the whole queue, FIFO, and enters
+    /// each coroutine. If one panics, the rest go back to the queue.
+    fn co_schedule_bh_cb(&self) {
+        struct Requeue<'a> {
+            ctx: &'a AioContext,
+            rest: queue::Batch<CoInner>,
+        }
+        impl Drop for Requeue<'_> {
+            fn drop(&mut self) {
+                for p in self.rest.by_ref() {
+                    // SAFETY: still owned by the batch; back into the queue,
+                    // where it was (its `scheduled` flag is still set).
+                    unsafe { self.ctx.shared.co_queue.push(p) };
+                    self.ctx.bh_enqueue(&self.ctx.shared.co_bh, SCHEDULED);
+                }
+            }
+        }
+        let mut batch = Requeue {
+            ctx: self,
+            rest: self.shared.co_queue.take_all(),
+        };
+        while let Some(p) = batch.rest.next() {
+            // SAFETY: nodes in `co_queue` are `Arc`s given up by `push_scheduled`.
+            let co = unsafe { Arc::from_raw(p.as_ptr()) };
+            trace::aio_co_schedule_bh_cb(self.as_ptr(), Arc::as_ptr(&co).cast());
+            coroutine::enter_scheduled(&co);
+        }
+    }
+
+    // ----- cross-thread calls -----
+
+    /// Runs `f` on this context's home thread and returns its result (QEMU's
+    /// `aio_wait_bh_oneshot`). On the home thread, calls `f` directly.
+    /// While waiting, the caller's own current context keeps polling, so two
+    /// contexts may `run_in` each other.
+    ///
+    /// # Thread context
+    /// Any thread.
+    ///
+    /// # Panics
+    /// If `f` panics, the panic resumes in the caller.
+    pub fn run_in<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        if self.in_home_thread() {
+            return f();
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let waiter = tls::current_ctx();
+        let kick = waiter.clone();
+        self.bh_schedule_oneshot(move || {
+            let r = catch_unwind(AssertUnwindSafe(f));
+            let _ = tx.send(r);
+            if let Some(w) = kick {
+                // A BH in the waiter's context ends its blocking poll with
+                // progress (QEMU's aio_wait_kick).
+                w.bh_schedule_oneshot(|| {});
+            }
+        });
+        let r = match waiter {
+            Some(w) => loop {
+                match rx.try_recv() {
+                    Ok(r) => break r,
+                    Err(_) => {
+                        w.poll(true);
+                    }
+                }
+            },
+            None => rx.recv().expect("run_in: the target context was dropped"),
+        };
+        r.unwrap_or_else(|p| resume_unwind(p))
+    }
+}
+
+impl std::fmt::Debug for AioContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AioContext")
+            .field("ptr", &self.as_ptr())
+            .field("home", &self.shared.home_name)
+            .finish()
+    }
+}
+
+impl PartialEq for AioContext {
+    fn eq(&self, other: &Self) -> bool {
+        self.ptr_eq(other)
+    }
+}
+impl Eq for AioContext {}
+
+/// Moves the running coroutine to `ctx` (QEMU's `aio_co_reschedule_self`): it
+/// yields, and resumes on `ctx`'s home thread. Does nothing if `ctx` is the
+/// coroutine's home already.
+///
+/// # Safety
+/// As [`AioContext::co_schedule_migrate`]: at this yield and every later one
+/// while it lives on `ctx`'s thread, the coroutine's stack holds only `Send`
+/// values and no thread-local reference.
+///
+/// # Panics
+/// Outside a coroutine.
+pub unsafe fn co_reschedule_self(ctx: &AioContext) {
+    let me = crate::Coroutine::current().expect("co_reschedule_self outside a coroutine");
+    let old = me.context();
+    if old.shared.home_token == ctx.shared.home_token {
+        return;
+    }
+    let handle = me.handle();
+    drop(me);
+    let target = ctx.clone();
+    // The oneshot runs on the old home thread after we yielded: the
+    // coroutine is then idle there, as `co_schedule_migrate` requires.
+    old.bh_schedule_oneshot(move || {
+        // SAFETY: the caller of `co_reschedule_self` vouched for the stack.
+        unsafe { target.co_schedule_migrate(&handle) };
+    });
+    crate::coroutine::yield_now();
+}

@@ -1,0 +1,167 @@
+//! The coroutine stack pool.
+//!
+//! A fresh `mmap`ed stack with its guard page costs tens of microseconds; a
+//! reused one a few nanoseconds. Like QEMU (util/qemu-coroutine.c) we keep a
+//! per-thread cache and a shared pool fed in batches:
+//!
+//! * a terminated coroutine's stack goes to its thread's cache;
+//! * when the cache holds two batches, one batch moves to the shared pool
+//!   (if the shared pool has room; otherwise the stacks are unmapped);
+//! * `create` takes from the cache, else a whole batch from the shared pool,
+//!   else maps a new stack;
+//! * a thread's cache moves to the shared pool when the thread exits.
+//!
+//! The shared pool's bound respects `vm.max_map_count`: every stack is two
+//! mappings (the stack and its guard page).
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use corosensei::stack::DefaultStack;
+
+/// Stacks moved between a thread's cache and the shared pool at a time.
+const BATCH: usize = 64;
+/// The default shared-pool bound, in stacks (before `inc_pool_size`).
+const DEFAULT_POOL_MAX: usize = 256;
+/// QEMU's default coroutine stack size: 1 MiB.
+pub const DEFAULT_STACK_SIZE: usize = 1 << 20;
+
+static STACK_SIZE: AtomicUsize = AtomicUsize::new(DEFAULT_STACK_SIZE);
+static POOL_EXTRA: AtomicUsize = AtomicUsize::new(0);
+
+/// The shared pool: a list of batches. Guarded by its mutex; touched once per
+/// batch, never per coroutine.
+static SHARED: Mutex<Vec<Vec<DefaultStack>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static CACHE: RefCell<LocalCache> = const { RefCell::new(LocalCache { stacks: Vec::new() }) };
+}
+
+struct LocalCache {
+    stacks: Vec<DefaultStack>,
+}
+
+impl Drop for LocalCache {
+    fn drop(&mut self) {
+        while !self.stacks.is_empty() {
+            let at = self.stacks.len().saturating_sub(BATCH);
+            give_batch(self.stacks.split_off(at));
+        }
+    }
+}
+
+/// Sets the size of stacks created from now on (at least one page more than
+/// the platform minimum is used). Pooled stacks of another size are not reused.
+pub fn set_stack_size(bytes: usize) {
+    STACK_SIZE.store(bytes, Ordering::Relaxed);
+}
+
+/// The size of stacks that `create` hands out.
+pub fn stack_size() -> usize {
+    STACK_SIZE.load(Ordering::Relaxed)
+}
+
+/// Grows the shared pool's bound by `n` stacks (QEMU's
+/// `qemu_coroutine_inc_pool_size`).
+pub fn inc_pool_size(n: usize) {
+    POOL_EXTRA.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Shrinks the shared pool's bound by `n` stacks (QEMU's
+/// `qemu_coroutine_dec_pool_size`).
+pub fn dec_pool_size(n: usize) {
+    let _ = POOL_EXTRA.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(n))
+    });
+}
+
+/// The shared pool's bound in stacks: the default plus what was added, capped
+/// so that pooled stacks never use more than half of what `vm.max_map_count`
+/// leaves after a margin of 5000 mappings (QEMU's rule).
+pub fn pool_max() -> usize {
+    static MAP_LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let limit = *MAP_LIMIT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .map(|m| m.saturating_sub(5000) / 2)
+            .unwrap_or(usize::MAX)
+    });
+    (DEFAULT_POOL_MAX + POOL_EXTRA.load(Ordering::Relaxed)).min(limit)
+}
+
+/// Takes a stack of the current size: from the cache, a batch from the shared
+/// pool, or a new mapping.
+pub(crate) fn take() -> DefaultStack {
+    let size = stack_size();
+    let cached = CACHE
+        .try_with(|c| {
+            let mut c = c.borrow_mut();
+            if c.stacks.is_empty() {
+                if let Some(batch) = SHARED.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+                    c.stacks = batch;
+                }
+            }
+            c.stacks.pop()
+        })
+        .ok()
+        .flatten();
+    match cached {
+        Some(s) if fits(&s, size) => s,
+        _ => new_stack(size),
+    }
+}
+
+/// Gives a terminated coroutine's stack back.
+pub(crate) fn give(stack: DefaultStack) {
+    if !fits(&stack, stack_size()) {
+        return; // dropped: unmapped
+    }
+    let overflow = CACHE.try_with(|c| {
+        let mut c = c.borrow_mut();
+        c.stacks.push(stack);
+        if c.stacks.len() >= 2 * BATCH {
+            let at = c.stacks.len() - BATCH;
+            Some(c.stacks.split_off(at))
+        } else {
+            None
+        }
+    });
+    if let Ok(Some(batch)) = overflow {
+        give_batch(batch);
+    }
+    // If the thread is exiting, the stack was dropped with the closure: fine.
+}
+
+fn give_batch(batch: Vec<DefaultStack>) {
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if (shared.len() + 1) * BATCH <= pool_max() {
+        shared.push(batch);
+    }
+    // else: `batch` is dropped here, after the push decision, unmapping it.
+}
+
+fn fits(stack: &DefaultStack, size: usize) -> bool {
+    use corosensei::stack::Stack;
+    let len = stack.base().get() - stack.limit().get();
+    len >= size && len < size + (64 << 10)
+}
+
+#[cold]
+fn new_stack(size: usize) -> DefaultStack {
+    DefaultStack::new(size)
+        .unwrap_or_else(|e| panic!("cannot map a {size}-byte coroutine stack: {e}"))
+}
+
+/// Stacks in this thread's cache and in the shared pool (for tests and stats).
+pub fn pooled() -> (usize, usize) {
+    let local = CACHE.try_with(|c| c.borrow().stacks.len()).unwrap_or(0);
+    let shared: usize = SHARED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(Vec::len)
+        .sum();
+    (local, shared)
+}

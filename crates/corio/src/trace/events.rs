@@ -1,0 +1,39 @@
+//! The event list, like QEMU's `trace-events` files: one line per event with
+//! its arguments and its log format. Names are QEMU's where QEMU has the event.
+
+use super::{paste_fn, trace_events};
+
+type Ptr = *const ();
+
+trace_events! {
+    // util/qemu-coroutine.c
+    /// A coroutine is entered: `from` is the enterer (null outside a coroutine).
+    qemu_aio_coroutine_enter(ctx: Ptr, from: Ptr, to: Ptr, opaque: Ptr)
+        "ctx {ctx:p} from {from:p} to {to:p} opaque {opaque:p}";
+    /// A coroutine yields back to the one that entered it.
+    qemu_coroutine_yield(from: Ptr, to: Ptr) "from {from:p} to {to:p}";
+    /// A coroutine returned (or panicked) and gives its stack back to the pool.
+    qemu_coroutine_terminate(co: Ptr) "self {co:p}";
+
+    // util/async.c
+    /// `co_schedule` pushed a coroutine onto a context's queue.
+    aio_co_schedule(ctx: Ptr, co: Ptr) "ctx {ctx:p} co {co:p}";
+    /// The context's co_schedule bottom half enters a queued coroutine.
+    aio_co_schedule_bh_cb(ctx: Ptr, co: Ptr) "ctx {ctx:p} co {co:p}";
+    /// A bottom half was scheduled (ours: QEMU has no event here).
+    aio_bh_schedule(ctx: Ptr, bh: Ptr, name: &str) "ctx {ctx:p} bh {bh:p} name {name}";
+    /// A bottom half's callback runs (ours).
+    aio_bh_call(ctx: Ptr, bh: Ptr, name: &str) "ctx {ctx:p} bh {bh:p} name {name}";
+    /// A bottom half was re-entered while its callback was running.
+    reentrant_aio(ctx: Ptr, name: &str) "ctx {ctx:p} name {name}";
+
+    // util/aio-posix.c
+    /// A blocking or non-blocking `poll` starts (ours); timeout in ns, -1 = none.
+    aio_poll_begin(ctx: Ptr, blocking: bool, timeout: i64) "ctx {ctx:p} blocking {blocking} timeout {timeout}";
+    /// A `poll` ends (ours).
+    aio_poll_end(ctx: Ptr, progress: bool) "ctx {ctx:p} progress {progress}";
+    /// An fd handler is added or changed.
+    poll_add(ctx: Ptr, node: Ptr, fd: i32, revents: u32) "ctx {ctx:p} node {node:p} fd {fd} revents 0x{revents:x}";
+    /// An fd handler is removed.
+    poll_remove(ctx: Ptr, node: Ptr, fd: i32) "ctx {ctx:p} node {node:p} fd {fd}";
+}
