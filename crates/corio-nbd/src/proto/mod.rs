@@ -85,7 +85,7 @@ mod wire;
 
 pub use consts::{
     info, opt, rep, reply_type, state, ClientFlags, CmdFlags, HandshakeFlags, ReplyFlags,
-    TransmissionFlags,
+    TransmissionFlags, BASE_ALLOCATION,
 };
 pub use decoder::{ClientDecoder, ClientMessage, ServerDecoder, ServerMessage};
 pub use error::{Errno, ErrorAction, OptionCtx, ProtoError, RepError, RequestCtx, StringError};
