@@ -487,8 +487,16 @@ fn nbdinfo_json_sees_size_and_name() {
     assert!(go.contains(&format!("name: \"{EXPORT_NAME}\"")), "{go}");
     assert!(go.contains(&info::BLOCK_SIZE.to_string()), "{go}");
     // nbdinfo asks for structured replies and lists the contexts.
-    assert!(log.options.iter().any(|o| o == "StructuredReply"), "{:?}", log.options);
-    assert!(log.options.iter().any(|o| o.starts_with("ListMetaContext")), "{:?}", log.options);
+    assert!(
+        log.options.iter().any(|o| o == "StructuredReply"),
+        "{:?}",
+        log.options
+    );
+    assert!(
+        log.options.iter().any(|o| o.starts_with("ListMetaContext")),
+        "{:?}",
+        log.options
+    );
 }
 
 #[test]
@@ -518,7 +526,9 @@ fn qemu_img_info_sees_size() {
     // QEMU 10's client asks for extended headers (or at least structured
     // replies) and then base:allocation for this export.
     assert!(
-        log.options.iter().any(|o| o == "ExtendedHeaders" || o == "StructuredReply"),
+        log.options
+            .iter()
+            .any(|o| o == "ExtendedHeaders" || o == "StructuredReply"),
         "{:?}",
         log.options
     );
