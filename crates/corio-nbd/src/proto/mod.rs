@@ -79,6 +79,8 @@
 pub mod consts;
 pub mod decoder;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod transmission;
 mod wire;
