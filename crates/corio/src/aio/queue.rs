@@ -200,3 +200,91 @@ mod tests {
         }
     }
 }
+
+/// loom models: `RUSTFLAGS="--cfg loom" cargo test -p corio --release --lib loom_`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// The payload sits in a loom cell, so loom checks that the consumer's
+    /// read happens after the producer's write (the Release/Acquire pair).
+    struct Node {
+        link: AtomicPtr<Node>,
+        payload: loom::cell::UnsafeCell<(usize, usize)>,
+    }
+    // SAFETY: `link` is a plain field used by one stack at a time.
+    unsafe impl Linked for Node {
+        fn link(&self) -> &AtomicPtr<Node> {
+            &self.link
+        }
+    }
+
+    fn push(s: &AtomicStack<Node>, producer: usize, seq: usize) {
+        let node = Box::new(Node {
+            link: AtomicPtr::new(ptr::null_mut()),
+            payload: loom::cell::UnsafeCell::new((0, 0)),
+        });
+        // SAFETY: the node is not shared yet.
+        node.payload.with_mut(|p| unsafe { *p = (producer, seq) });
+        // SAFETY: a fresh node, freed by `take` below.
+        unsafe { s.push(NonNull::from(Box::leak(node))) };
+    }
+
+    fn take(s: &AtomicStack<Node>, out: &mut Vec<(usize, usize)>) {
+        for n in s.take_all() {
+            // SAFETY: every node came from Box::leak in `push`.
+            let n = unsafe { Box::from_raw(n.as_ptr()) };
+            // SAFETY: the batch owns the node; loom checks the ordering.
+            out.push(n.payload.with(|p| unsafe { *p }));
+        }
+    }
+
+    /// Every pushed item arrives exactly once, in push order per producer,
+    /// whatever the interleaving of producers and batch-taking consumer.
+    fn model(producers: usize, per_producer: usize) {
+        loom::model(move || {
+            let s = Arc::new(AtomicStack::new());
+            let handles: Vec<_> = (0..producers)
+                .map(|p| {
+                    let s = s.clone();
+                    thread::spawn(move || {
+                        for i in 0..per_producer {
+                            push(&s, p, i);
+                        }
+                    })
+                })
+                .collect();
+            let mut got = Vec::new();
+            take(&s, &mut got); // a batch taken while producers run
+            for h in handles {
+                h.join().unwrap();
+            }
+            take(&s, &mut got);
+            assert_eq!(got.len(), producers * per_producer);
+            for p in 0..producers {
+                let seqs: Vec<usize> = got
+                    .iter()
+                    .filter(|(q, _)| *q == p)
+                    .map(|(_, s)| *s)
+                    .collect();
+                assert_eq!(
+                    seqs,
+                    (0..per_producer).collect::<Vec<_>>(),
+                    "producer {p} order"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn loom_two_producers() {
+        model(2, 2);
+    }
+
+    #[test]
+    fn loom_three_producers() {
+        model(3, 1);
+    }
+}

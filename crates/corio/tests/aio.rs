@@ -1,0 +1,561 @@
+//! QEMU's tests/unit/test-aio.c (the /aio/* cases), ported case by case; plus
+//! fd handlers, cross-thread notify, run_in and the misuse cases.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use corio::{yield_now, AioContext, Bh, Clock, Coroutine, EventNotifier, IoThread};
+
+fn counter() -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let n = Arc::new(AtomicUsize::new(0));
+    (n.clone(), n)
+}
+
+/// /aio/bh/schedule: a scheduled BH runs only when polled, once.
+#[test]
+fn bh_schedule() {
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let bh = ctx.bh_new(move || {
+        n2.fetch_add(1, SeqCst);
+    });
+    bh.schedule();
+    assert_eq!(n.load(SeqCst), 0);
+    assert!(ctx.poll(true));
+    assert_eq!(n.load(SeqCst), 1);
+    assert!(!ctx.poll(false));
+    assert_eq!(n.load(SeqCst), 1);
+    bh.delete();
+}
+
+/// /aio/bh/schedule10: a BH that reschedules itself runs once per poll.
+#[test]
+fn bh_schedule10() {
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let slot: Arc<Mutex<Option<Bh>>> = Arc::default();
+    let s = slot.clone();
+    let bh = ctx.bh_new(move || {
+        if n2.fetch_add(1, SeqCst) + 1 < 10 {
+            s.lock().unwrap().as_ref().unwrap().schedule();
+        }
+    });
+    *slot.lock().unwrap() = Some(bh.clone());
+    bh.schedule();
+    assert_eq!(n.load(SeqCst), 0);
+    assert!(ctx.poll(false));
+    assert_eq!(n.load(SeqCst), 1);
+    assert!(ctx.poll(true));
+    assert_eq!(n.load(SeqCst), 2);
+    while ctx.poll(false) {}
+    assert_eq!(n.load(SeqCst), 10);
+    assert!(!ctx.poll(false));
+    slot.lock().unwrap().take();
+    bh.delete();
+}
+
+/// /aio/bh/cancel: schedule then cancel: never runs.
+#[test]
+fn bh_cancel() {
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let bh = ctx.bh_new(move || {
+        n2.fetch_add(1, SeqCst);
+    });
+    bh.schedule();
+    assert!(bh.is_scheduled());
+    bh.cancel();
+    assert!(!bh.is_scheduled());
+    assert!(!ctx.poll(false));
+    assert_eq!(n.load(SeqCst), 0);
+    bh.delete();
+}
+
+/// /aio/bh/delete (and the misuse case "a bottom half deleted while
+/// pending"): schedule then delete: never runs, nothing leaks.
+#[test]
+fn bh_delete() {
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let alive = Arc::new(());
+    let a = alive.clone();
+    let bh = ctx.bh_new(move || {
+        let _ = &a;
+        n2.fetch_add(1, SeqCst);
+    });
+    bh.schedule();
+    let again = bh.clone();
+    bh.delete();
+    again.schedule(); // scheduling a deleted BH does nothing
+    assert!(!ctx.poll(false));
+    assert_eq!(n.load(SeqCst), 0);
+    assert_eq!(Arc::strong_count(&alive), 1, "the callback was dropped");
+}
+
+/// /aio/bh/callback-delete/one: a BH deletes itself from its callback.
+#[test]
+fn bh_callback_delete_one() {
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let slot: Arc<Mutex<Option<Bh>>> = Arc::default();
+    let s = slot.clone();
+    let bh = ctx.bh_new(move || {
+        n2.fetch_add(1, SeqCst);
+        s.lock().unwrap().take().unwrap().delete();
+    });
+    *slot.lock().unwrap() = Some(bh.clone());
+    bh.schedule();
+    drop(bh);
+    assert!(ctx.poll(true));
+    assert_eq!(n.load(SeqCst), 1);
+    assert!(!ctx.poll(false));
+    assert_eq!(n.load(SeqCst), 1);
+}
+
+/// /aio/bh/callback-delete/many: four BHs delete themselves after 1, 3, 2 and
+/// 4 runs; the first poll runs all four once; all end up deleted.
+#[test]
+fn bh_callback_delete_many() {
+    let ctx = AioContext::new().unwrap();
+    let limits = [1usize, 3, 2, 4];
+    let counts: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let deleted: Vec<Arc<AtomicBool>> = (0..4).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let mut bhs = Vec::new();
+    for i in 0..4 {
+        let slot: Arc<Mutex<Option<Bh>>> = Arc::default();
+        let (s, c, d, limit) = (
+            slot.clone(),
+            counts[i].clone(),
+            deleted[i].clone(),
+            limits[i],
+        );
+        let bh = ctx.bh_new(move || {
+            if c.fetch_add(1, SeqCst) + 1 == limit {
+                d.store(true, SeqCst);
+                s.lock().unwrap().take().unwrap().delete();
+            } else {
+                s.lock().unwrap().as_ref().unwrap().schedule();
+            }
+        });
+        *slot.lock().unwrap() = Some(bh.clone());
+        bhs.push(bh);
+    }
+    for bh in &bhs {
+        bh.schedule();
+    }
+    drop(bhs);
+    assert!(ctx.poll(false));
+    for c in &counts {
+        assert_eq!(c.load(SeqCst), 1, "the first poll runs all four once");
+    }
+    while ctx.poll(false) {}
+    for i in 0..4 {
+        assert_eq!(counts[i].load(SeqCst), limits[i]);
+        assert!(deleted[i].load(SeqCst));
+    }
+}
+
+/// /aio/bh/flush: a blocking poll runs the pending BH; then no progress.
+#[test]
+fn bh_flush() {
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let bh = ctx.bh_new(move || {
+        n2.fetch_add(1, SeqCst);
+    });
+    bh.schedule();
+    assert!(ctx.poll(true));
+    assert_eq!(n.load(SeqCst), 1);
+    assert!(!ctx.poll(false));
+    bh.delete();
+}
+
+/// Idle BHs run but count as no progress.
+#[test]
+fn bh_schedule_idle() {
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let bh = ctx.bh_new(move || {
+        n2.fetch_add(1, SeqCst);
+    });
+    bh.schedule_idle();
+    while n.load(SeqCst) == 0 {
+        assert!(!ctx.poll(true), "an idle BH is not progress");
+    }
+    assert_eq!(n.load(SeqCst), 1);
+    bh.delete();
+}
+
+/// /aio/event/add-remove: an unset notifier: no callback, no progress.
+#[test]
+fn event_add_remove() {
+    let ctx = AioContext::new().unwrap();
+    let e = EventNotifier::new().unwrap();
+    let (n, n2) = counter();
+    ctx.set_event_notifier(
+        &e,
+        Some(Box::new(move |e: &EventNotifier| {
+            e.test_and_clear();
+            n2.fetch_add(1, SeqCst);
+        })),
+    )
+    .unwrap();
+    assert!(!ctx.poll(false));
+    assert_eq!(n.load(SeqCst), 0);
+    ctx.set_event_notifier(&e, None).unwrap();
+    assert!(!ctx.poll(false));
+    assert_eq!(n.load(SeqCst), 0);
+}
+
+fn counting_notifier(
+    ctx: &AioContext,
+    active: Arc<AtomicUsize>,
+    n: Arc<AtomicUsize>,
+) -> EventNotifier {
+    let e = EventNotifier::new().unwrap();
+    ctx.set_event_notifier(
+        &e,
+        Some(Box::new(move |e: &EventNotifier| {
+            assert!(e.test_and_clear());
+            n.fetch_add(1, SeqCst);
+            // Re-arm while still active (QEMU's EventNotifierTestData).
+            if active.load(SeqCst) > 0 && active.fetch_sub(1, SeqCst) > 1 {
+                e.set().unwrap();
+            }
+        })),
+    )
+    .unwrap();
+    e
+}
+
+/// /aio/event/wait: setting the notifier makes a non-blocking poll run the
+/// handler exactly once.
+#[test]
+fn event_wait() {
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let e = counting_notifier(&ctx, Arc::new(AtomicUsize::new(1)), n2);
+    e.set().unwrap();
+    assert!(ctx.poll(false));
+    assert_eq!(n.load(SeqCst), 1);
+    assert!(!ctx.poll(false));
+    assert_eq!(n.load(SeqCst), 1);
+    ctx.set_event_notifier(&e, None).unwrap();
+}
+
+/// /aio/event/flush: a self-re-arming notifier (active = 10) is drained by
+/// repeated polls to n = 10.
+#[test]
+fn event_flush() {
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let e = counting_notifier(&ctx, Arc::new(AtomicUsize::new(10)), n2);
+    e.set().unwrap();
+    while ctx.poll(false) {}
+    assert_eq!(n.load(SeqCst), 10);
+    ctx.set_event_notifier(&e, None).unwrap();
+}
+
+/// /aio/event/wait/no-flush-cb: with a dummy active notifier, each set runs
+/// the handler exactly once, and a blocking poll with only a set notifier
+/// does not hang.
+#[test]
+fn event_wait_no_flush_cb() {
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let active = Arc::new(AtomicUsize::new(0));
+    let e = counting_notifier(&ctx, active, n2);
+    let (dn, dn2) = counter();
+    let dummy = counting_notifier(&ctx, Arc::new(AtomicUsize::new(0)), dn2);
+    e.set().unwrap();
+    assert!(ctx.poll(true));
+    assert_eq!(n.load(SeqCst), 1);
+    e.set().unwrap();
+    assert!(ctx.poll(true));
+    assert_eq!(n.load(SeqCst), 2);
+    assert!(!ctx.poll(false));
+    assert_eq!(dn.load(SeqCst), 0);
+    ctx.set_event_notifier(&e, None).unwrap();
+    ctx.set_event_notifier(&dummy, None).unwrap();
+}
+
+/// /aio/timer/schedule: a timer does not fire before its deadline, fires from
+/// a non-blocking poll once it passed, is re-armed by its own callback, and
+/// the second expiry ends a blocking poll. (QEMU uses 750 ms; 200 ms here.)
+#[test]
+fn timer_schedule() {
+    const PERIOD: i64 = 200_000_000;
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let slot: Arc<Mutex<Option<i64>>> = Arc::default();
+    let rearm = slot.clone();
+    // The callback cannot hold the (!Send) Timer; it asks for a re-arm.
+    let t = ctx.timer_new(Clock::Realtime, move || {
+        n2.fetch_add(1, SeqCst);
+        *rearm.lock().unwrap() = Some(Clock::Realtime.now_ns() + PERIOD);
+    });
+    let deadline = Clock::Realtime.now_ns() + PERIOD;
+    t.modify(deadline);
+    assert!(t.pending());
+    assert!(!ctx.poll(false) || Clock::Realtime.now_ns() >= deadline);
+    if Clock::Realtime.now_ns() < deadline {
+        assert_eq!(n.load(SeqCst), 0, "not fired before its deadline");
+    }
+    std::thread::sleep(std::time::Duration::from_nanos(
+        (PERIOD + PERIOD / 4) as u64,
+    ));
+    while n.load(SeqCst) == 0 {
+        ctx.poll(false);
+    }
+    assert_eq!(n.load(SeqCst), 1);
+    assert!(!t.pending());
+    t.modify(slot.lock().unwrap().take().unwrap());
+    // The blocking poll sleeps until the second expiry.
+    while n.load(SeqCst) < 2 {
+        ctx.poll(true);
+    }
+    assert!(Clock::Realtime.now_ns() >= t.expire_time().max(0));
+    assert_eq!(n.load(SeqCst), 2);
+    t.delete();
+    assert!(!t.pending());
+}
+
+/// /aio/coroutine/queue-chaining: two coroutines ping-pong through co_enter
+/// on the same context 25,000 times each without nesting: each wakeup is
+/// queued behind the running coroutine and chained by the enterer.
+#[test]
+fn coroutine_queue_chaining() {
+    let ctx = AioContext::new().unwrap();
+    const N: usize = 25_000;
+    let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let peers: Arc<Mutex<Vec<corio::CoHandle>>> = Arc::default();
+    let mut cos = Vec::new();
+    for i in 0..2 {
+        let (counts, peers, ctx) = (counts.clone(), peers.clone(), ctx.clone());
+        cos.push(Coroutine::new(move || {
+            for _ in 0..N {
+                counts[i].fetch_add(1, SeqCst);
+                let other = peers.lock().unwrap()[1 - i].clone();
+                ctx.co_enter(&other);
+                yield_now();
+            }
+        }));
+    }
+    *peers.lock().unwrap() = cos.iter().map(Coroutine::handle).collect();
+    cos[0].enter();
+    assert_eq!(counts[0].load(SeqCst), N);
+    assert_eq!(counts[1].load(SeqCst), N);
+    // One enter ran the whole chain; the first coroutine finished, and the
+    // second sits at its last yield.
+    assert!(cos[0].is_terminated());
+    assert!(!cos[1].is_terminated());
+    cos[1].enter();
+    assert!(cos[1].is_terminated());
+    peers.lock().unwrap().clear();
+}
+
+/// /aio/coroutine/worker-thread-co-enter: co_enter(ctx, co) from a thread
+/// without a context schedules the coroutine, and it runs on the context's
+/// thread in the next blocking poll.
+#[test]
+fn coroutine_worker_thread_co_enter() {
+    let ctx = AioContext::new().unwrap();
+    let ran_on = Arc::new(Mutex::new(None));
+    let r = ran_on.clone();
+    let co = Coroutine::new(move || {
+        *r.lock().unwrap() = Some(std::thread::current().id());
+    });
+    let h = co.handle();
+    let c = ctx.clone();
+    std::thread::spawn(move || {
+        assert!(AioContext::try_current().is_none());
+        c.co_enter(&h);
+    })
+    .join()
+    .unwrap();
+    assert!(ran_on.lock().unwrap().is_none(), "not run before the poll");
+    assert!(ctx.poll(true));
+    assert_eq!(*ran_on.lock().unwrap(), Some(std::thread::current().id()));
+    assert!(co.is_terminated());
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
+        .unwrap()
+}
+
+/// fd handlers are level-triggered: a readable fd that is not drained runs
+/// its handler on every poll.
+#[test]
+fn fd_handler_level_triggered() {
+    let ctx = AioContext::new().unwrap();
+    let (r, w) = pipe();
+    let (n, n2) = counter();
+    ctx.set_fd_handler(
+        r.as_fd(),
+        Some(Box::new(move || {
+            n2.fetch_add(1, SeqCst);
+        })),
+        None,
+    )
+    .unwrap();
+    assert!(!ctx.poll(false));
+    rustix::io::write(&w, b"x").unwrap();
+    assert!(ctx.poll(false));
+    assert!(ctx.poll(true));
+    assert_eq!(n.load(SeqCst), 2);
+    ctx.set_fd_handler(r.as_fd(), None, None).unwrap();
+    assert!(!ctx.poll(false));
+    assert_eq!(n.load(SeqCst), 2);
+}
+
+/// Misuse case: an fd handler removed from its own callback runs no more.
+#[test]
+fn fd_handler_removed_from_own_callback() {
+    let ctx = AioContext::new().unwrap();
+    let (r, w) = pipe();
+    let r = Arc::new(r);
+    let (n, n2) = counter();
+    let (c, r2) = (ctx.clone(), r.clone());
+    ctx.set_fd_handler(
+        r.as_fd(),
+        Some(Box::new(move || {
+            n2.fetch_add(1, SeqCst);
+            c.set_fd_handler(r2.as_fd(), None, None).unwrap();
+        })),
+        None,
+    )
+    .unwrap();
+    rustix::io::write(&w, b"x").unwrap();
+    assert!(ctx.poll(false));
+    assert!(!ctx.poll(false));
+    assert_eq!(n.load(SeqCst), 1);
+}
+
+/// A handler that replaces itself from its callback: the new one runs next.
+#[test]
+fn fd_handler_replaced_from_own_callback() {
+    let ctx = AioContext::new().unwrap();
+    let (r, w) = pipe();
+    let r = Arc::new(r);
+    let (first, f2) = counter();
+    let (second, s2) = counter();
+    let (c, r2) = (ctx.clone(), r.clone());
+    ctx.set_fd_handler(
+        r.as_fd(),
+        Some(Box::new(move || {
+            f2.fetch_add(1, SeqCst);
+            let s2 = s2.clone();
+            c.set_fd_handler(
+                r2.as_fd(),
+                Some(Box::new(move || {
+                    s2.fetch_add(1, SeqCst);
+                })),
+                None,
+            )
+            .unwrap();
+        })),
+        None,
+    )
+    .unwrap();
+    rustix::io::write(&w, b"x").unwrap();
+    assert!(ctx.poll(false));
+    assert!(ctx.poll(false));
+    assert_eq!((first.load(SeqCst), second.load(SeqCst)), (1, 1));
+    ctx.set_fd_handler(r.as_fd(), None, None).unwrap();
+}
+
+/// A write handler runs while the fd is writable.
+#[test]
+fn fd_handler_write() {
+    let ctx = AioContext::new().unwrap();
+    let (_r, w) = pipe();
+    let (n, n2) = counter();
+    ctx.set_fd_handler(
+        w.as_fd(),
+        None,
+        Some(Box::new(move || {
+            n2.fetch_add(1, SeqCst);
+        })),
+    )
+    .unwrap();
+    assert!(ctx.poll(false));
+    assert_eq!(n.load(SeqCst), 1);
+    ctx.set_fd_handler(w.as_fd(), None, None).unwrap();
+}
+
+/// notify() from another thread ends a blocking poll: a BH scheduled there
+/// runs here.
+#[test]
+fn cross_thread_bh_wakes_blocking_poll() {
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let bh = ctx.bh_new(move || {
+        n2.fetch_add(1, SeqCst);
+    });
+    for i in 1..=50 {
+        let b = bh.clone();
+        let t = std::thread::spawn(move || b.schedule());
+        while n.load(SeqCst) < i {
+            ctx.poll(true);
+        }
+        t.join().unwrap();
+    }
+    assert_eq!(n.load(SeqCst), 50);
+    bh.delete();
+}
+
+/// run_in runs on the target thread and returns the value; a panic comes back.
+#[test]
+fn run_in_other_context() {
+    let _ctx = AioContext::new().unwrap();
+    let t = IoThread::new().unwrap();
+    let id = t.context().run_in(|| std::thread::current().id());
+    assert_ne!(id, std::thread::current().id());
+    assert!(t
+        .context()
+        .run_in(|| AioContext::current().in_home_thread()));
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        t.context().run_in(|| panic!("in the iothread"))
+    }))
+    .unwrap_err();
+    assert_eq!(err.downcast_ref::<&str>(), Some(&"in the iothread"));
+    // The iothread survived the panic.
+    assert_eq!(t.context().run_in(|| 7), 7);
+    t.join();
+}
+
+/// poll() on a foreign thread panics with a clear message.
+#[test]
+fn poll_from_foreign_thread_panics() {
+    let ctx = AioContext::new().unwrap();
+    let c = ctx.clone();
+    let err = std::thread::spawn(move || c.poll(false))
+        .join()
+        .unwrap_err();
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("home thread"), "{msg}");
+}
+
+/// A nested poll from a BH continues the outer batch (QEMU's slices): a BH
+/// waiting for a later BH of the same batch does not hang.
+#[test]
+fn nested_poll_runs_rest_of_batch() {
+    let ctx = AioContext::new().unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    let (c, f) = (ctx.clone(), flag.clone());
+    let waiter = ctx.bh_new(move || {
+        while !f.load(SeqCst) {
+            c.poll(true);
+        }
+    });
+    let f2 = flag.clone();
+    let setter = ctx.bh_new(move || f2.store(true, SeqCst));
+    waiter.schedule();
+    setter.schedule();
+    assert!(ctx.poll(true));
+    assert!(flag.load(SeqCst));
+    waiter.delete();
+    setter.delete();
+}

@@ -1,0 +1,354 @@
+//! QEMU's tests/unit/test-coroutine.c (the basic/* cases), ported case by
+//! case; plus panic propagation and the misuse panics.
+
+use std::cell::{Cell, RefCell};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use corio::{coroutine, in_coroutine, yield_now, AioContext, Coroutine};
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// /basic/no-dangling-access: c2 was entered by c1; after c1 terminated and
+/// its stack was reused and scribbled over, entering c2 again must not go
+/// back through c1 (the caller is not kept across a yield).
+#[test]
+fn basic_no_dangling_access() {
+    let c2 = Coroutine::new(|| {
+        yield_now();
+        yield_now();
+    });
+    let c2b = c2.clone();
+    let c1 = Coroutine::new(move || c2b.enter());
+    c1.enter();
+    assert!(c1.is_terminated());
+    assert!(!c2.entered());
+    // The pool hands c1's stack out again: fill it with 0xff.
+    let scribbler = Coroutine::new(|| {
+        let junk = [0xffu8; 64 << 10];
+        std::hint::black_box(&junk);
+        yield_now();
+    });
+    scribbler.enter();
+    c2.enter(); // yields back here, not into the dead c1
+    assert!(!c2.is_terminated());
+    c2.enter();
+    assert!(c2.is_terminated());
+    scribbler.enter();
+}
+
+/// /basic/lifecycle: create + enter runs the body to completion, twice.
+#[test]
+fn basic_lifecycle() {
+    for _ in 0..2 {
+        let done = Rc::new(Cell::new(false));
+        let d = done.clone();
+        let co = Coroutine::new(move || d.set(true));
+        co.enter();
+        assert!(done.get());
+        assert!(co.is_terminated());
+    }
+}
+
+/// /basic/yield: a coroutine that yields 5 times needs 6 enters.
+#[test]
+fn basic_yield() {
+    let co = Coroutine::new(|| {
+        for _ in 0..5 {
+            yield_now();
+        }
+    });
+    let mut enters = 0;
+    while !co.is_terminated() {
+        co.enter();
+        enters += 1;
+    }
+    assert_eq!(enters, 6);
+}
+
+/// /basic/nesting: 128 nested create + enter levels.
+#[test]
+fn basic_nesting() {
+    #[derive(Default)]
+    struct Counts {
+        enter: Cell<u32>,
+        ret: Cell<u32>,
+    }
+    fn nest(c: Rc<Counts>, max: u32) {
+        c.enter.set(c.enter.get() + 1);
+        if c.enter.get() < max {
+            let c2 = c.clone();
+            Coroutine::new(move || nest(c2, max)).enter();
+        }
+        c.ret.set(c.ret.get() + 1);
+    }
+    let c = Rc::new(Counts::default());
+    let c2 = c.clone();
+    Coroutine::new(move || nest(c2, 128)).enter();
+    assert_eq!(c.enter.get(), 128);
+    assert_eq!(c.ret.get(), 128);
+}
+
+/// /basic/self: `Coroutine::current()` inside is the created coroutine.
+#[test]
+fn basic_self() {
+    let slot: Rc<RefCell<Option<Coroutine>>> = Rc::default();
+    let s = slot.clone();
+    let co = Coroutine::new(move || *s.borrow_mut() = Coroutine::current());
+    co.enter();
+    assert!(slot.borrow().as_ref().unwrap().ptr_eq(&co));
+    assert!(Coroutine::current().is_none());
+}
+
+/// /basic/entered: false before the first enter and after a yield; true for
+/// the running coroutine and its caller chain.
+#[test]
+fn basic_entered() {
+    let outer_seen = Rc::new(Cell::new(false));
+    let inner_seen = Rc::new(Cell::new(false));
+    let holder: Rc<RefCell<Option<Coroutine>>> = Rc::default();
+    let (o, i, h) = (outer_seen.clone(), inner_seen.clone(), holder.clone());
+    let outer = Coroutine::new(move || {
+        let me = Coroutine::current().unwrap();
+        o.set(me.entered());
+        let me2 = me.clone();
+        let i2 = i.clone();
+        let inner = Coroutine::new(move || {
+            // Both the running coroutine and its caller are entered.
+            i2.set(Coroutine::current().unwrap().entered() && me2.entered());
+        });
+        assert!(!inner.entered());
+        inner.enter();
+        assert!(!inner.entered());
+        *h.borrow_mut() = Some(inner);
+        yield_now();
+    });
+    assert!(!outer.entered());
+    outer.enter();
+    assert!(outer_seen.get());
+    assert!(inner_seen.get());
+    assert!(!outer.entered(), "not entered after a yield");
+    outer.enter();
+    assert!(holder.borrow().as_ref().unwrap().is_terminated());
+}
+
+/// /basic/in_coroutine.
+#[test]
+fn basic_in_coroutine() {
+    assert!(!in_coroutine());
+    let inside = Rc::new(Cell::new(false));
+    let i = inside.clone();
+    Coroutine::new(move || i.set(in_coroutine())).enter();
+    assert!(inside.get());
+    assert!(!in_coroutine());
+}
+
+/// /basic/order: exact interleaving of caller and coroutine.
+#[test]
+fn basic_order() {
+    let log: Rc<RefCell<Vec<(u8, u8)>>> = Rc::default();
+    let l = log.clone();
+    let co = Coroutine::new(move || {
+        l.borrow_mut().push((2, 1));
+        yield_now();
+        l.borrow_mut().push((2, 2));
+    });
+    log.borrow_mut().push((1, 1));
+    co.enter();
+    log.borrow_mut().push((1, 2));
+    co.enter();
+    log.borrow_mut().push((1, 3));
+    assert_eq!(*log.borrow(), [(1, 1), (2, 1), (1, 2), (2, 2), (1, 3)]);
+}
+
+/// A panic inside a coroutine reaches the enter() that resumed it; the
+/// coroutine is terminated and the pool keeps working.
+#[test]
+fn panic_reaches_enterer() {
+    let co = Coroutine::new(|| {
+        yield_now();
+        panic!("boom in coroutine");
+    });
+    co.enter();
+    let err = catch_unwind(AssertUnwindSafe(|| co.enter())).unwrap_err();
+    assert_eq!(panic_message(err), "boom in coroutine");
+    assert!(co.is_terminated());
+    assert!(
+        !in_coroutine(),
+        "current coroutine restored after the panic"
+    );
+    // Nested: the panic crosses two coroutine boundaries.
+    let outer = Coroutine::new(|| Coroutine::new(|| panic!("deep")).enter());
+    let err = catch_unwind(AssertUnwindSafe(|| outer.enter())).unwrap_err();
+    assert_eq!(panic_message(err), "deep");
+    basic_lifecycle();
+}
+
+#[test]
+fn reenter_running_coroutine_panics() {
+    let slot: Rc<RefCell<Option<Coroutine>>> = Rc::default();
+    let s = slot.clone();
+    let co = Coroutine::new(move || {
+        let me = s.borrow().clone().unwrap();
+        me.enter();
+    });
+    *slot.borrow_mut() = Some(co.clone());
+    let err = catch_unwind(AssertUnwindSafe(|| co.enter())).unwrap_err();
+    assert_eq!(panic_message(err), "Co-routine re-entered recursively");
+    slot.borrow_mut().take();
+}
+
+#[test]
+fn enter_terminated_coroutine_panics() {
+    let co = Coroutine::new(|| {});
+    co.enter();
+    let err = catch_unwind(AssertUnwindSafe(|| co.enter())).unwrap_err();
+    assert_eq!(panic_message(err), "Co-routine entered after it terminated");
+}
+
+#[test]
+fn yield_outside_coroutine_panics() {
+    let err = catch_unwind(yield_now).unwrap_err();
+    assert_eq!(panic_message(err), "Co-routine is yielding to no one");
+}
+
+/// Scheduling twice panics as in QEMU; entering a scheduled coroutine too.
+/// The first schedule stays valid: the coroutine runs once from poll.
+#[test]
+fn double_schedule_panics() {
+    let ctx = AioContext::new().unwrap();
+    let runs = Rc::new(Cell::new(0));
+    let r = runs.clone();
+    let co = Coroutine::new(move || {
+        yield_now();
+        r.set(r.get() + 1);
+    });
+    co.enter();
+    let h = co.handle();
+    ctx.co_schedule(&h);
+    let err = catch_unwind(AssertUnwindSafe(|| ctx.co_schedule(&h))).unwrap_err();
+    assert_eq!(
+        panic_message(err),
+        "Co-routine was already scheduled in 'aio_co_schedule'"
+    );
+    let err = catch_unwind(AssertUnwindSafe(|| co.enter())).unwrap_err();
+    assert_eq!(
+        panic_message(err),
+        "Co-routine was already scheduled in 'aio_co_schedule'"
+    );
+    let err = catch_unwind(AssertUnwindSafe(|| h.wake())).unwrap_err();
+    assert!(panic_message(err).contains("already scheduled"));
+    assert!(ctx.poll(true));
+    assert_eq!(runs.get(), 1);
+    assert!(co.is_terminated());
+    assert!(!ctx.poll(false));
+}
+
+/// Scheduling onto a context that is not the coroutine's home needs the
+/// unsafe migrating form.
+#[test]
+fn co_schedule_to_foreign_context_panics() {
+    let _home = AioContext::new().unwrap();
+    let co = Coroutine::new(yield_now);
+    co.enter();
+    let other = corio::IoThread::new().unwrap();
+    let err = catch_unwind(AssertUnwindSafe(|| {
+        other.context().co_schedule(&co.handle())
+    }))
+    .unwrap_err();
+    assert!(panic_message(err).contains("co_schedule_migrate"));
+    other.join();
+    co.enter();
+}
+
+/// A `CoHandle` gives the coroutine back only on its home thread.
+#[test]
+fn handle_local_only_at_home() {
+    let _ctx = AioContext::new().unwrap();
+    let co = Coroutine::new(|| {});
+    let h = co.handle();
+    assert!(h.local().is_some());
+    let h2 = h.clone();
+    assert!(std::thread::spawn(move || h2.local().is_none())
+        .join()
+        .unwrap());
+    co.enter();
+}
+
+/// Dropping the last handle of a suspended coroutine on its home thread
+/// unwinds its stack: its destructors run.
+#[test]
+fn dropping_suspended_coroutine_runs_destructors() {
+    struct Flag(Arc<AtomicUsize>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let f = Flag(dropped.clone());
+    let co = Coroutine::new(move || {
+        let _f = f;
+        yield_now();
+        unreachable!("never resumed");
+    });
+    co.enter();
+    assert_eq!(dropped.load(Ordering::SeqCst), 0);
+    drop(co);
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    // A coroutine that never started drops its closure.
+    let f = Flag(dropped.clone());
+    drop(Coroutine::new(move || drop(f)));
+    assert_eq!(dropped.load(Ordering::SeqCst), 2);
+}
+
+/// Terminated coroutines give their stacks to the pool, and new ones reuse them.
+#[test]
+fn stacks_are_pooled() {
+    for _ in 0..4 {
+        Coroutine::new(|| {}).enter();
+    }
+    let (local, _) = coroutine::pooled();
+    assert!(local >= 1, "a terminated coroutine's stack is cached");
+    let before = coroutine::pooled().0;
+    let co = Coroutine::new(yield_now);
+    assert_eq!(
+        coroutine::pooled().0,
+        before - 1,
+        "create takes from the cache"
+    );
+    co.enter();
+    co.enter();
+    assert_eq!(coroutine::pooled().0, before);
+}
+
+/// Wakeups made from inside a coroutine run after it yields, in order.
+#[test]
+fn wakeups_are_queued_in_order() {
+    let log: Rc<RefCell<Vec<&str>>> = Rc::default();
+    let (la, lb) = (log.clone(), log.clone());
+    let a = Coroutine::new(move || {
+        la.borrow_mut().push("a");
+    });
+    let b = Coroutine::new(move || {
+        lb.borrow_mut().push("b");
+    });
+    let (a2, b2, l) = (a.clone(), b.clone(), log.clone());
+    let waker = Coroutine::new(move || {
+        a2.wake();
+        b2.wake();
+        l.borrow_mut().push("waker yields");
+        yield_now();
+    });
+    waker.enter();
+    assert_eq!(*log.borrow(), ["waker yields", "a", "b"]);
+    assert!(a.is_terminated() && b.is_terminated());
+    waker.enter();
+}
