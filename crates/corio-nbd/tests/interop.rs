@@ -253,7 +253,6 @@ impl Conn {
             }
             Command::BlockStatus => {
                 let len = r.length.min(EXPORT_SIZE - r.offset);
-                let body_ext;
                 let ext = [ExtentExt {
                     length: len,
                     flags: 0,
@@ -262,7 +261,7 @@ impl Conn {
                     length: len as u32,
                     flags: 0,
                 }];
-                body_ext = if self.mode == Mode::Extended {
+                let body_ext = if self.mode == Mode::Extended {
                     ChunkBody::BlockStatusExt {
                         context_id: CONTEXT_ID,
                         extents: WireList::Items(&ext),
