@@ -11,6 +11,9 @@ use rustix::event::{eventfd, EventfdFlags};
 /// An fd handler callback. It runs on the context's home thread.
 pub type FdCallback = Box<dyn FnMut() + Send>;
 
+/// An event notifier handler; it gets the notifier that fired.
+pub type NotifierCallback = Box<dyn FnMut(&EventNotifier) + Send>;
+
 /// One registered fd: what `poll` dispatches to.
 pub(crate) struct FdNode {
     pub(crate) read: Option<Mutex<FdCallback>>,

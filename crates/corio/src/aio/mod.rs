@@ -58,7 +58,7 @@ use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release, SeqCst};
 use std::sync::{Arc, Weak};
 
 pub use bh::Bh;
-pub use fd::{EventNotifier, FdCallback};
+pub use fd::{EventNotifier, FdCallback, NotifierCallback};
 pub use sys::events;
 pub use timer::{Clock, Timer};
 
@@ -531,7 +531,7 @@ impl AioContext {
     pub fn set_event_notifier(
         &self,
         notifier: &EventNotifier,
-        io_read: Option<Box<dyn FnMut(&EventNotifier) + Send>>,
+        io_read: Option<NotifierCallback>,
     ) -> io::Result<()> {
         let cb = io_read.map(|mut f| {
             let n = notifier.clone();
@@ -688,7 +688,7 @@ impl AioContext {
             ctx: self,
             rest: self.shared.co_queue.take_all(),
         };
-        while let Some(p) = batch.rest.next() {
+        for p in batch.rest.by_ref() {
             // SAFETY: nodes in `co_queue` are `Arc`s given up by `push_scheduled`.
             let co = unsafe { Arc::from_raw(p.as_ptr()) };
             trace::aio_co_schedule_bh_cb(self.as_ptr(), Arc::as_ptr(&co).cast());

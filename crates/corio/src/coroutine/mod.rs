@@ -74,7 +74,7 @@ use crate::trace;
 type RawCo = corosensei::Coroutine<(), (), (), DefaultStack>;
 
 /// The `caller` of a coroutine entered from outside any coroutine.
-const THREAD_CALLER: *const CoInner = 1 as *const CoInner;
+const THREAD_CALLER: *const CoInner = std::ptr::dangling();
 
 /// Who scheduled a coroutine: QEMU keeps the scheduling function's name in
 /// `co->scheduled` to report double scheduling.
