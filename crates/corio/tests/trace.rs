@@ -6,8 +6,12 @@ use std::process::Command;
 
 use corio::trace;
 
+/// Event states are process-wide: tests that switch them take turns.
+static STATES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn patterns_enable_and_disable() {
+    let _turn = STATES.lock().unwrap_or_else(|e| e.into_inner());
     let names: Vec<&str> = trace::events().iter().map(|e| e.name()).collect();
     for qemu in [
         "qemu_aio_coroutine_enter",
@@ -97,6 +101,7 @@ fn tracing_backend_sees_events() {
         fn exit(&self, _: &Id) {}
     }
 
+    let _turn = STATES.lock().unwrap_or_else(|e| e.into_inner());
     let c = Collect::default();
     trace::set_backends(&[trace::Backend::Tracing]);
     trace::enable("qemu_coroutine_yield");
