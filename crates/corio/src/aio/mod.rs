@@ -601,7 +601,7 @@ impl AioContext {
     /// If the coroutine is already scheduled ("Co-routine was already
     /// scheduled in 'aio_co_schedule'"), or this is not its home context.
     pub fn co_schedule(&self, co: &CoHandle) {
-        if co.context().shared.home_token != self.shared.home_token {
+        if co.inner.home_token() != self.shared.home_token {
             panic!(
                 "co_schedule: the coroutine's home is another AioContext; \
                  moving it needs the unsafe co_schedule_migrate"

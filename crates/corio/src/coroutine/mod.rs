@@ -531,6 +531,11 @@ impl CoInner {
         self.home_thread.load(Relaxed) == tls::thread_token() && self.caller.get().is_null()
     }
 
+    /// The token of the thread that may enter the coroutine.
+    pub(crate) fn home_token(&self) -> usize {
+        self.home_thread.load(Relaxed)
+    }
+
     /// Moves the coroutine's home; the caller has claimed it (scheduled).
     pub(crate) fn set_home(&self, ctx: &AioContext) {
         *self.home.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
