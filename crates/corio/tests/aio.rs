@@ -559,3 +559,32 @@ fn nested_poll_runs_rest_of_batch() {
     waiter.delete();
     setter.delete();
 }
+
+/// A BH scheduled again while its callback runs a nested poll is not called
+/// re-entrantly (QEMU's reentrancy guard, trace `reentrant_aio`); it runs
+/// once the outer call has returned.
+#[test]
+fn bh_not_reentered_by_nested_poll() {
+    let ctx = AioContext::new().unwrap();
+    let depth = Arc::new(AtomicUsize::new(0));
+    let max_depth = Arc::new(AtomicUsize::new(0));
+    let (runs, r2) = counter();
+    let slot: Arc<Mutex<Option<Bh>>> = Arc::default();
+    let (c, s, d, m) = (ctx.clone(), slot.clone(), depth.clone(), max_depth.clone());
+    let bh = ctx.bh_new(move || {
+        let now = d.fetch_add(1, SeqCst) + 1;
+        m.fetch_max(now, SeqCst);
+        if r2.fetch_add(1, SeqCst) == 0 {
+            s.lock().unwrap().as_ref().unwrap().schedule();
+            c.poll(false); // takes the BH again, must not call it
+        }
+        d.fetch_sub(1, SeqCst);
+    });
+    *slot.lock().unwrap() = Some(bh.clone());
+    bh.schedule();
+    while ctx.poll(false) {}
+    assert_eq!(runs.load(SeqCst), 2);
+    assert_eq!(max_depth.load(SeqCst), 1, "never re-entered");
+    slot.lock().unwrap().take();
+    bh.delete();
+}
