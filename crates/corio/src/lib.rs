@@ -47,6 +47,7 @@
 
 pub mod aio;
 pub mod coroutine;
+pub mod io;
 pub mod iothread;
 mod loom;
 pub mod trace;
