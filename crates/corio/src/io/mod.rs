@@ -3,3 +3,10 @@
 //! listener, and QIOTask.
 
 pub mod address;
+pub mod channel;
+pub mod file;
+pub mod socket;
+
+pub use channel::{Channel, ChannelBase, Feature, ReadFlags};
+pub use file::FileChannel;
+pub use socket::SocketChannel;

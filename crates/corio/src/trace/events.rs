@@ -36,4 +36,42 @@ trace_events! {
     poll_add(ctx: Ptr, node: Ptr, fd: i32, revents: u32) "ctx {ctx:p} node {node:p} fd {fd} revents 0x{revents:x}";
     /// An fd handler is removed.
     poll_remove(ctx: Ptr, node: Ptr, fd: i32) "ctx {ctx:p} node {node:p} fd {fd}";
+
+    // io/channel-socket.c
+    /// A socket channel was created.
+    qio_channel_socket_new(ioc: Ptr) "Socket new ioc={ioc:p}";
+    /// A socket channel wraps an existing fd.
+    qio_channel_socket_new_fd(ioc: Ptr, fd: i32) "Socket new ioc={ioc:p} fd={fd}";
+    /// `connect_sync` starts.
+    qio_channel_socket_connect_sync(addr: Ptr, uri: &str) "Socket connect sync addr={addr:p} uri={uri}";
+    /// `connect_async` starts.
+    qio_channel_socket_connect_async(addr: Ptr, uri: &str) "Socket connect async addr={addr:p} uri={uri}";
+    /// A connect failed.
+    qio_channel_socket_connect_fail(addr: Ptr) "Socket connect fail addr={addr:p}";
+    /// A connect succeeded.
+    qio_channel_socket_connect_complete(ioc: Ptr, fd: i32) "Socket connect complete ioc={ioc:p} fd={fd}";
+    /// `listen_sync` starts.
+    qio_channel_socket_listen_sync(addr: Ptr, uri: &str, num: i32) "Socket listen sync addr={addr:p} uri={uri} num={num}";
+    /// `listen_async` starts.
+    qio_channel_socket_listen_async(addr: Ptr, uri: &str, num: i32) "Socket listen async addr={addr:p} uri={uri} num={num}";
+    /// A listen failed.
+    qio_channel_socket_listen_fail(addr: Ptr) "Socket listen fail addr={addr:p}";
+    /// A listen succeeded.
+    qio_channel_socket_listen_complete(ioc: Ptr, fd: i32) "Socket listen complete ioc={ioc:p} fd={fd}";
+    /// `accept` starts.
+    qio_channel_socket_accept(ioc: Ptr) "Socket accept start ioc={ioc:p}";
+    /// An accept failed.
+    qio_channel_socket_accept_fail(ioc: Ptr) "Socket accept fail ioc={ioc:p}";
+    /// An accept succeeded.
+    qio_channel_socket_accept_complete(ioc: Ptr, cioc: Ptr, fd: i32) "Socket accept complete ioc={ioc:p} client={cioc:p} fd={fd}";
+
+    // util/qemu-sockets.c
+    /// A socket starts listening with backlog `num`.
+    socket_listen(num: i32) "backlog: {num}";
+
+    // io/channel-file.c
+    /// A file channel wraps an fd.
+    qio_channel_file_new_fd(ioc: Ptr, fd: i32) "File new fd ioc={ioc:p} fd={fd}";
+    /// A file channel opened a path.
+    qio_channel_file_new_path(ioc: Ptr, path: &str, flags: u32, mode: u32, fd: i32) "File new fd ioc={ioc:p} path={path} flags={flags} mode={mode} fd={fd}";
 }

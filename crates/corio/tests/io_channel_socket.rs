@@ -1,0 +1,427 @@
+//! QEMU's tests/unit/test-io-channel-socket.c, plus coroutine-mode cases:
+//! a coroutine reading or writing a non-blocking socket yields to its
+//! AioContext and is resumed when the fd is ready.
+
+mod io_channel_helpers;
+
+use std::cell::Cell;
+use std::io::{IoSlice, IoSliceMut, Read, Seek, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corio::io::address::SocketAddress;
+use corio::io::file::{new_fd, FdChannel};
+use corio::io::{Channel, Feature, SocketChannel};
+use corio::{AioContext, Coroutine};
+use io_channel_helpers::{join_bounded, pattern, run_threads};
+
+fn tmp_path(name: &str) -> String {
+    std::env::temp_dir()
+        .join(format!("corio-test-{}-{name}", std::process::id()))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// QEMU's `test_io_channel_setup_sync`: listen, connect, accept.
+fn setup_sync(listen: &SocketAddress) -> (SocketChannel, Arc<SocketChannel>, Arc<SocketChannel>) {
+    let lsock = SocketChannel::listen_sync(listen, 1).unwrap();
+    assert!(lsock.has_feature(Feature::Listen));
+    let connect = lsock.local_address().unwrap();
+    let src = SocketChannel::connect_sync(&connect).unwrap();
+    src.set_delay(false).unwrap();
+    let dst = lsock.accept().unwrap();
+    (lsock, Arc::new(src), Arc::new(dst))
+}
+
+/// QEMU's `test_io_channel`: one transfer blocking, one non-blocking, each
+/// on a fresh connection.
+fn test_io_channel(listen: &SocketAddress, fd_pass: bool) {
+    for blocking in [true, false] {
+        let (_l, src, dst) = setup_sync(listen);
+        for c in [&src, &dst] {
+            assert!(c.has_feature(Feature::Shutdown));
+            assert_eq!(c.has_feature(Feature::FdPass), fd_pass);
+        }
+        run_threads(blocking, src.clone(), dst.clone());
+        dst.shutdown(Shutdown::Both).unwrap();
+    }
+}
+
+fn ipv6_available() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+#[test]
+fn io_channel_socket_ipv4_sync() {
+    test_io_channel(&"127.0.0.1:0".parse().unwrap(), false);
+}
+
+#[test]
+fn io_channel_socket_ipv6_sync() {
+    if !ipv6_available() {
+        eprintln!("skipping: ::1 is not available");
+        return;
+    }
+    test_io_channel(&"[::1]:0".parse().unwrap(), false);
+}
+
+#[test]
+fn io_channel_socket_unix_sync() {
+    let path = tmp_path("unix-sync.sock");
+    let addr = SocketAddress::unix(path.clone());
+    test_io_channel(&addr, true);
+    // The listener of each round was dropped: its socket file is gone.
+    assert!(!std::path::Path::new(&path).exists());
+    let l = SocketChannel::listen_sync(&addr, 1).unwrap();
+    assert!(std::path::Path::new(&path).exists());
+    drop(l);
+    assert!(!std::path::Path::new(&path).exists());
+}
+
+#[test]
+fn io_channel_socket_unix_abstract_sync() {
+    let name = format!("corio-test-{}-abstract", std::process::id());
+    let addr = SocketAddress::unix_abstract(name.clone(), None);
+    test_io_channel(&addr, true);
+    let l = SocketChannel::listen_sync(&addr, 1).unwrap();
+    assert_eq!(l.local_address().unwrap(), addr);
+    // A non-tight address is a different address.
+    let loose = SocketAddress::unix_abstract(name, Some(false));
+    assert!(SocketChannel::connect_sync(&loose).is_err());
+}
+
+#[test]
+fn io_channel_socket_unix_fd_pass() {
+    let path = tmp_path("fd-pass.sock");
+    let (_l, src, dst) = setup_sync(&SocketAddress::unix(path));
+    let fpath = tmp_path("fd-pass.txt");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&fpath)
+        .unwrap();
+    let fds = [file.as_fd(), file.as_fd(), file.as_fd()];
+    let n = src
+        .writev_full(&[IoSlice::new(b"Hello World")], &fds)
+        .unwrap();
+    assert_eq!(n, 11);
+
+    let mut buf = [0u8; 11];
+    let mut got: Vec<OwnedFd> = Vec::new();
+    dst.readv_full_all(&mut [IoSliceMut::new(&mut buf)], Some(&mut got))
+        .unwrap();
+    assert_eq!(&buf, b"Hello World");
+    assert_eq!(got.len(), 3);
+    let orig = file.as_raw_fd();
+    for (i, fd) in got.iter().enumerate() {
+        assert_ne!(fd.as_raw_fd(), orig);
+        for other in &got[i + 1..] {
+            assert_ne!(fd.as_raw_fd(), other.as_raw_fd());
+        }
+    }
+    // Writing through a received fd shows in the original file.
+    let mut via = std::fs::File::from(got.pop().unwrap());
+    via.write_all(b"passed").unwrap();
+    file.rewind().unwrap();
+    let mut s = String::new();
+    file.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "passed");
+    std::fs::remove_file(&fpath).unwrap();
+
+    // A channel without FD_PASS refuses fds.
+    let (_l4, tsrc, _tdst) = setup_sync(&"127.0.0.1:0".parse().unwrap());
+    let e = tsrc
+        .writev_full(&[IoSlice::new(b"x")], &[file.as_fd()])
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+}
+
+#[test]
+fn io_channel_socket_unix_listen_cleanup() {
+    let path = tmp_path("listen-cleanup.sock");
+    let _ = std::fs::remove_file(&path);
+    // Bound by hand: the channel has no LISTEN feature and leaves the path.
+    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let ch = SocketChannel::new_fd(OwnedFd::from(l)).unwrap();
+    assert!(!ch.has_feature(Feature::Listen));
+    drop(ch);
+    assert!(std::path::Path::new(&path).exists());
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn io_channel_socket_ipv4_fd() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    match new_fd(OwnedFd::from(l)).unwrap() {
+        FdChannel::Socket(s) => {
+            assert_eq!(
+                s.local_address().unwrap().to_string(),
+                format!("tcp:127.0.0.1:{port},ipv4=on")
+            );
+            assert!(!s.has_feature(Feature::FdPass));
+        }
+        FdChannel::File(_) => panic!("a socket fd gave a file channel"),
+    }
+}
+
+#[test]
+fn io_channel_socket_addresses() {
+    let (l, src, dst) = setup_sync(&"127.0.0.1:0".parse().unwrap());
+    assert_eq!(src.remote_address().unwrap(), l.local_address().unwrap());
+    assert_eq!(dst.remote_address().unwrap(), src.local_address().unwrap());
+    let mut l = l;
+    l.close().unwrap();
+    assert!(l.accept().is_err());
+    assert!(l.close().is_err());
+}
+
+#[test]
+fn io_channel_socket_connect_refused() {
+    // Bind then drop: nothing listens on that port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = SocketChannel::connect_sync(&SocketAddress::inet("127.0.0.1", port)).unwrap_err();
+    assert!(e.to_string().contains("Failed to connect"), "{e}");
+    let e = SocketChannel::connect_sync(&SocketAddress::unix(tmp_path("nobody.sock"))).unwrap_err();
+    assert!(e.to_string().contains("Failed to connect"), "{e}");
+}
+
+#[test]
+fn io_channel_socket_listen_port_range() {
+    let taken = SocketChannel::listen_sync(&"127.0.0.1:0".parse().unwrap(), 1).unwrap();
+    let SocketAddress::Inet(a) = taken.local_address().unwrap() else {
+        unreachable!()
+    };
+    if a.port == u16::MAX {
+        return;
+    }
+    let range = format!("127.0.0.1:{},to={},ipv4=on", a.port, a.port + 1);
+    // SO_REUSEADDR does not let two listeners share a port: the next one is used.
+    match SocketChannel::listen_sync(&range.parse().unwrap(), 1) {
+        Ok(l) => {
+            let SocketAddress::Inet(b) = l.local_address().unwrap() else {
+                unreachable!()
+            };
+            assert_eq!(b.port, a.port + 1);
+        }
+        Err(e) => eprintln!("port {} taken by someone else: {e}", a.port + 1),
+    }
+}
+
+// ----- coroutine mode -----
+
+/// Polls `ctx` until `done`, failing instead of hanging.
+fn poll_until(ctx: &AioContext, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the coroutine"
+        );
+        ctx.poll(true);
+    }
+}
+
+#[test]
+fn io_channel_socket_co_read_all_yields() {
+    let ctx = AioContext::new().unwrap();
+    let (_l, src, dst) = setup_sync(&"127.0.0.1:0".parse().unwrap());
+    dst.set_blocking(false).unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let d = dst.clone();
+    let co = Coroutine::new(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        d.read_all(&mut buf).unwrap();
+        *g.lock().unwrap() = buf;
+    });
+    co.enter();
+    assert!(!co.is_terminated(), "read_all returned before any data");
+    let data = pattern(64 * 1024, 7);
+    let expect = data.clone();
+    let writer = std::thread::spawn(move || {
+        // In pieces, so the coroutine wakes and yields again in between.
+        for chunk in data.chunks(1000) {
+            src.write_all(chunk).unwrap();
+        }
+    });
+    poll_until(&ctx, || co.is_terminated());
+    join_bounded(writer, "writer");
+    assert!(*got.lock().unwrap() == expect);
+}
+
+#[test]
+fn io_channel_socket_co_peer_hangup_mid_read() {
+    let ctx = AioContext::new().unwrap();
+    let (a, b) = SocketChannel::pair().unwrap();
+    a.set_blocking(false).unwrap();
+    let result = Rc::new(Cell::new(None));
+    let r = result.clone();
+    let co = Coroutine::new(move || {
+        let mut buf = [0u8; 100];
+        r.set(Some(
+            a.read_all(&mut buf).map_err(|e| (e.kind(), e.to_string())),
+        ));
+    });
+    co.enter();
+    assert!(!co.is_terminated());
+    let writer = std::thread::spawn(move || {
+        b.write_all(&[1u8; 10]).unwrap();
+        drop(b); // hang up with 90 bytes missing
+    });
+    poll_until(&ctx, || co.is_terminated());
+    join_bounded(writer, "writer");
+    let (kind, msg) = result.take().unwrap().unwrap_err();
+    assert_eq!(kind, std::io::ErrorKind::UnexpectedEof);
+    assert!(msg.contains("end-of-file"), "{msg}");
+}
+
+#[test]
+fn io_channel_socket_co_clean_eof() {
+    let ctx = AioContext::new().unwrap();
+    let (a, b) = SocketChannel::pair().unwrap();
+    a.set_blocking(false).unwrap();
+    let result = Rc::new(Cell::new(None));
+    let r = result.clone();
+    let co = Coroutine::new(move || {
+        let mut buf = [0u8; 16];
+        r.set(Some(a.read_all_eof(&mut buf).unwrap()));
+    });
+    co.enter();
+    std::thread::spawn(move || drop(b)).join().unwrap();
+    poll_until(&ctx, || co.is_terminated());
+    assert_eq!(result.take(), Some(false));
+}
+
+#[test]
+fn io_channel_socket_co_short_write_completed() {
+    let ctx = AioContext::new().unwrap();
+    let (_l, src, dst) = setup_sync(&"127.0.0.1:0".parse().unwrap());
+    src.set_blocking(false).unwrap();
+    // Far more than the socket buffers hold: writev returns short, then
+    // would block, and the coroutine must yield until the reader drains.
+    const LEN: usize = 8 << 20;
+    let data = pattern(LEN, 3);
+    let expect = data.clone();
+    let drained = Arc::new(AtomicBool::new(false));
+    let dr = drained.clone();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::with_capacity(LEN);
+        let mut buf = vec![0u8; 65536];
+        let mut d = &*dst;
+        loop {
+            let n = d.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        dr.store(true, Ordering::SeqCst);
+        got
+    });
+    let s = src.clone();
+    let co = Coroutine::new(move || {
+        s.write_all(&data).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+    });
+    co.enter();
+    assert!(!co.is_terminated(), "8 MiB fit in the socket buffers");
+    poll_until(&ctx, || co.is_terminated());
+    let got = join_bounded(reader, "reader");
+    assert!(drained.load(Ordering::SeqCst));
+    assert_eq!(got.len(), LEN);
+    assert!(got == expect, "data lost or reordered");
+}
+
+#[test]
+fn io_channel_socket_co_reader_and_writer_share_channel() {
+    // One coroutine reads while another writes the same channel: both wait
+    // on the same fd with different conditions.
+    let ctx = AioContext::new().unwrap();
+    let (a, b) = SocketChannel::pair().unwrap();
+    let a = Arc::new(a);
+    a.set_blocking(false).unwrap();
+    const LEN: usize = 4 << 20;
+    let out = pattern(LEN, 9);
+    let a1 = a.clone();
+    let got = Rc::new(Cell::new(None));
+    let g = got.clone();
+    let reader = Coroutine::new(move || {
+        let mut buf = vec![0u8; 5];
+        a1.read_all(&mut buf).unwrap();
+        g.set(Some(buf));
+    });
+    let a2 = a.clone();
+    let writer = Coroutine::new(move || a2.write_all(&out).unwrap());
+    reader.enter();
+    writer.enter();
+    assert!(!reader.is_terminated() && !writer.is_terminated());
+    let peer = std::thread::spawn(move || {
+        let mut sink = vec![0u8; LEN];
+        b.read_all(&mut sink).unwrap();
+        b.write_all(b"done!").unwrap();
+        sink
+    });
+    poll_until(&ctx, || reader.is_terminated() && writer.is_terminated());
+    let sink = join_bounded(peer, "peer");
+    assert!(sink == pattern(LEN, 9));
+    assert_eq!(got.take().unwrap(), b"done!");
+}
+
+#[test]
+fn io_channel_socket_co_wake_read() {
+    let ctx = AioContext::new().unwrap();
+    let (a, b) = SocketChannel::pair().unwrap();
+    let a = Arc::new(a);
+    a.set_blocking(false).unwrap();
+    let a1 = a.clone();
+    let done = Rc::new(Cell::new(false));
+    let d = done.clone();
+    let co = Coroutine::new(move || {
+        let mut buf = [0u8; 3];
+        a1.read_all(&mut buf).unwrap();
+        assert_eq!(&buf, b"abc");
+        d.set(true);
+    });
+    co.enter();
+    // A spurious wake from another thread: the read retries and yields again.
+    let a2 = a.clone();
+    std::thread::spawn(move || a2.wake_read()).join().unwrap();
+    ctx.poll(true);
+    assert!(!done.get());
+    b.write_all(b"abc").unwrap();
+    poll_until(&ctx, || done.get());
+}
+
+#[test]
+fn io_channel_socket_std_io_in_coroutine() {
+    // std::io::copy, a synchronous API, runs unchanged in a coroutine.
+    let ctx = AioContext::new().unwrap();
+    let (a, b) = SocketChannel::pair().unwrap();
+    a.set_blocking(false).unwrap();
+    let copied = Rc::new(Cell::new(0));
+    let c = copied.clone();
+    let co = Coroutine::new(move || {
+        let mut a = a;
+        let mut out = Vec::new();
+        c.set(std::io::copy(&mut a, &mut out).unwrap());
+        assert!(out == pattern(300_000, 1));
+    });
+    co.enter();
+    let peer = std::thread::spawn(move || {
+        Write::write_all(&mut &b, &pattern(300_000, 1)).unwrap();
+    });
+    poll_until(&ctx, || co.is_terminated());
+    join_bounded(peer, "peer");
+    assert_eq!(copied.get(), 300_000);
+}
