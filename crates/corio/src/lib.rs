@@ -50,6 +50,7 @@ pub mod coroutine;
 pub mod io;
 pub mod iothread;
 mod loom;
+pub mod sync;
 pub mod trace;
 
 pub use aio::{co_reschedule_self, AioContext, Bh, Clock, EventNotifier, Timer};

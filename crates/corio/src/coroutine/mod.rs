@@ -82,11 +82,15 @@ const THREAD_CALLER: *const CoInner = std::ptr::dangling();
 #[repr(u8)]
 pub(crate) enum Scheduler {
     AioCoSchedule = 1,
+    /// A coroutine sleeping in `sync::CoSleep`: a wakeup from anyone else
+    /// panics, as QEMU's `qemu_co_sleep` does.
+    CoSleep = 2,
 }
 
 fn scheduler_name(code: u8) -> &'static str {
     match code {
         1 => "aio_co_schedule",
+        2 => "qemu_co_sleep",
         _ => "?",
     }
 }
@@ -523,6 +527,16 @@ impl CoInner {
                 scheduler_name(prev)
             );
         }
+    }
+
+    /// Releases a claim taken with [`mark_scheduled`](Self::mark_scheduled)
+    /// by `who` without queueing the coroutine (a sleep ending). Returns
+    /// whether `who` held the claim.
+    pub(crate) fn clear_scheduled(&self, who: Scheduler) -> bool {
+        // Relaxed: as in `mark_scheduled`; the wakeup that follows publishes.
+        self.scheduled
+            .compare_exchange(who as u8, 0, Relaxed, Relaxed)
+            .is_ok()
     }
 
     /// For migration: the coroutine must be on the caller's thread and not

@@ -36,6 +36,43 @@ trace_events! {
     poll_add(ctx: Ptr, node: Ptr, fd: i32, revents: u32) "ctx {ctx:p} node {node:p} fd {fd} revents 0x{revents:x}";
     /// An fd handler is removed.
     poll_remove(ctx: Ptr, node: Ptr, fd: i32) "ctx {ctx:p} node {node:p} fd {fd}";
+    // util/qemu-coroutine-lock.c
+    /// `CoMutex::lock` took a free mutex without waiting.
+    qemu_co_mutex_lock_uncontended(mutex: Ptr, co: Ptr) "mutex {mutex:p} self {co:p}";
+    /// `CoMutex::lock` found the mutex held and queues itself.
+    qemu_co_mutex_lock_entry(mutex: Ptr, co: Ptr) "mutex {mutex:p} self {co:p}";
+    /// A queued `CoMutex::lock` was handed the mutex.
+    qemu_co_mutex_lock_return(mutex: Ptr, co: Ptr) "mutex {mutex:p} self {co:p}";
+    /// `CoMutex::unlock` starts.
+    qemu_co_mutex_unlock_entry(mutex: Ptr, co: Ptr) "mutex {mutex:p} self {co:p}";
+    /// `CoMutex::unlock` handed the mutex to a waiter (or to a locker in flight).
+    qemu_co_mutex_unlock_return(mutex: Ptr, co: Ptr) "mutex {mutex:p} self {co:p}";
+
+    // util/thread-pool.c
+    /// A request was queued on a context's thread pool.
+    thread_pool_submit_aio(pool: Ptr, req: Ptr, opaque: Ptr) "pool {pool:p} req {req:p} opaque {opaque:p}";
+    /// A request's completion runs in the submitting context; `ret` is 0 or a negative errno.
+    thread_pool_complete_aio(pool: Ptr, req: Ptr, opaque: Ptr, ret: i32) "pool {pool:p} req {req:p} opaque {opaque:p} ret {ret}";
+    /// A request is being cancelled.
+    thread_pool_cancel_aio(req: Ptr, opaque: Ptr) "req {req:p} opaque {opaque:p}";
+
+    // io/task.c
+    /// A QIOTask was created.
+    qio_task_new(task: Ptr, source: Ptr, func: Ptr, opaque: Ptr) "Task new task={task:p} source={source:p} func={func:p} opaque={opaque:p}";
+    /// A QIOTask's completion runs.
+    qio_task_complete(task: Ptr) "Task complete task={task:p}";
+    /// `run_in_thread` starts a worker thread.
+    qio_task_thread_start(task: Ptr, worker: Ptr, opaque: Ptr) "Task thread start task={task:p} worker={worker:p} opaque={opaque:p}";
+    /// The worker runs on its thread.
+    qio_task_thread_run(task: Ptr) "Task thread run task={task:p}";
+    /// The worker returned; its thread exits.
+    qio_task_thread_exit(task: Ptr) "Task thread exit task={task:p}";
+    /// The completion of a threaded task runs in its context.
+    qio_task_thread_result(task: Ptr) "Task thread result task={task:p}";
+    /// The completion was scheduled on the task's context.
+    qio_task_thread_source_attach(task: Ptr, ctx: Ptr) "Task thread source attach task={task:p} source={ctx:p}";
+    /// `wait_thread` ran the completion itself instead of the context.
+    qio_task_thread_source_cancel(task: Ptr, ctx: Ptr) "Task thread source cancel task={task:p} source={ctx:p}";
 
     // io/channel-socket.c
     /// A socket channel was created.

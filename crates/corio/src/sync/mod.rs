@@ -1,0 +1,48 @@
+//! Coroutine locks: QEMU's `util/qemu-coroutine-lock.c` and
+//! `util/qemu-coroutine-sleep.c`.
+//!
+//! * [`CoQueue`]: a condition-variable-like queue of sleeping coroutines;
+//! * [`CoMutex`]: a fair mutex whose waiters sleep (yield) instead of
+//!   blocking their thread; usable from coroutines on many threads at once;
+//! * [`CoRwLock`]: a fair reader-writer lock with upgrade and downgrade;
+//! * [`co_sleep_ns`] and [`CoSleep`]: sleeping on a timer, or until woken.
+//!
+//! All of them are `Send + Sync`, so they can live in an `Arc` shared by
+//! coroutines on several IOThreads. A waiter records a [`CoHandle`] of
+//! itself; whoever releases it calls [`CoHandle::wake`], so the waiter always
+//! resumes on its own home thread: directly (or queued behind the waker, as
+//! QEMU's `aio_co_wake`) when the waker runs there, through the home
+//! context's co_schedule queue otherwise. No `std` mutex guard is ever held
+//! across a yield.
+//!
+//! [`CoHandle`]: crate::CoHandle
+//! [`CoHandle::wake`]: crate::CoHandle::wake
+
+mod mutex;
+mod queue;
+mod rwlock;
+mod sleep;
+
+pub use mutex::{CoMutex, CoMutexGuard, Lockable};
+pub use queue::CoQueue;
+pub use rwlock::CoRwLock;
+pub use sleep::{co_sleep_ns, CoSleep};
+
+/// Identifies the caller as a lock holder: the running coroutine, or (outside
+/// any coroutine) the thread. Coroutine addresses are even (aligned), thread
+/// identities are odd, so the two never collide.
+fn holder_id() -> usize {
+    let co = crate::coroutine::tls::current_co();
+    if co.is_null() {
+        crate::coroutine::tls::thread_token() | 1
+    } else {
+        co as usize
+    }
+}
+
+/// `std::sync::Mutex::lock` that ignores poisoning: the state guarded by the
+/// locks' internal mutexes is updated in short sections that cannot panic
+/// half-way.
+fn lock_std<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
