@@ -51,8 +51,10 @@ pub mod io;
 pub mod iothread;
 mod loom;
 pub mod sync;
+pub mod thread_pool;
 pub mod trace;
 
-pub use aio::{co_reschedule_self, AioContext, Bh, Clock, EventNotifier, Timer};
+pub use aio::{co_reschedule_self, AioContext, Bh, Clock, EventNotifier, Timer, WeakAioContext};
 pub use coroutine::{in_coroutine, yield_now, CoHandle, Coroutine};
 pub use iothread::{in_iothread, IoThread};
+pub use thread_pool::{PoolError, ThreadPool};

@@ -58,7 +58,7 @@ use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release, SeqCst};
 use std::sync::{Arc, Weak};
 
 pub use bh::Bh;
-pub use fd::{EventNotifier, FdCallback, NotifierCallback};
+pub use fd::{EventNotifier, EventsCallback, FdCallback, NotifierCallback};
 pub use sys::events;
 pub use timer::{Clock, Timer};
 
@@ -98,6 +98,9 @@ struct Shared {
     co_bh: Arc<BhInner>,
     /// Home-thread state (see the `Sync` impl).
     local: RefCell<Local>,
+    /// The context's thread pool, created on first use (QEMU's
+    /// `ctx->thread_pool`); dropping it with the context stops its workers.
+    thread_pool: std::sync::OnceLock<crate::thread_pool::PoolOwner>,
 }
 
 // SAFETY: `local` is the only field that is not thread-safe; it is reached
@@ -206,6 +209,7 @@ impl AioContext {
                     bh_queue: VecDeque::new(),
                     timers: Vec::new(),
                 }),
+                thread_pool: std::sync::OnceLock::new(),
             }
         });
         let ctx = AioContext { shared };
@@ -263,6 +267,19 @@ impl AioContext {
     /// Whether both handles name the same context.
     pub fn ptr_eq(&self, other: &AioContext) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// A handle that does not keep the context alive: for work that may
+    /// outlive it (a pool worker, a QIOTask thread), which then drops its
+    /// completion instead of keeping a dead loop's memory.
+    pub fn downgrade(&self) -> WeakAioContext {
+        WeakAioContext {
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+
+    pub(crate) fn thread_pool_slot(&self) -> &std::sync::OnceLock<crate::thread_pool::PoolOwner> {
+        &self.shared.thread_pool
     }
 
     /// Wakes the home thread if it sleeps in a blocking poll (QEMU's
@@ -469,6 +486,10 @@ impl AioContext {
             let Some(node) = s.local().handlers.get(&r.fd).cloned() else {
                 continue;
             };
+            if let Some(cb) = &node.events {
+                progress |= node.call_events(cb, r.events);
+                continue;
+            }
             if r.events & (events::IN | events::HUP | events::ERR) != 0 {
                 progress |= node.call(&node.read);
             }
@@ -519,6 +540,48 @@ impl AioContext {
         local.monitor.register(fd, interest)?;
         local.handlers.insert(raw, node);
         drop(old); // its callbacks drop here unless a dispatch still holds them
+        Ok(())
+    }
+
+    /// Sets, replaces or (with `None`) removes one handler for `fd` that
+    /// asks for `interest` (any of [`events::IN`], [`events::OUT`],
+    /// [`events::PRI`]; `ERR` and `HUP` are always reported) and receives the
+    /// ready events. It replaces read/write handlers of the same fd. This is
+    /// what channel watches (QEMU's GSource-based `qio_channel_add_watch`)
+    /// need beyond [`set_fd_handler`](Self::set_fd_handler): urgent data,
+    /// and hang-up or error without asking for readability.
+    ///
+    /// # Errors
+    /// If the fd monitor refuses the fd.
+    ///
+    /// # Panics
+    /// Outside the home thread.
+    pub fn set_fd_events_handler(
+        &self,
+        fd: BorrowedFd<'_>,
+        interest: u32,
+        cb: Option<EventsCallback>,
+    ) -> io::Result<()> {
+        let s = &*self.shared;
+        let raw = fd.as_raw_fd();
+        let mut local = s.local();
+        let old = local.handlers.remove(&raw);
+        if let Some(old) = &old {
+            old.deleted.store(true, Relaxed);
+        }
+        let Some(cb) = cb else {
+            if let Some(old) = old {
+                trace::poll_remove(s.ptr(), Arc::as_ptr(&old).cast(), raw);
+                local.monitor.deregister(fd);
+            }
+            return Ok(());
+        };
+        let interest = interest & (events::IN | events::OUT | events::PRI);
+        let node = FdNode::new_events(cb);
+        trace::poll_add(s.ptr(), Arc::as_ptr(&node).cast(), raw, interest);
+        local.monitor.register(fd, interest)?;
+        local.handlers.insert(raw, node);
+        drop(old);
         Ok(())
     }
 
@@ -745,6 +808,22 @@ impl std::fmt::Debug for AioContext {
             .field("ptr", &self.as_ptr())
             .field("home", &self.shared.home_name)
             .finish()
+    }
+}
+
+/// A weak [`AioContext`] handle, from [`AioContext::downgrade`].
+#[derive(Clone, Debug)]
+pub struct WeakAioContext {
+    shared: Weak<Shared>,
+}
+
+impl WeakAioContext {
+    /// The context, if it still exists.
+    ///
+    /// # Thread context
+    /// Any thread.
+    pub fn upgrade(&self) -> Option<AioContext> {
+        self.shared.upgrade().map(|shared| AioContext { shared })
     }
 }
 

@@ -1,0 +1,639 @@
+//! The thread pool: QEMU's `util/thread-pool.c`.
+//!
+//! Every [`AioContext`] has one pool, created on first use
+//! ([`AioContext::thread_pool`], [`ThreadPool::for_context`]). Work runs on the
+//! pool's worker threads; its completion always runs back in the submitting
+//! context, from a bottom half on the context's home thread:
+//!
+//! * [`ThreadPool::submit_aio`]`(f, done)`: `done(result)` runs in the
+//!   context; the returned [`PoolRequest`] cancels a request that has not
+//!   started;
+//! * [`ThreadPool::submit_co`]`(f)`: from a coroutine, yields until `f` has
+//!   run and returns its value.
+//!
+//! Workers are started on demand while none is idle, up to `max` (64 by
+//! default, as QEMU); a worker idle for the idle timeout (10 s by default)
+//! exits while more than `min` (0) run. A panic in `f` reaches the submitter as
+//! [`PoolError::Panicked`]; the worker survives it.
+//!
+//! # Completion path
+//!
+//! A worker stores the result in the request, pushes the request onto the
+//! pool's `done` list and, if the list was empty, schedules one bottom half in
+//! the context that completes the whole list. The pool holds the context
+//! weakly: a context dropped with work in flight drops those completions
+//! (never runs them elsewhere), and its pool's workers exit once the queue is
+//! empty.
+//!
+//! # Examples
+//!
+//! ```
+//! use corio::{AioContext, Coroutine};
+//! use std::{cell::Cell, rc::Rc};
+//!
+//! let ctx = AioContext::new().unwrap();
+//! let pool = ctx.thread_pool();
+//! let got = Rc::new(Cell::new(0));
+//! let g = got.clone();
+//! let co = Coroutine::new(move || {
+//!     let v = pool.submit_co(|| 6 * 7).unwrap(); // runs on a worker thread
+//!     g.set(v);
+//! });
+//! co.enter();
+//! while !co.is_terminated() {
+//!     ctx.poll(true); // the completion resumes the coroutine here
+//! }
+//! assert_eq!(got.get(), 42);
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::aio::{AioContext, WeakAioContext};
+use crate::coroutine::{yield_now, CoHandle, Coroutine};
+use crate::trace;
+
+/// QEMU's default upper bound on worker threads.
+pub const DEFAULT_MAX_THREADS: usize = 64;
+/// QEMU's idle timeout: an idle worker above `min` exits after it.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const ECANCELED: i32 = 125;
+const EIO: i32 = 5;
+
+/// Why a request produced no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// Cancelled before a worker started it (QEMU's `-ECANCELED`).
+    #[error("thread pool request cancelled before it started")]
+    Canceled,
+    /// The work function panicked; the message is the panic's.
+    #[error("thread pool work function panicked: {0}")]
+    Panicked(String),
+}
+
+impl PoolError {
+    /// The negative errno QEMU's completion would receive.
+    pub fn errno(&self) -> i32 {
+        match self {
+            PoolError::Canceled => -ECANCELED,
+            PoolError::Panicked(_) => -EIO,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    }
+}
+
+// ----- requests -----
+
+/// Request states (QEMU's `ThreadPoolElementState`). Each moves only
+/// forward: QUEUED -> RUNNING -> DONE -> COMPLETED, or QUEUED -> DONE on cancel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Queued,
+    Running,
+    /// The result is stored; the completion has not run yet.
+    Done,
+    /// The completion ran (or the coroutine was woken).
+    Completed,
+}
+
+/// What the completion does.
+enum OnDone<D> {
+    Callback(D),
+    Wake(CoHandle),
+}
+
+struct ReqInner<F, R, D> {
+    state: State,
+    func: Option<F>,
+    result: Option<Result<R, PoolError>>,
+    done: Option<OnDone<D>>,
+}
+
+struct Request<F, R, D> {
+    /// All fields together; held only briefly, never while `f` or the
+    /// completion runs.
+    inner: Mutex<ReqInner<F, R, D>>,
+}
+
+/// The type-erased request the pool queues.
+trait Job: Send + Sync {
+    /// Worker thread: runs `f` unless cancelled; true if the result is ready.
+    fn run(&self) -> bool;
+    /// Home thread, from the completion bottom half.
+    fn complete(&self, pool: *const ());
+    /// Home thread: a queued request becomes DONE with `Canceled`.
+    fn cancel(&self) -> bool;
+    fn state(&self) -> State;
+    fn as_ptr(&self) -> *const ();
+}
+
+impl<F, R, D> Job for Request<F, R, D>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+    D: FnOnce(Result<R, PoolError>) + Send,
+{
+    fn run(&self) -> bool {
+        let f = {
+            let mut i = lock(&self.inner);
+            if i.state != State::Queued {
+                return false; // cancelled while queued
+            }
+            i.state = State::Running;
+            i.func.take()
+        };
+        let Some(f) = f else { return false };
+        let r =
+            catch_unwind(AssertUnwindSafe(f)).map_err(|p| PoolError::Panicked(panic_message(&*p)));
+        let mut i = lock(&self.inner);
+        i.result = Some(r);
+        i.state = State::Done;
+        true
+    }
+
+    fn complete(&self, pool: *const ()) {
+        let mut i = lock(&self.inner);
+        if i.state != State::Done {
+            return;
+        }
+        i.state = State::Completed;
+        let ret = match &i.result {
+            Some(Err(e)) => e.errno(),
+            _ => 0,
+        };
+        trace::thread_pool_complete_aio(pool, self.as_ptr(), std::ptr::null(), ret);
+        match i.done.take() {
+            Some(OnDone::Callback(d)) => {
+                let r = i.result.take().expect("a DONE request has a result");
+                drop(i);
+                d(r);
+            }
+            Some(OnDone::Wake(h)) => {
+                drop(i);
+                h.wake(); // the coroutine takes the result itself
+            }
+            None => {}
+        }
+    }
+
+    fn cancel(&self) -> bool {
+        let f = {
+            let mut i = lock(&self.inner);
+            if i.state != State::Queued {
+                return false;
+            }
+            i.state = State::Done;
+            i.result = Some(Err(PoolError::Canceled));
+            i.func.take()
+        };
+        drop(f); // outside the lock: the closure's destructors may do anything
+        true
+    }
+
+    fn state(&self) -> State {
+        lock(&self.inner).state
+    }
+
+    fn as_ptr(&self) -> *const () {
+        self as *const Self as *const ()
+    }
+}
+
+// ----- the pool -----
+
+struct PoolState {
+    /// Requests not yet taken by a worker, oldest first.
+    queue: VecDeque<Arc<dyn Job>>,
+    /// Worker threads alive.
+    cur: usize,
+    /// Workers waiting on `work` (counted while inside the wait).
+    idle: usize,
+    /// Notifications sent to idle workers and not yet consumed: a submit
+    /// starts a new worker only when every idle one has been signalled.
+    signalled: usize,
+    min: usize,
+    max: usize,
+    idle_timeout: Duration,
+    /// The context is gone: workers exit once the queue is empty.
+    stopping: bool,
+}
+
+struct DoneList {
+    list: Vec<Arc<dyn Job>>,
+    /// A completion bottom half is scheduled and has not taken the list yet.
+    bh_scheduled: bool,
+}
+
+struct PoolShared {
+    ctx: WeakAioContext,
+    state: Mutex<PoolState>,
+    /// Signalled when work is queued or the pool stops.
+    work: Condvar,
+    done: Mutex<DoneList>,
+}
+
+/// A context's thread pool (QEMU's `ThreadPoolAio`). Cloning gives another
+/// handle to the same pool.
+///
+/// # Thread context
+/// Submitting and cancelling: the context's home thread (completions run
+/// there). Changing the parameters: any thread.
+#[derive(Clone)]
+pub struct ThreadPool {
+    shared: Arc<PoolShared>,
+}
+
+/// Owned by the context (its pool slot): stops the workers when the context
+/// is dropped.
+pub(crate) struct PoolOwner(ThreadPool);
+
+impl Drop for PoolOwner {
+    fn drop(&mut self) {
+        let s = &self.0.shared;
+        lock(&s.state).stopping = true;
+        s.work.notify_all();
+    }
+}
+
+impl AioContext {
+    /// This context's thread pool, created on first use (QEMU's
+    /// `aio_get_thread_pool`).
+    ///
+    /// # Thread context
+    /// Any thread.
+    pub fn thread_pool(&self) -> ThreadPool {
+        ThreadPool::for_context(self)
+    }
+}
+
+impl ThreadPool {
+    /// The pool of `ctx`, created on first use.
+    ///
+    /// # Thread context
+    /// Any thread.
+    pub fn for_context(ctx: &AioContext) -> ThreadPool {
+        ctx.thread_pool_slot()
+            .get_or_init(|| {
+                PoolOwner(ThreadPool {
+                    shared: Arc::new(PoolShared {
+                        ctx: ctx.downgrade(),
+                        state: Mutex::new(PoolState {
+                            queue: VecDeque::new(),
+                            cur: 0,
+                            idle: 0,
+                            signalled: 0,
+                            min: 0,
+                            max: DEFAULT_MAX_THREADS,
+                            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                            stopping: false,
+                        }),
+                        work: Condvar::new(),
+                        done: Mutex::new(DoneList {
+                            list: Vec::new(),
+                            bh_scheduled: false,
+                        }),
+                    }),
+                })
+            })
+            .0
+            .clone()
+    }
+
+    /// The pool of the calling thread's current context.
+    pub fn current() -> ThreadPool {
+        ThreadPool::for_context(&AioContext::current())
+    }
+
+    fn ptr(&self) -> *const () {
+        Arc::as_ptr(&self.shared).cast()
+    }
+
+    /// Sets the bounds on worker threads (QEMU's
+    /// `aio_context_set_thread_pool_params`), starting workers up to `min`.
+    ///
+    /// # Panics
+    /// If `max` is 0 or `min > max`.
+    pub fn set_params(&self, min: usize, max: usize) {
+        assert!(
+            max > 0 && min <= max,
+            "thread pool: need 0 < max and min <= max"
+        );
+        let mut st = lock(&self.shared.state);
+        st.min = min;
+        st.max = max;
+        while st.cur < st.min {
+            self.spawn_worker(&mut st);
+        }
+        drop(st);
+        // Workers above a lowered `max` or `min` re-check when they wake.
+        self.shared.work.notify_all();
+    }
+
+    /// Sets how long an idle worker above `min` waits before it exits.
+    pub fn set_idle_timeout(&self, timeout: Duration) {
+        lock(&self.shared.state).idle_timeout = timeout;
+        self.shared.work.notify_all();
+    }
+
+    /// Worker threads alive now. A snapshot, for tests and statistics.
+    pub fn threads(&self) -> usize {
+        lock(&self.shared.state).cur
+    }
+
+    /// Requests queued and not yet started. A snapshot.
+    pub fn queued(&self) -> usize {
+        lock(&self.shared.state).queue.len()
+    }
+
+    /// Runs `f` on a worker thread, then `done(result)` in this pool's
+    /// context (QEMU's `thread_pool_submit_aio`). `done` runs from a bottom
+    /// half of the context, never before the caller returns to the loop;
+    /// `result` is `f`'s value, [`PoolError::Canceled`] if the request was
+    /// cancelled before it started, or [`PoolError::Panicked`].
+    ///
+    /// # Thread context
+    /// The context's home thread.
+    ///
+    /// # Panics
+    /// On another thread, or if the context has been dropped.
+    pub fn submit_aio<R, F, D>(&self, f: F, done: D) -> PoolRequest
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+        D: FnOnce(Result<R, PoolError>) + Send + 'static,
+    {
+        let job: Arc<dyn Job> = Arc::new(Request {
+            inner: Mutex::new(ReqInner {
+                state: State::Queued,
+                func: Some(f),
+                result: None,
+                done: Some(OnDone::Callback(done)),
+            }),
+        });
+        self.enqueue(job.clone());
+        PoolRequest {
+            job,
+            pool: self.clone(),
+        }
+    }
+
+    /// Runs `f` on a worker thread while the calling coroutine sleeps, and
+    /// returns its value once the coroutine resumes in its context (QEMU's
+    /// `thread_pool_submit_co`).
+    ///
+    /// # Errors
+    /// [`PoolError::Panicked`] if `f` panicked.
+    ///
+    /// # Thread context
+    /// Coroutine only, on the context's home thread.
+    ///
+    /// # Panics
+    /// Outside a coroutine or on another thread.
+    pub fn submit_co<R, F>(&self, f: F) -> Result<R, PoolError>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
+        let me = Coroutine::current().expect("ThreadPool::submit_co outside a coroutine");
+        let req = Arc::new(Request::<F, R, fn(Result<R, PoolError>)> {
+            inner: Mutex::new(ReqInner {
+                state: State::Queued,
+                func: Some(f),
+                result: None,
+                done: Some(OnDone::Wake(me.handle())),
+            }),
+        });
+        drop(me);
+        self.enqueue(req.clone());
+        // A stray wakeup must not return early: sleep until completed.
+        while req.state() != State::Completed {
+            yield_now();
+        }
+        let r = lock(&req.inner).result.take();
+        r.expect("a completed request has a result")
+    }
+
+    fn enqueue(&self, job: Arc<dyn Job>) {
+        let ctx = self
+            .shared
+            .ctx
+            .upgrade()
+            .expect("thread pool: its AioContext was dropped");
+        ctx.assert_home("submit to its thread pool");
+        trace::thread_pool_submit_aio(self.ptr(), job.as_ptr(), std::ptr::null());
+        let mut st = lock(&self.shared.state);
+        st.queue.push_back(job);
+        if st.idle > st.signalled {
+            st.signalled += 1;
+            drop(st);
+            self.shared.work.notify_one();
+        } else if st.cur < st.max {
+            self.spawn_worker(&mut st);
+        }
+    }
+
+    fn spawn_worker(&self, st: &mut PoolState) {
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("worker".to_owned())
+            .spawn(move || worker(&shared));
+        match spawned {
+            Ok(_) => st.cur += 1,
+            // Out of threads: the queued work waits for a running worker,
+            // as it would at `max`. With no worker at all it would wait
+            // forever, so that is a panic.
+            Err(e) if st.cur == 0 => panic!("thread pool: cannot start a worker: {e}"),
+            Err(_) => {}
+        }
+    }
+}
+
+fn worker(pool: &Arc<PoolShared>) {
+    let mut st = lock(&pool.state);
+    loop {
+        if let Some(job) = st.queue.pop_front() {
+            drop(st);
+            if job.run() {
+                push_done(pool, job);
+            }
+            st = lock(&pool.state);
+            continue;
+        }
+        if st.stopping || st.cur > st.max {
+            break;
+        }
+        st.idle += 1;
+        let timeout = st.idle_timeout;
+        let (g, res) = pool
+            .work
+            .wait_timeout(st, timeout)
+            .unwrap_or_else(|e| e.into_inner());
+        st = g;
+        st.idle -= 1;
+        st.signalled = st.signalled.saturating_sub(1);
+        if res.timed_out() && st.queue.is_empty() && st.cur > st.min {
+            break;
+        }
+    }
+    st.cur -= 1;
+}
+
+/// Worker thread: hands a finished request to the context.
+fn push_done(pool: &Arc<PoolShared>, job: Arc<dyn Job>) {
+    let mut d = lock(&pool.done);
+    d.list.push(job);
+    if d.bh_scheduled {
+        return; // the scheduled bottom half has not taken the list yet
+    }
+    let Some(ctx) = pool.ctx.upgrade() else {
+        d.list.clear(); // the context is gone: nobody to complete for
+        return;
+    };
+    d.bh_scheduled = true;
+    drop(d);
+    schedule_completion(&ctx, pool);
+}
+
+/// Schedules the bottom half that completes the `done` list. It holds the
+/// pool only while pending; the pool holds the context weakly, so there is
+/// no cycle to keep a dropped context alive.
+fn schedule_completion(ctx: &AioContext, pool: &Arc<PoolShared>) {
+    let pool = pool.clone();
+    ctx.bh_schedule_oneshot(move || {
+        let list = {
+            let mut d = lock(&pool.done);
+            d.bh_scheduled = false;
+            std::mem::take(&mut d.list)
+        };
+        let ptr = Arc::as_ptr(&pool).cast();
+        for job in list {
+            job.complete(ptr);
+        }
+    });
+}
+
+impl fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = lock(&self.shared.state);
+        f.debug_struct("ThreadPool")
+            .field("threads", &st.cur)
+            .field("idle", &st.idle)
+            .field("queued", &st.queue.len())
+            .field("min", &st.min)
+            .field("max", &st.max)
+            .finish()
+    }
+}
+
+/// A submitted request (QEMU's `BlockAIOCB` from `thread_pool_submit_aio`):
+/// cancels it if it has not started.
+pub struct PoolRequest {
+    job: Arc<dyn Job>,
+    pool: ThreadPool,
+}
+
+impl PoolRequest {
+    /// Asks for cancellation and returns at once (QEMU's
+    /// `bdrv_aio_cancel_async`). A request still queued will not run: its
+    /// completion gets [`PoolError::Canceled`] from the context's next
+    /// poll. A running or finished request completes normally. Returns
+    /// whether the request was cancelled.
+    ///
+    /// # Thread context
+    /// The context's home thread.
+    pub fn cancel_async(&self) -> bool {
+        trace::thread_pool_cancel_aio(self.job.as_ptr(), std::ptr::null());
+        if !self.job.cancel() {
+            return false;
+        }
+        {
+            let mut st = lock(&self.pool.shared.state);
+            if let Some(i) = st.queue.iter().position(|j| Arc::ptr_eq(j, &self.job)) {
+                st.queue.remove(i);
+            }
+        }
+        push_done(&self.pool.shared, self.job.clone());
+        true
+    }
+
+    /// Cancels like [`cancel_async`](Self::cancel_async), then polls the
+    /// context until the request's completion has run (QEMU's
+    /// `bdrv_aio_cancel`): a running request is waited for.
+    ///
+    /// # Thread context
+    /// The context's home thread (it polls the context).
+    ///
+    /// # Panics
+    /// If the context has been dropped.
+    pub fn cancel(&self) -> bool {
+        let cancelled = self.cancel_async();
+        let ctx = self
+            .pool
+            .shared
+            .ctx
+            .upgrade()
+            .expect("thread pool: its AioContext was dropped");
+        while !self.is_completed() {
+            ctx.poll(true);
+        }
+        cancelled
+    }
+
+    /// Whether the completion has run.
+    pub fn is_completed(&self) -> bool {
+        self.job.state() == State::Completed
+    }
+}
+
+impl fmt::Debug for PoolRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolRequest")
+            .field("state", &self.job.state())
+            .finish()
+    }
+}
+
+/// Submits to the calling thread's context's pool (QEMU's
+/// `thread_pool_submit_aio`). See [`ThreadPool::submit_aio`].
+pub fn submit_aio<R, F, D>(f: F, done: D) -> PoolRequest
+where
+    R: Send + 'static,
+    F: FnOnce() -> R + Send + 'static,
+    D: FnOnce(Result<R, PoolError>) + Send + 'static,
+{
+    ThreadPool::current().submit_aio(f, done)
+}
+
+/// Runs `f` on the pool of the calling coroutine's context and returns its
+/// value (QEMU's `thread_pool_submit_co`). See [`ThreadPool::submit_co`].
+///
+/// # Errors
+/// [`PoolError::Panicked`] if `f` panicked.
+pub fn submit_co<R, F>(f: F) -> Result<R, PoolError>
+where
+    R: Send + 'static,
+    F: FnOnce() -> R + Send + 'static,
+{
+    let ctx = Coroutine::current()
+        .expect("thread_pool::submit_co outside a coroutine")
+        .context();
+    ThreadPool::for_context(&ctx).submit_co(f)
+}
