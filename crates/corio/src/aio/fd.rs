@@ -11,6 +11,12 @@ use rustix::event::{eventfd, EventfdFlags};
 /// An fd handler callback. It runs on the context's home thread.
 pub type FdCallback = Box<dyn FnMut() + Send>;
 
+/// An event-mask fd handler ([`AioContext::set_fd_events_handler`]); it
+/// gets the ready events (`events::*` bits).
+///
+/// [`AioContext::set_fd_events_handler`]: super::AioContext::set_fd_events_handler
+pub type EventsCallback = Box<dyn FnMut(u32) + Send>;
+
 /// An event notifier handler; it gets the notifier that fired.
 pub type NotifierCallback = Box<dyn FnMut(&EventNotifier) + Send>;
 
@@ -18,6 +24,8 @@ pub type NotifierCallback = Box<dyn FnMut(&EventNotifier) + Send>;
 pub(crate) struct FdNode {
     pub(crate) read: Option<Mutex<FdCallback>>,
     pub(crate) write: Option<Mutex<FdCallback>>,
+    /// Instead of read/write: one callback that gets the ready events.
+    pub(crate) events: Option<Mutex<EventsCallback>>,
     /// Set when the handler is removed or replaced; a dispatch already under
     /// way skips it from then on.
     pub(crate) deleted: AtomicBool,
@@ -28,8 +36,30 @@ impl FdNode {
         Arc::new(FdNode {
             read: read.map(Mutex::new),
             write: write.map(Mutex::new),
+            events: None,
             deleted: AtomicBool::new(false),
         })
+    }
+
+    pub(crate) fn new_events(cb: EventsCallback) -> Arc<FdNode> {
+        Arc::new(FdNode {
+            read: None,
+            write: None,
+            events: Some(Mutex::new(cb)),
+            deleted: AtomicBool::new(false),
+        })
+    }
+
+    /// Like [`call`](Self::call) for the events callback.
+    pub(crate) fn call_events(&self, cb: &Mutex<EventsCallback>, revents: u32) -> bool {
+        if self.deleted.load(Relaxed) {
+            return false;
+        }
+        let Ok(mut cb) = cb.try_lock() else {
+            return false;
+        };
+        cb(revents);
+        true
     }
 
     /// Calls one of the callbacks unless the node was deleted or that
