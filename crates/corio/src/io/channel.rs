@@ -60,6 +60,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::aio::{events, AioContext, FdCallback};
 use crate::coroutine::{self, CoHandle, Coroutine};
+use crate::io::watch::{self, WatchFunc, WatchHandle, WatchList, WatchNotify};
 
 /// Optional capabilities of a channel (QEMU's `QIOChannelFeature`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +101,8 @@ pub struct ChannelBase {
     /// The coroutines yielding for read and write; shared with the fd
     /// handlers that wake them (any thread may take a waiter out).
     waiters: Arc<Mutex<Waiters>>,
+    /// The channel's watches, ended when it closes.
+    watches: WatchList,
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +125,12 @@ impl ChannelBase {
     /// A base with no name, no features and no waiters.
     pub fn new() -> ChannelBase {
         ChannelBase::default()
+    }
+
+    /// Ends the channel's watches (their callbacks get `NVAL` if they asked
+    /// for it): implementors call this from `io_close`.
+    pub fn close_watches(&self) {
+        self.watches.close_all();
     }
 
     /// Installs, in `ctx`, the fd handlers for the waiters whose context it
@@ -556,6 +565,31 @@ pub trait Channel: Send + Sync {
         coroutine::yield_now();
         clear(base);
         base.update_handlers(fd, &ctx)
+    }
+
+    /// Calls `func` in `ctx` (the caller's current context when `None`)
+    /// whenever the channel has one of `condition`'s events, until it
+    /// returns `false`, the returned handle removes it or the channel
+    /// closes; then `notify` runs, once (QEMU's `qio_channel_add_watch_full`).
+    /// See [`crate::io::watch`].
+    ///
+    /// # Thread context
+    /// Any thread; `func` and `notify` run on `ctx`'s home thread.
+    ///
+    /// # Errors
+    /// If the channel is closed or its fd cannot be watched.
+    ///
+    /// # Panics
+    /// If `condition` is empty or has bits other than `events::*`.
+    fn add_watch(
+        &self,
+        condition: u32,
+        func: WatchFunc,
+        notify: Option<WatchNotify>,
+        ctx: Option<&AioContext>,
+    ) -> io::Result<WatchHandle> {
+        let fd = self.poll_fd()?;
+        watch::add_watch(&self.base().watches, fd, condition, func, notify, ctx)
     }
 
     /// Wakes the coroutine waiting in `yield_for(IN)`, if any (QEMU's

@@ -166,6 +166,7 @@ impl Channel for FileChannel {
     }
 
     fn io_close(&mut self) -> io::Result<()> {
+        self.base.close_watches();
         self.fd.take().map(drop).ok_or_else(ebadf)
     }
 

@@ -6,7 +6,9 @@ pub mod address;
 pub mod channel;
 pub mod file;
 pub mod socket;
+pub mod watch;
 
 pub use channel::{Channel, ChannelBase, Feature, ReadFlags};
 pub use file::FileChannel;
 pub use socket::SocketChannel;
+pub use watch::{events, WatchHandle};

@@ -344,6 +344,7 @@ impl Channel for SocketChannel {
         if self.fd.is_none() {
             return Err(ebadf());
         }
+        self.base.close_watches();
         let r = self.listen_cleanup();
         self.fd = None;
         r
