@@ -40,7 +40,16 @@ fn patterns_enable_and_disable() {
 #[test]
 fn corio_trace_env_reaches_stderr() {
     let out = Command::new(env!("CARGO_BIN_EXE_corio-demo"))
-        .args(["--seconds", "1", "--threads", "2", "--coroutines-per-thread", "2", "--tokens", "1"])
+        .args([
+            "--seconds",
+            "1",
+            "--threads",
+            "2",
+            "--coroutines-per-thread",
+            "2",
+            "--tokens",
+            "1",
+        ])
         .env("CORIO_TRACE", "aio_co_schedule,qemu_coroutine_terminate")
         .output()
         .unwrap();
@@ -52,7 +61,10 @@ fn corio_trace_env_reaches_stderr() {
         .expect("an aio_co_schedule event");
     let (pid, rest) = line.split_once('@').unwrap();
     assert!(pid.parse::<u32>().is_ok(), "{line}");
-    assert!(rest.contains(":aio_co_schedule ctx 0x") && rest.contains(" co 0x"), "{line}");
+    assert!(
+        rest.contains(":aio_co_schedule ctx 0x") && rest.contains(" co 0x"),
+        "{line}"
+    );
     assert!(err.contains(":qemu_coroutine_terminate self 0x"));
     assert!(!err.contains(":aio_co_schedule_bh_cb"), "not enabled");
     // Unknown patterns are reported, not silently ignored.
@@ -113,7 +125,8 @@ fn tracing_backend_sees_events() {
     trace::disable("*");
     let seen = c.0.lock().unwrap();
     assert!(
-        seen.iter().any(|s| s.contains("event=qemu_coroutine_yield") && s.contains("from 0x")),
+        seen.iter()
+            .any(|s| s.contains("event=qemu_coroutine_yield") && s.contains("from 0x")),
         "{seen:?}"
     );
 }

@@ -144,16 +144,26 @@ fn main() -> ExitCode {
                 continue;
             }
             let s = sh.clone();
-            sh.ctxs[sh.home_of[me]].run_in(move || Coroutine::new(move || body(s, me, pass)).enter());
+            sh.ctxs[sh.home_of[me]]
+                .run_in(move || Coroutine::new(move || body(s, me, pass)).enter());
         }
     }
-    println!("{:>4}  {:>12}  {:>12}  {:>10}", "sec", "scheduled/s", "queued/s", "retry/s");
+    println!(
+        "{:>4}  {:>12}  {:>12}  {:>10}",
+        "sec", "scheduled/s", "queued/s", "retry/s"
+    );
     let c = &sh.counters;
     let mut last = (0, 0, 0);
     let t0 = Instant::now();
     for sec in 1..=o.seconds {
-        std::thread::sleep((t0 + Duration::from_secs(sec)).saturating_duration_since(Instant::now()));
-        let now = (c.scheduled.load(Relaxed), c.queued.load(Relaxed), c.retry.load(Relaxed));
+        std::thread::sleep(
+            (t0 + Duration::from_secs(sec)).saturating_duration_since(Instant::now()),
+        );
+        let now = (
+            c.scheduled.load(Relaxed),
+            c.queued.load(Relaxed),
+            c.retry.load(Relaxed),
+        );
         println!(
             "{sec:>4}  {:>12}  {:>12}  {:>10}",
             now.0 - last.0,
@@ -172,7 +182,10 @@ fn main() -> ExitCode {
             }
         }
         if Instant::now() > deadline {
-            eprintln!("corio-demo: {} coroutines did not end", total - sh.ended.load(Relaxed));
+            eprintln!(
+                "corio-demo: {} coroutines did not end",
+                total - sh.ended.load(Relaxed)
+            );
             return ExitCode::FAILURE;
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -181,7 +194,11 @@ fn main() -> ExitCode {
         t.join();
     }
     let secs = t0.elapsed().as_secs_f64();
-    let (s, q, r) = (c.scheduled.load(Relaxed), c.queued.load(Relaxed), c.retry.load(Relaxed));
+    let (s, q, r) = (
+        c.scheduled.load(Relaxed),
+        c.queued.load(Relaxed),
+        c.retry.load(Relaxed),
+    );
     println!(
         "total: scheduled {s}, queued {q}, retry {r}; {:.0} hand-overs/s; all {total} coroutines ended",
         (s + q) as f64 / secs
