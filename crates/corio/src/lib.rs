@@ -50,6 +50,7 @@ pub mod coroutine;
 pub mod io;
 pub mod iothread;
 mod loom;
+pub mod main_loop;
 pub mod sync;
 pub mod thread_pool;
 pub mod trace;

@@ -5,10 +5,13 @@
 pub mod address;
 pub mod channel;
 pub mod file;
+pub mod net_listener;
 pub mod socket;
+pub mod task;
 pub mod watch;
 
 pub use channel::{Channel, ChannelBase, Feature, ReadFlags};
 pub use file::FileChannel;
+pub use net_listener::NetListener;
 pub use socket::SocketChannel;
 pub use watch::{events, WatchHandle};
