@@ -49,16 +49,26 @@ OFF_BIN=$(build "$OFF_DIR" RUSTFLAGS="$OFF_FLAGS")
     exit 1
 }
 
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+# Runs cargo with its output in $LOG, shown if it fails.
+quiet() {
+    "$@" >"$LOG" 2>&1 || {
+        tail -n 30 "$LOG" >&2
+        exit 1
+    }
+}
+
 on=()
 off=()
 for i in $(seq "$RUNS"); do
     echo "run $i/$RUNS: compiled in" >&2
-    CARGO_TARGET_DIR="$ON_DIR" cargo bench -p corio --bench coroutine -- "${BENCH_ARGS[@]}" \
-        "$FILTER" >/dev/null 2>&1
+    quiet env CARGO_TARGET_DIR="$ON_DIR" cargo bench -p corio --bench coroutine -- \
+        "${BENCH_ARGS[@]}" "$FILTER"
     on+=("$(median_ns "$ON_DIR")")
     echo "run $i/$RUNS: compiled out" >&2
-    RUSTFLAGS="$OFF_FLAGS" CARGO_TARGET_DIR="$OFF_DIR" cargo bench -p corio --bench coroutine \
-        -- "${BENCH_ARGS[@]}" "$FILTER" >/dev/null 2>&1
+    quiet env RUSTFLAGS="$OFF_FLAGS" CARGO_TARGET_DIR="$OFF_DIR" cargo bench -p corio \
+        --bench coroutine -- "${BENCH_ARGS[@]}" "$FILTER"
     off+=("$(median_ns "$OFF_DIR")")
 done
 
