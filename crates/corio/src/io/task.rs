@@ -6,7 +6,7 @@
 //! worker on a thread of its own (as QEMU, one thread per task: a worker that
 //! blocks in `connect` or a TLS handshake never delays another task's) and
 //! then runs the completion on the given context's thread, the main loop's
-//! ([`main_context`](crate::main_loop::main_context)) when none is given.
+//! ([`main_context`]) when none is given.
 //!
 //! Data the completion needs is captured by its closure, which is dropped
 //! exactly once: after it ran, or with the task if it never runs (QEMU's
