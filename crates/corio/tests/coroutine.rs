@@ -352,3 +352,27 @@ fn wakeups_are_queued_in_order() {
     assert!(a.is_terminated() && b.is_terminated());
     waker.enter();
 }
+
+/// A coroutine that wakes another and then panics: the wakeup is not lost;
+/// it runs from the context's next poll.
+#[test]
+fn wakeup_survives_panic_of_waker() {
+    let ctx = AioContext::new().unwrap();
+    let resumed = Rc::new(Cell::new(false));
+    let r = resumed.clone();
+    let sleeper = Coroutine::new(move || {
+        yield_now();
+        r.set(true);
+    });
+    sleeper.enter();
+    let s = sleeper.clone();
+    let waker = Coroutine::new(move || {
+        s.wake(); // queued behind this coroutine
+        panic!("waker dies");
+    });
+    assert!(catch_unwind(AssertUnwindSafe(|| waker.enter())).is_err());
+    assert!(!resumed.get());
+    assert!(ctx.poll(true));
+    assert!(resumed.get());
+    assert!(sleeper.is_terminated());
+}

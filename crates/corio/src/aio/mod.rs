@@ -156,6 +156,14 @@ impl Shared {
         self.local.borrow_mut()
     }
 
+    /// `local` without the thread check, for `poll`'s helpers only: `poll`
+    /// checked once that it runs on the home thread, and a poll never changes
+    /// threads (it does not yield).
+    fn local_in_poll(&self) -> std::cell::RefMut<'_, Local> {
+        debug_assert!(self.is_home());
+        self.local.borrow_mut()
+    }
+
     fn ptr(&self) -> *const () {
         self as *const Shared as *const ()
     }
@@ -364,7 +372,7 @@ impl AioContext {
         let s = &*self.shared;
         let mut progress = false;
         loop {
-            let Some(bh) = s.local().bh_queue.pop_front() else {
+            let Some(bh) = s.local_in_poll().bh_queue.pop_front() else {
                 break;
             };
             // AcqRel: pairs with the fetch_or in `bh_enqueue` (see there).
@@ -425,14 +433,17 @@ impl AioContext {
             0
         };
         trace::aio_poll_begin(s.ptr(), blocking, timeout);
-        let mut ready = std::mem::take(&mut local.ready);
         // With nothing to wait for but our own notifier, a zero timeout needs
         // no system call: the notifier is only written while we sleep.
-        if timeout != 0 || !local.handlers.is_empty() {
+        let ready = if timeout != 0 || !local.handlers.is_empty() {
+            let mut ready = std::mem::take(&mut local.ready);
             if let Err(e) = local.monitor.wait(timeout, &mut ready) {
                 panic!("AioContext::poll: fd monitor wait failed: {e}");
             }
-        }
+            Some(ready)
+        } else {
+            None
+        };
         if blocking {
             // Release: our reads of the lists happen before a notifier sees
             // `notify_me` lowered (QEMU's qatomic_store_release).
@@ -441,10 +452,12 @@ impl AioContext {
         drop(local);
 
         let mut progress = self.bh_poll();
-        progress |= self.dispatch(&ready);
-        ready.clear();
-        {
-            let mut local = s.local();
+        if let Some(mut ready) = ready {
+            progress |= self.dispatch(&ready);
+            ready.clear();
+            // Give the buffer back for reuse (a nested poll may have left a
+            // bigger one).
+            let mut local = s.local_in_poll();
             if local.ready.capacity() < ready.capacity() {
                 local.ready = ready;
             }
@@ -483,7 +496,7 @@ impl AioContext {
                 s.notifier.test_and_clear();
                 continue;
             }
-            let Some(node) = s.local().handlers.get(&r.fd).cloned() else {
+            let Some(node) = s.local_in_poll().handlers.get(&r.fd).cloned() else {
                 continue;
             };
             if let Some(cb) = &node.events {
@@ -624,14 +637,14 @@ impl AioContext {
 
     fn run_timers(&self) -> bool {
         let s = &*self.shared;
-        if s.local().timers.is_empty() {
+        if s.local_in_poll().timers.is_empty() {
             return false;
         }
         let now = Clock::Realtime.now_ns();
         let mut progress = false;
         loop {
             let t = {
-                let mut local = s.local();
+                let mut local = s.local_in_poll();
                 match local.timers.first() {
                     Some(t) if t.expire.load(Relaxed) <= now => local.timers.remove(0),
                     _ => break,

@@ -237,7 +237,14 @@ macro_rules! paste_fn {
         #[allow(clippy::too_many_arguments)]
         pub fn $name($($arg: $ty),*) {
             if event::$name.enabled() {
-                event::$name.emit(format_args!($fmt, $($arg = $arg),*));
+                // Out of line and cold, so that a disabled event costs the
+                // load and the branch, not the spilling of its arguments.
+                #[cold]
+                #[inline(never)]
+                fn emit($($arg: $ty),*) {
+                    event::$name.emit(format_args!($fmt, $($arg = $arg),*));
+                }
+                emit($($arg),*);
             }
         }
     };
