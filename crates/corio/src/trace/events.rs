@@ -111,4 +111,12 @@ trace_events! {
     qio_channel_file_new_fd(ioc: Ptr, fd: i32) "File new fd ioc={ioc:p} fd={fd}";
     /// A file channel opened a path.
     qio_channel_file_new_path(ioc: Ptr, path: &str, flags: u32, mode: u32, fd: i32) "File new fd ioc={ioc:p} path={path} flags={flags} mode={mode} fd={fd}";
+
+    // io/net-listener.c (QEMU has no events there: ours)
+    /// `open_sync` listened on `n` sockets for `uri`.
+    qio_net_listener_open(listener: Ptr, uri: &str, n: i32) "Net listener open listener={listener:p} uri={uri} sockets={n}";
+    /// A client was accepted and is handed to the callback.
+    qio_net_listener_callback(listener: Ptr, fd: i32) "Net listener callback listener={listener:p} client fd={fd}";
+    /// The listener closes its sockets.
+    qio_net_listener_disconnect(listener: Ptr) "Net listener disconnect listener={listener:p}";
 }
