@@ -51,6 +51,91 @@ fn test_io_channel(listen: &SocketAddress, fd_pass: bool) {
     }
 }
 
+/// QEMU's `test_io_channel_setup_async`: listen_async and connect_async
+/// through QIOTask workers, completions in the context; then accept.
+fn setup_async(listen: &SocketAddress) -> (SocketChannel, Arc<SocketChannel>, Arc<SocketChannel>) {
+    let ctx = AioContext::new().unwrap();
+    let lres = Arc::new(Mutex::new(None));
+    let l2 = lres.clone();
+    let home = std::thread::current().id();
+    SocketChannel::listen_async(
+        listen.clone(),
+        1,
+        move |r| {
+            assert_eq!(std::thread::current().id(), home);
+            *l2.lock().unwrap() = Some(r.unwrap());
+        },
+        Some(&ctx),
+    );
+    poll_until(&ctx, || lres.lock().unwrap().is_some());
+    let lsock = lres.lock().unwrap().take().unwrap();
+    assert!(lsock.has_feature(Feature::Listen));
+    let cres = Arc::new(Mutex::new(None));
+    let c2 = cres.clone();
+    SocketChannel::connect_async(
+        lsock.local_address().unwrap(),
+        move |r| {
+            assert_eq!(std::thread::current().id(), home);
+            *c2.lock().unwrap() = Some(r.unwrap());
+        },
+        Some(&ctx),
+    );
+    poll_until(&ctx, || cres.lock().unwrap().is_some());
+    let src = cres.lock().unwrap().take().unwrap();
+    src.set_delay(false).unwrap();
+    let dst = lsock.accept().unwrap();
+    (lsock, Arc::new(src), Arc::new(dst))
+}
+
+fn test_io_channel_async(listen: &SocketAddress, fd_pass: bool) {
+    for blocking in [true, false] {
+        let (_l, src, dst) = setup_async(listen);
+        for c in [&src, &dst] {
+            assert!(c.has_feature(Feature::Shutdown));
+            assert_eq!(c.has_feature(Feature::FdPass), fd_pass);
+        }
+        run_threads(blocking, src.clone(), dst.clone());
+    }
+}
+
+#[test]
+fn io_channel_socket_ipv4_async() {
+    test_io_channel_async(&"127.0.0.1:0".parse().unwrap(), false);
+}
+
+#[test]
+fn io_channel_socket_ipv6_async() {
+    if !ipv6_available() {
+        eprintln!("skipping: ::1 is not available");
+        return;
+    }
+    test_io_channel_async(&"[::1]:0".parse().unwrap(), false);
+}
+
+#[test]
+fn io_channel_socket_unix_async() {
+    let path = tmp_path("unix-async.sock");
+    test_io_channel_async(&SocketAddress::unix(path.clone()), true);
+    assert!(!std::path::Path::new(&path).exists());
+}
+
+#[test]
+fn io_channel_socket_connect_async_error() {
+    let ctx = AioContext::new().unwrap();
+    let res = Arc::new(Mutex::new(None));
+    let r = res.clone();
+    SocketChannel::connect_async(
+        SocketAddress::unix(tmp_path("nobody-async.sock")),
+        move |x| *r.lock().unwrap() = Some(x.map(|_| ()).map_err(|e| e.kind())),
+        Some(&ctx),
+    );
+    poll_until(&ctx, || res.lock().unwrap().is_some());
+    assert_eq!(
+        res.lock().unwrap().take().unwrap(),
+        Err(std::io::ErrorKind::NotFound)
+    );
+}
+
 fn ipv6_available() -> bool {
     std::net::TcpListener::bind("[::1]:0").is_ok()
 }

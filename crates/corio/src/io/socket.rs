@@ -34,6 +34,8 @@ use rustix::net::{
 
 use super::address::{InetSocketAddress, SocketAddress, UnixSocketAddress, UNIX_PATH_MAX};
 use super::channel::{impl_std_io, Channel, ChannelBase, Feature, ReadFlags, MAX_FDS};
+use super::task::{Task, TaskThread};
+use crate::aio::AioContext;
 use crate::trace;
 
 /// A socket channel (QEMU's `QIOChannelSocket`). Closing (or dropping) a
@@ -182,6 +184,77 @@ impl SocketChannel {
                 Err(e)
             }
         }
+    }
+
+    /// Connects in a worker thread and hands the result to `callback` on
+    /// `ctx`'s thread (the main loop's when `None`): a QIOTask (QEMU's
+    /// `qio_channel_socket_connect_async`). The returned handle may be
+    /// dropped, or used to wait for the worker synchronously.
+    ///
+    /// # Thread context
+    /// Any thread; `callback` runs on `ctx`'s home thread.
+    ///
+    /// ```
+    /// use corio::io::{address::SocketAddress, SocketChannel};
+    /// use corio::AioContext;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let ctx = AioContext::new().unwrap();
+    /// let l = SocketChannel::listen_sync(&SocketAddress::inet("127.0.0.1", 0), 1).unwrap();
+    /// let done = Arc::new(Mutex::new(None));
+    /// let d = done.clone();
+    /// SocketChannel::connect_async(l.local_address().unwrap(), move |r| {
+    ///     *d.lock().unwrap() = Some(r.is_ok());
+    /// }, Some(&ctx));
+    /// while done.lock().unwrap().is_none() {
+    ///     ctx.poll(true);
+    /// }
+    /// assert_eq!(*done.lock().unwrap(), Some(true));
+    /// ```
+    pub fn connect_async(
+        addr: SocketAddress,
+        callback: impl FnOnce(io::Result<SocketChannel>) + Send + 'static,
+        ctx: Option<&AioContext>,
+    ) -> TaskThread<SocketAddress> {
+        trace::qio_channel_socket_connect_async(&addr as *const _ as *const (), &addr.to_string());
+        let task = Task::new(addr, move |t: &mut Task<SocketAddress>| {
+            callback(task_outcome(t))
+        });
+        task.run_in_thread(
+            |t| match SocketChannel::connect_sync(t.source()) {
+                Ok(ch) => t.set_result(ch),
+                Err(e) => t.set_error(e),
+            },
+            ctx,
+        )
+    }
+
+    /// Listens in a worker thread and hands the result to `callback` on
+    /// `ctx`'s thread: a QIOTask (QEMU's `qio_channel_socket_listen_async`).
+    ///
+    /// # Thread context
+    /// Any thread; `callback` runs on `ctx`'s home thread.
+    pub fn listen_async(
+        addr: SocketAddress,
+        backlog: i32,
+        callback: impl FnOnce(io::Result<SocketChannel>) + Send + 'static,
+        ctx: Option<&AioContext>,
+    ) -> TaskThread<SocketAddress> {
+        trace::qio_channel_socket_listen_async(
+            &addr as *const _ as *const (),
+            &addr.to_string(),
+            backlog,
+        );
+        let task = Task::new(addr, move |t: &mut Task<SocketAddress>| {
+            callback(task_outcome(t))
+        });
+        task.run_in_thread(
+            move |t| match SocketChannel::listen_sync(t.source(), backlog) {
+                Ok(ch) => t.set_result(ch),
+                Err(e) => t.set_error(e),
+            },
+            ctx,
+        )
     }
 
     /// Accepts a connection (QEMU's `qio_channel_socket_accept`): CLOEXEC,
@@ -376,6 +449,18 @@ impl Channel for SocketChannel {
         }
         Ok(rnet::sockopt::set_tcp_cork(self.fd()?, enabled)?)
     }
+}
+
+/// The channel or the error a connect/listen task ended with.
+fn task_outcome(t: &mut Task<SocketAddress>) -> io::Result<SocketChannel> {
+    if let Err(e) = t.propagate_error() {
+        return Err(match e.downcast::<io::Error>() {
+            Ok(e) => *e,
+            Err(other) => io::Error::other(other),
+        });
+    }
+    t.take_result::<SocketChannel>()
+        .ok_or_else(|| io::Error::other("socket task ended without a channel"))
 }
 
 fn fd_unsupported() -> io::Error {
