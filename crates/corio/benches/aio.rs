@@ -44,8 +44,11 @@ fn bh_pair(ctx: &AioContext, bh: &corio::Bh) {
 fn bh(c: &mut Criterion) {
     let mut g = c.benchmark_group("bh");
     let (ctx, bh, runs) = counting_bh();
+    // The pair really runs the callback (checked before measuring, so that a
+    // criterion filter that skips this group does not trip it).
+    bh_pair(&ctx, &bh);
+    assert_eq!(runs.load(Ordering::Relaxed), 1);
     g.bench_function("schedule_poll", |b| b.iter(|| bh_pair(&ctx, &bh)));
-    assert!(runs.load(Ordering::Relaxed) > 0);
     bh.delete();
     ctx.poll(false);
     g.finish();

@@ -11,7 +11,13 @@ use std::thread::JoinHandle;
 
 use crate::aio::AioContext;
 
-/// A thread running `poll(true)` on its own context until joined.
+/// QEMU's default `poll-max-ns` for IOThreads.
+pub const DEFAULT_POLL_MAX_NS: i64 = 32_768;
+
+/// A thread running `poll(true)` on its own context until joined. Its
+/// context polls adaptively for up to [`DEFAULT_POLL_MAX_NS`] before it
+/// sleeps, as QEMU's IOThreads do; change it with
+/// `t.context().run_in(|| AioContext::current().set_poll_params(..))`.
 ///
 /// # Examples
 ///
@@ -59,6 +65,9 @@ impl IoThread {
                         return;
                     }
                 };
+                // QEMU's IOThread default: poll-max-ns 32768, grow and
+                // shrink 0 (double; drop to nothing).
+                ctx.set_poll_params(DEFAULT_POLL_MAX_NS, 0, 0);
                 let _ = tx.send(Ok(ctx.clone()));
                 // Acquire pairs with the Release store in `stop`.
                 while run.load(Acquire) {

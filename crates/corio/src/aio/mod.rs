@@ -129,7 +129,23 @@ struct Local {
     bh_queue: VecDeque<Arc<BhInner>>,
     /// Armed timers, nearest deadline first.
     timers: Vec<Arc<TimerInner>>,
+    /// Adaptive busy polling (QEMU's `poll-max-ns`, `poll-grow`, `poll-shrink`).
+    poll: PollParams,
 }
+
+/// Adaptive polling state: a blocking poll first spins for `ns` looking for
+/// work before it sleeps; `ns` grows while wake-ups come soon after the spin
+/// ends and shrinks when sleeps are longer than `max_ns`.
+#[derive(Clone, Copy, Debug, Default)]
+struct PollParams {
+    max_ns: i64,
+    grow: i64,
+    shrink: i64,
+    ns: i64,
+}
+
+/// Where adaptive polling starts (QEMU: 4 µs).
+const POLL_NS_START: i64 = 4_000;
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -188,7 +204,10 @@ impl AioContext {
         trace::init_from_env();
         let notifier = EventNotifier::new()?;
         let mut monitor = Epoll::new()?;
-        monitor.register(notifier.as_fd(), events::IN)?;
+        // Edge-triggered: every `set` is one wake-up of a sleeping poll, and
+        // the eventfd is never read (its counter cannot realistically reach
+        // 2^64 - 1), which saves a system call per cross-thread wake-up.
+        monitor.register(notifier.as_fd(), events::IN | sys::EDGE)?;
         let home_name = std::thread::current().name().map_or_else(
             || format!("{:?}", std::thread::current().id()),
             str::to_owned,
@@ -216,6 +235,7 @@ impl AioContext {
                     ready: Vec::with_capacity(64),
                     bh_queue: VecDeque::new(),
                     timers: Vec::new(),
+                    poll: PollParams::default(),
                 }),
                 thread_pool: std::sync::OnceLock::new(),
             }
@@ -420,6 +440,17 @@ impl AioContext {
     pub fn poll(&self, blocking: bool) -> bool {
         let s = &*self.shared;
         let mut local = s.local();
+        let adaptive = blocking && local.poll.max_ns > 0;
+        let block_start = if adaptive {
+            Clock::Realtime.now_ns()
+        } else {
+            0
+        };
+        let mut blocking = blocking;
+        if adaptive && local.poll.ns > 0 && self.spin_for_work(&local) {
+            // Work arrived while spinning: take it without sleeping.
+            blocking = false;
+        }
         if blocking {
             s.notify_me.fetch_add(2, Relaxed);
             // Pairs with the fence in `notify`: either we see the work it
@@ -451,6 +482,9 @@ impl AioContext {
         }
         drop(local);
 
+        if adaptive {
+            self.adjust_polling_time(Clock::Realtime.now_ns() - block_start);
+        }
         let mut progress = self.bh_poll();
         if let Some(mut ready) = ready {
             progress |= self.dispatch(&ready);
@@ -465,6 +499,84 @@ impl AioContext {
         progress |= self.run_timers();
         trace::aio_poll_end(s.ptr(), progress);
         progress
+    }
+
+    /// QEMU's `run_poll_handlers`: before sleeping, spin for up to
+    /// `poll.ns` (never past the nearest timer) watching for bottom halves
+    /// and co_schedule hand-overs. `notify_me` stays lowered meanwhile, so
+    /// notifiers skip the eventfd write. Like QEMU, polling is off while any
+    /// fd handler is registered (ours have no poll callback to call).
+    /// Returns whether work arrived.
+    fn spin_for_work(&self, local: &Local) -> bool {
+        if !local.handlers.is_empty() || !local.bh_queue.is_empty() {
+            return false;
+        }
+        let start = Clock::Realtime.now_ns();
+        let mut end = start + local.poll.ns;
+        if let Some(t) = local.timers.first() {
+            end = end.min(t.expire.load(Relaxed));
+        }
+        trace::run_poll_handlers_begin(self.as_ptr(), local.poll.max_ns, end - start);
+        loop {
+            for _ in 0..64 {
+                if !self.shared.bh_list.is_empty() {
+                    trace::run_poll_handlers_end(self.as_ptr(), true, end - start);
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if Clock::Realtime.now_ns() >= end {
+                trace::run_poll_handlers_end(self.as_ptr(), false, end - start);
+                return false;
+            }
+            // Let another runnable thread have the CPU: with more busy
+            // threads than cores, pure spinning would starve the very
+            // threads that produce our work. Returns at once otherwise.
+            std::thread::yield_now();
+        }
+    }
+
+    /// QEMU's `adjust_polling_time`, after a blocking poll that took
+    /// `block_ns` (spinning included).
+    fn adjust_polling_time(&self, block_ns: i64) {
+        let mut local = self.shared.local_in_poll();
+        let p = &mut local.poll;
+        let old = p.ns;
+        if block_ns <= p.ns {
+            // The sweet spot: the work came while we spun.
+        } else if block_ns > p.max_ns {
+            p.ns = if p.shrink > 0 { p.ns / p.shrink } else { 0 };
+            if p.ns != old {
+                trace::poll_shrink(self.as_ptr(), old, p.ns);
+            }
+        } else if p.ns < p.max_ns {
+            let grow = if p.grow > 0 { p.grow } else { 2 };
+            p.ns = if p.ns == 0 {
+                POLL_NS_START
+            } else {
+                p.ns * grow
+            }
+            .min(p.max_ns);
+            trace::poll_grow(self.as_ptr(), old, p.ns);
+        }
+    }
+
+    /// Sets adaptive polling (QEMU's `aio_context_set_poll_params`): a
+    /// blocking poll spins for up to `max_ns` before sleeping, growing the
+    /// spin by `grow` (0: 2) and shrinking it by `shrink` (0: to nothing).
+    /// `max_ns` 0 turns polling off (the default; IOThreads use 32768 as in
+    /// QEMU).
+    ///
+    /// # Panics
+    /// Outside the home thread.
+    pub fn set_poll_params(&self, max_ns: i64, grow: i64, shrink: i64) {
+        let mut local = self.shared.local();
+        local.poll = PollParams {
+            max_ns: max_ns.max(0),
+            grow: grow.max(0),
+            shrink: shrink.max(0),
+            ns: 0,
+        };
     }
 
     fn compute_timeout(local: &Local) -> i64 {
@@ -493,8 +605,7 @@ impl AioContext {
         let mut progress = false;
         for r in ready {
             if r.fd == own {
-                s.notifier.test_and_clear();
-                continue;
+                continue; // edge-triggered: nothing to clear
             }
             let Some(node) = s.local_in_poll().handlers.get(&r.fd).cloned() else {
                 continue;

@@ -81,8 +81,8 @@ impl<T: Linked> AtomicStack<T> {
         }
     }
 
-    /// Whether the stack looks empty (a racy hint, for tests).
-    #[cfg(test)]
+    /// Whether the stack looks empty: a racy hint (adaptive polling's spin
+    /// and tests); `take_all` is what synchronises.
     pub(crate) fn is_empty(&self) -> bool {
         self.head.load(Relaxed).is_null()
     }

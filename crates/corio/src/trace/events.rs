@@ -32,6 +32,14 @@ trace_events! {
     aio_poll_begin(ctx: Ptr, blocking: bool, timeout: i64) "ctx {ctx:p} blocking {blocking} timeout {timeout}";
     /// A `poll` ends (ours).
     aio_poll_end(ctx: Ptr, progress: bool) "ctx {ctx:p} progress {progress}";
+    /// Adaptive polling starts spinning (`timeout`: how long at most, ns).
+    run_poll_handlers_begin(ctx: Ptr, max_ns: i64, timeout: i64) "ctx {ctx:p} max_ns {max_ns} timeout {timeout}";
+    /// Adaptive polling stops spinning; `progress`: work arrived.
+    run_poll_handlers_end(ctx: Ptr, progress: bool, timeout: i64) "ctx {ctx:p} progress {progress} timeout {timeout}";
+    /// The spin time shrinks.
+    poll_shrink(ctx: Ptr, old: i64, new: i64) "ctx {ctx:p} old {old} new {new}";
+    /// The spin time grows.
+    poll_grow(ctx: Ptr, old: i64, new: i64) "ctx {ctx:p} old {old} new {new}";
     /// An fd handler is added or changed.
     poll_add(ctx: Ptr, node: Ptr, fd: i32, revents: u32) "ctx {ctx:p} node {node:p} fd {fd} revents 0x{revents:x}";
     /// An fd handler is removed.

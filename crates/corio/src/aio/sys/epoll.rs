@@ -45,6 +45,9 @@ fn to_epoll(interest: u32) -> EventFlags {
     if interest & events::OUT != 0 {
         f |= EventFlags::OUT;
     }
+    if interest & super::EDGE != 0 {
+        f |= EventFlags::ET;
+    }
     f
 }
 

@@ -39,6 +39,11 @@ pub mod events {
     pub const NVAL: u32 = 0x020;
 }
 
+/// Internal interest bit: report the fd edge-triggered (once per change)
+/// instead of level-triggered. Only the context's own notifier uses it, so
+/// that a wake-up never needs a read to re-arm it.
+pub(crate) const EDGE: u32 = 0x8000_0000;
+
 /// An fd with events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Ready {
