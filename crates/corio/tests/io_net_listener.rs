@@ -9,11 +9,16 @@ use corio::io::address::SocketAddress;
 use corio::io::{Channel, NetListener, SocketChannel};
 use corio::AioContext;
 
+/// Polls until `done`. `done` may become true without any event in the
+/// context (a client thread finishing), so the poll must not block forever:
+/// a non-blocking poll, and a short sleep when it made no progress.
 fn poll_until(ctx: &AioContext, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
         assert!(Instant::now() < deadline, "timed out");
-        ctx.poll(true);
+        if !ctx.poll(false) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
