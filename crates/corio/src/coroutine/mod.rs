@@ -481,8 +481,10 @@ fn enter_one(co: &CoInner) {
         co.caller
             .set(if from.is_null() { THREAD_CALLER } else { from });
         cell.set(co);
+        // `ctx`: the home thread's token, equal to `cell`'s address (checked
+        // above); an atomic load here would not sink into the cold branch.
         trace::qemu_aio_coroutine_enter(
-            co.home_thread.load(Relaxed) as *const (),
+            cell as *const Cell<*const CoInner> as *const (),
             from.cast(),
             co as *const CoInner as *const (),
             ptr::null(),
