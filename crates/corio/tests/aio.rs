@@ -588,3 +588,74 @@ fn bh_not_reentered_by_nested_poll() {
     slot.lock().unwrap().take();
     bh.delete();
 }
+
+/// Review finding: a BH cancelled, taken by a blocking poll, then scheduled
+/// again from another thread still wakes that poll.
+#[test]
+fn bh_rescheduled_from_other_thread_after_cancel_wakes_poll() {
+    let ctx = AioContext::new().unwrap();
+    let (n, n2) = counter();
+    let bh = ctx.bh_new(move || {
+        n2.fetch_add(1, SeqCst);
+    });
+    bh.schedule();
+    bh.cancel(); // still pending in the list, not scheduled
+    let b = bh.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        b.schedule();
+    });
+    while n.load(SeqCst) == 0 {
+        ctx.poll(true); // must not sleep forever
+    }
+    t.join().unwrap();
+    bh.delete();
+}
+
+/// Review finding: an fd handler whose callback panicked once keeps working.
+#[test]
+fn fd_handler_survives_its_panic() {
+    let ctx = AioContext::new().unwrap();
+    let (r, w) = pipe();
+    let (n, n2) = counter();
+    ctx.set_fd_handler(
+        r.as_fd(),
+        Some(Box::new(move || {
+            if n2.fetch_add(1, SeqCst) == 0 {
+                panic!("first call fails");
+            }
+        })),
+        None,
+    )
+    .unwrap();
+    rustix::io::write(&w, b"x").unwrap();
+    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.poll(false))).is_err());
+    assert!(ctx.poll(false), "called again");
+    assert_eq!(n.load(SeqCst), 2);
+    ctx.set_fd_handler(r.as_fd(), None, None).unwrap();
+}
+
+/// Review finding: a coroutine entered by the co_schedule BH may poll in a
+/// nested loop until another coroutine handed over from a thread has run.
+#[test]
+fn nested_poll_inside_scheduled_coroutine_sees_new_handovers() {
+    let ctx = AioContext::new().unwrap();
+    let other = Coroutine::new(yield_now);
+    other.enter();
+    let other_h = other.handle();
+    let (c, o) = (ctx.clone(), other.clone());
+    let waiter = Coroutine::new(move || {
+        yield_now();
+        let h = other_h.clone();
+        std::thread::spawn(move || h.wake());
+        while !o.is_terminated() {
+            c.poll(true);
+        }
+    });
+    waiter.enter();
+    ctx.co_schedule(&waiter.handle());
+    while !waiter.is_terminated() {
+        ctx.poll(true);
+    }
+    assert!(other.is_terminated());
+}

@@ -376,3 +376,101 @@ fn wakeup_survives_panic_of_waker() {
     assert!(resumed.get());
     assert!(sleeper.is_terminated());
 }
+
+/// Review finding: dropping a coroutine that was never entered drops its
+/// closure without running anything as that coroutine (a destructor that
+/// asks whether it runs in a coroutine is told no).
+#[test]
+fn drop_never_entered_coroutine_runs_nothing_inside() {
+    struct D(Rc<Cell<Option<bool>>>);
+    impl Drop for D {
+        fn drop(&mut self) {
+            self.0.set(Some(in_coroutine()));
+        }
+    }
+    let seen = Rc::new(Cell::new(None));
+    let d = D(seen.clone());
+    drop(Coroutine::new(move || drop(d)));
+    assert_eq!(seen.get(), Some(false));
+}
+
+/// Review finding: a destructor running while a suspended coroutine is
+/// unwound by its drop cannot resurrect it through `Coroutine::current()`.
+#[test]
+fn dying_coroutine_is_not_resurrected() {
+    struct D(Rc<Cell<Option<bool>>>);
+    impl Drop for D {
+        fn drop(&mut self) {
+            self.0.set(Some(Coroutine::current().is_some()));
+        }
+    }
+    let seen = Rc::new(Cell::new(None));
+    let d = D(seen.clone());
+    let co = Coroutine::new(move || {
+        let _d = d;
+        yield_now();
+    });
+    co.enter();
+    drop(co);
+    assert_eq!(seen.get(), Some(false));
+    assert!(!in_coroutine(), "the caller is restored");
+}
+
+/// Review finding: a coroutine that holds a lock and is dropped while
+/// suspended hands the lock over during unwinding; the waiter is not lost.
+#[test]
+fn wakeup_queued_while_unwinding_is_not_lost() {
+    let ctx = AioContext::new().unwrap();
+    let woken = Rc::new(Cell::new(false));
+    let sleeper = {
+        let w = woken.clone();
+        Coroutine::new(move || {
+            yield_now();
+            w.set(true);
+        })
+    };
+    sleeper.enter();
+    struct WakeOnDrop(Coroutine);
+    impl Drop for WakeOnDrop {
+        fn drop(&mut self) {
+            self.0.wake();
+        }
+    }
+    let guard = WakeOnDrop(sleeper.clone());
+    let holder = Coroutine::new(move || {
+        let _g = guard;
+        yield_now();
+    });
+    holder.enter();
+    drop(holder); // unwinds: the wake is queued on the dying coroutine
+    assert!(!woken.get());
+    assert!(ctx.poll(true));
+    assert!(woken.get());
+}
+
+/// Review finding: thread tokens are never reused, so a handle whose home
+/// thread has exited is never taken for a handle of the current thread.
+#[test]
+fn handle_of_exited_thread_is_never_local() {
+    let h = std::thread::spawn(|| {
+        let _ctx = AioContext::new().unwrap();
+        let co = Coroutine::new(yield_now);
+        co.enter();
+        let h = co.handle();
+        std::mem::forget(co); // keep it suspended; its thread ends
+        h
+    })
+    .join()
+    .unwrap();
+    for _ in 0..8 {
+        let h = h.clone();
+        let local = std::thread::spawn(move || h.local().is_some())
+            .join()
+            .unwrap();
+        assert!(
+            !local,
+            "a new thread must not pass for the dead home thread"
+        );
+    }
+    assert!(h.local().is_none());
+}

@@ -55,10 +55,13 @@ impl FdNode {
         if self.deleted.load(Relaxed) {
             return false;
         }
-        let Ok(mut cb) = cb.try_lock() else {
-            return false;
-        };
-        cb(revents);
+        match cb.try_lock() {
+            Ok(mut cb) => cb(revents),
+            // An earlier call panicked: the handler still works.
+            Err(std::sync::TryLockError::Poisoned(e)) => (e.into_inner())(revents),
+            // Running further up the stack (a nested poll).
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        }
         true
     }
 
@@ -69,10 +72,13 @@ impl FdNode {
             return false;
         }
         let Some(m) = which else { return false };
-        let Ok(mut cb) = m.try_lock() else {
-            return false;
-        };
-        cb();
+        match m.try_lock() {
+            Ok(mut cb) => cb(),
+            // An earlier call panicked: the handler still works.
+            Err(std::sync::TryLockError::Poisoned(e)) => (e.into_inner())(),
+            // Running further up the stack (a nested poll).
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        }
         true
     }
 }

@@ -378,11 +378,13 @@ impl AioContext {
             // SAFETY: we won PENDING, so the BH is in no list; the Arc clone
             // keeps it alive until `poll` takes it back with `Arc::from_raw`.
             unsafe { self.shared.bh_list.push(bh::into_node(bh.clone())) };
-            // On the home thread there is no sleeping poll to wake: the home
-            // thread is running this.
-            if !self.shared.is_home() {
-                self.notify();
-            }
+        }
+        // Notify even when the BH was already pending (QEMU does too): a
+        // poll may have taken it while it was cancelled, found nothing to
+        // do, and gone to sleep. On the home thread there is no sleeping
+        // poll to wake: the home thread is running this.
+        if !self.shared.is_home() {
+            self.notify();
         }
     }
 
@@ -398,8 +400,18 @@ impl AioContext {
             // AcqRel: pairs with the fetch_or in `bh_enqueue` (see there).
             let flags = bh.flags.fetch_and(!(PENDING | SCHEDULED | IDLE), AcqRel);
             if flags & (SCHEDULED | DELETED) == SCHEDULED {
-                // SAFETY: `bh_poll` runs on the home thread (`local` asserted).
-                let ran = unsafe { bh.call(s.ptr()) };
+                let ran = if Arc::ptr_eq(&bh, &s.co_bh) {
+                    // The co_schedule BH may run nested in itself (a
+                    // coroutine it entered polls, waiting for another
+                    // coroutine to be handed over): it holds no FnMut state,
+                    // it only takes the queue again, as QEMU's does.
+                    self.co_schedule_bh_cb();
+                    true
+                } else {
+                    // SAFETY: `bh_poll` runs on the home thread (checked once
+                    // by `poll`).
+                    unsafe { bh.call(s.ptr()) }
+                };
                 if ran && flags & IDLE == 0 {
                     progress = true;
                 }
@@ -651,10 +663,14 @@ impl AioContext {
             old.deleted.store(true, Relaxed);
         }
         if io_read.is_none() && io_write.is_none() {
-            if let Some(old) = old {
-                trace::poll_remove(s.ptr(), Arc::as_ptr(&old).cast(), raw);
+            if let Some(old) = &old {
+                trace::poll_remove(s.ptr(), Arc::as_ptr(old).cast(), raw);
                 local.monitor.deregister(fd);
             }
+            // Callbacks drop after the borrow ends: their destructors may
+            // use the context.
+            drop(local);
+            drop(old);
             return Ok(());
         }
         let interest = if io_read.is_some() { events::IN } else { 0 }
@@ -663,7 +679,10 @@ impl AioContext {
         trace::poll_add(s.ptr(), Arc::as_ptr(&node).cast(), raw, interest);
         local.monitor.register(fd, interest)?;
         local.handlers.insert(raw, node);
-        drop(old); // its callbacks drop here unless a dispatch still holds them
+        // The old callbacks drop here (unless a dispatch still holds them),
+        // after the borrow: their destructors may use the context.
+        drop(local);
+        drop(old);
         Ok(())
     }
 
@@ -694,10 +713,12 @@ impl AioContext {
             old.deleted.store(true, Relaxed);
         }
         let Some(cb) = cb else {
-            if let Some(old) = old {
-                trace::poll_remove(s.ptr(), Arc::as_ptr(&old).cast(), raw);
+            if let Some(old) = &old {
+                trace::poll_remove(s.ptr(), Arc::as_ptr(old).cast(), raw);
                 local.monitor.deregister(fd);
             }
+            drop(local);
+            drop(old);
             return Ok(());
         };
         let interest = interest & (events::IN | events::OUT | events::PRI);
@@ -705,6 +726,7 @@ impl AioContext {
         trace::poll_add(s.ptr(), Arc::as_ptr(&node).cast(), raw, interest);
         local.monitor.register(fd, interest)?;
         local.handlers.insert(raw, node);
+        drop(local);
         drop(old);
         Ok(())
     }
@@ -767,7 +789,13 @@ impl AioContext {
                     cb();
                     true
                 }
-                Err(_) => false, // running further up (a nested poll)
+                // An earlier run panicked: the timer still works.
+                Err(std::sync::TryLockError::Poisoned(e)) => {
+                    (e.into_inner())();
+                    true
+                }
+                // Running further up the stack (a nested poll).
+                Err(std::sync::TryLockError::WouldBlock) => false,
             };
             progress |= called;
         }
@@ -806,7 +834,9 @@ impl AioContext {
     /// * every value alive on its stack is `Send` (no `Rc`, no `RefCell`
     ///   borrow of shared state, no `MutexGuard` of a `std` mutex);
     /// * it holds no reference, address or guard to a thread-local;
-    /// * nothing will wake it on its old context (such a wake would panic).
+    /// * nothing will wake it on its old context (such a wake would panic);
+    /// * no `Coroutine` handle of it is used on the old thread afterwards
+    ///   (`entered`, `is_terminated` read state the new thread writes).
     ///
     /// # Panics
     /// If the caller is not on the coroutine's current home thread, or the
@@ -842,7 +872,7 @@ impl AioContext {
         self.push_scheduled(co);
     }
 
-    fn push_scheduled(&self, co: Arc<CoInner>) {
+    pub(crate) fn push_scheduled(&self, co: Arc<CoInner>) {
         trace::aio_co_schedule(self.as_ptr(), Arc::as_ptr(&co).cast());
         // SAFETY: we won the `scheduled` compare-exchange, so the coroutine
         // is in no queue; the Arc is taken back in `co_schedule_bh_cb`.

@@ -57,7 +57,10 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ptr;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU8, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, Mutex};
 
 use corosensei::stack::DefaultStack;
@@ -154,13 +157,29 @@ impl Drop for CoInner {
         };
         if raw.done() {
             stack::give(raw.into_stack());
+        } else if !raw.started() {
+            // Never entered: dropping drops the closure; nothing runs as
+            // this coroutine (its yielder does not exist yet).
+            drop(raw);
         } else if *self.home_thread.get_mut() == tls::thread_token() {
             // Suspended and unreachable: unwind its stack (running its
             // destructors) as the running coroutine, then reuse the stack.
-            let prev = tls::with_current_cell(|c| c.replace(self as *const CoInner));
+            // `current()` refuses to hand out this dying coroutine (its
+            // count is 0), and the guard restores the caller even if a
+            // panic escapes the unwinding.
+            struct Restore(*const CoInner);
+            impl Drop for Restore {
+                fn drop(&mut self) {
+                    tls::with_state(|s| s.current.set(self.0));
+                }
+            }
+            let prev = tls::with_state(|s| s.current.replace(self as *const CoInner));
+            let restore = Restore(prev);
             raw.force_unwind();
-            tls::with_current_cell(|c| c.set(prev));
+            drop(restore);
             stack::give(raw.into_stack());
+            // A lock released while unwinding may have queued a waiter here.
+            reschedule_wakeups(std::mem::take(self.wakeup.get_mut()));
         } else {
             // Its stack may hold values that must not be dropped on this
             // thread: leak it, as QEMU leaks an abandoned coroutine.
@@ -250,14 +269,16 @@ impl Coroutine {
         if p.is_null() {
             return None;
         }
-        // SAFETY: the running coroutine is live (its enterer holds an Arc for
-        // the whole switch) and `p` came from `Arc::as_ptr`.
-        let inner = unsafe {
-            Arc::increment_strong_count(p);
-            Arc::from_raw(p)
-        };
+        // SAFETY: `p` came from `Arc::as_ptr` and its allocation is live: the
+        // running coroutine's enterer holds an Arc for the whole switch, and
+        // a coroutine being unwound by its own `Drop` is still allocated.
+        // `ManuallyDrop`: this borrows the count, it does not own one.
+        let arc = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(p) });
+        if Arc::strong_count(&arc) == 0 {
+            return None; // being dropped: must not be resurrected
+        }
         Some(Coroutine {
-            inner,
+            inner: Arc::clone(&arc),
             _not_send: PhantomData,
         })
     }
@@ -386,8 +407,8 @@ pub fn yield_now() {
 /// `yield_now`'s checks and trace: returns the running coroutine's yielder.
 #[inline(never)]
 fn yield_prepare() -> *const Yielder<(), ()> {
-    tls::with_current_cell(|cell| {
-        let me = cell.get();
+    tls::with_state(|st| {
+        let me = st.current.get();
         if me.is_null() {
             yield_to_no_one();
         }
@@ -416,10 +437,10 @@ pub(crate) fn enter(co: &Arc<CoInner>) {
 
 /// Enters a coroutine taken from a co_schedule queue: clears `scheduled`.
 pub(crate) fn enter_scheduled(co: &Arc<CoInner>) {
-    // Relaxed: only this (home) thread reads it before the coroutine yields
-    // again, and whoever schedules it next synchronises with that yield by
-    // other means (the lock, queue or handle through which it was published).
-    co.scheduled.store(0, Relaxed);
+    // Release pairs with the Acquire of the next `mark_scheduled`: this
+    // thread's last use of the queue link `next` (taking the batch) happens
+    // before the next scheduler writes `next` in its push.
+    co.scheduled.store(0, Release);
     enter(co);
 }
 
@@ -449,18 +470,25 @@ fn reschedule_wakeups(list: VecDeque<Arc<CoInner>>) {
     if list.is_empty() {
         return;
     }
-    let ctx = AioContext::current();
     for co in list {
-        if co.scheduled.load(Relaxed) == 0 {
-            ctx.co_schedule_inner(co, Scheduler::AioCoSchedule);
+        // Claim it without panicking (this may run while unwinding); one
+        // that someone else scheduled meanwhile is already on its way.
+        if co
+            .scheduled
+            .compare_exchange(0, Scheduler::AioCoSchedule as u8, Acquire, Relaxed)
+            .is_ok()
+        {
+            home_context(&co).push_scheduled(co);
         }
     }
 }
 
 #[inline(always)]
 fn enter_one(co: &CoInner) {
-    tls::with_current_cell(|cell| {
-        if co.home_thread.load(Relaxed) != cell as *const _ as usize {
+    tls::with_state(|st| {
+        let token = st.token();
+        let cell = &st.current;
+        if co.home_thread.load(Relaxed) != token {
             wrong_thread();
         }
         let sched = co.scheduled.load(Relaxed);
@@ -481,10 +509,10 @@ fn enter_one(co: &CoInner) {
         co.caller
             .set(if from.is_null() { THREAD_CALLER } else { from });
         cell.set(co);
-        // `ctx`: the home thread's token, equal to `cell`'s address (checked
+        // `ctx`: the home thread's token (equal to `home_thread`, checked
         // above); an atomic load here would not sink into the cold branch.
         trace::qemu_aio_coroutine_enter(
-            cell as *const Cell<*const CoInner> as *const (),
+            token as *const (),
             from.cast(),
             co as *const CoInner as *const (),
             ptr::null(),
@@ -597,11 +625,12 @@ fn home_context(co: &CoInner) -> AioContext {
 impl CoInner {
     /// Claims the coroutine for a queue; panics if it is already scheduled.
     pub(crate) fn mark_scheduled(&self, who: Scheduler) {
-        // Relaxed: this is mutual exclusion between would-be schedulers, not
-        // publication; the queue push that follows publishes.
+        // Acquire on success pairs with the Release clear in
+        // `enter_scheduled` (and `clear_scheduled`): the previous consumer is
+        // done with the link `next` before our push writes it.
         if let Err(prev) = self
             .scheduled
-            .compare_exchange(0, who as u8, Relaxed, Relaxed)
+            .compare_exchange(0, who as u8, Acquire, Relaxed)
         {
             panic!(
                 "Co-routine was already scheduled in '{}'",
@@ -614,9 +643,9 @@ impl CoInner {
     /// by `who` without queueing the coroutine (a sleep ending). Returns
     /// whether `who` held the claim.
     pub(crate) fn clear_scheduled(&self, who: Scheduler) -> bool {
-        // Relaxed: as in `mark_scheduled`; the wakeup that follows publishes.
+        // Release: pairs with the Acquire in `mark_scheduled` (see there).
         self.scheduled
-            .compare_exchange(who as u8, 0, Relaxed, Relaxed)
+            .compare_exchange(who as u8, 0, Release, Relaxed)
             .is_ok()
     }
 

@@ -13,38 +13,69 @@
 
 use std::cell::{Cell, RefCell};
 use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use super::CoInner;
 use crate::aio::AioContext;
 
+/// Per-thread switch state, in one thread-local so that the switch path
+/// computes one address.
+pub(super) struct ThreadState {
+    /// The running coroutine (null outside one).
+    pub(super) current: Cell<*const CoInner>,
+    /// This thread's token, 0 until first needed.
+    token: Cell<usize>,
+}
+
+impl ThreadState {
+    /// This thread's token: a number never given to another thread (a
+    /// thread-local's address would be reused by a later thread).
+    #[inline(always)]
+    pub(super) fn token(&self) -> usize {
+        match self.token.get() {
+            0 => self.assign_token(),
+            t => t,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn assign_token(&self) -> usize {
+        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        // Relaxed: uniqueness needs only the atomicity of the increment.
+        let t = NEXT.fetch_add(1, Relaxed);
+        self.token.set(t);
+        t
+    }
+}
+
 thread_local! {
-    /// The running coroutine (null outside one). Its address doubles as the
-    /// thread's token: unique among live threads.
-    static CURRENT_CO: Cell<*const CoInner> = const { Cell::new(ptr::null()) };
+    static STATE: ThreadState = const {
+        ThreadState { current: Cell::new(ptr::null()), token: Cell::new(0) }
+    };
     static CURRENT_CTX: RefCell<Option<AioContext>> = const { RefCell::new(None) };
 }
 
-/// The switch functions' access: the cell of the running coroutine.
+/// The switch functions' access to the thread's state.
 ///
 /// Inlined on purpose, so only for frames that never span a switch: `enter`
 /// (the resumer's frame: its thread cannot change while it runs) and
-/// `yield_now` before it suspends. Everything else uses the functions below.
+/// `yield_prepare`. Everything else uses the functions below.
 #[inline(always)]
-pub(super) fn with_current_cell<R>(f: impl FnOnce(&Cell<*const CoInner>) -> R) -> R {
-    CURRENT_CO.with(f)
+pub(super) fn with_state<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
+    STATE.with(f)
 }
 
 /// The running coroutine on this thread, or null.
 #[inline(never)]
 pub(crate) fn current_co() -> *const CoInner {
-    CURRENT_CO.with(Cell::get)
+    STATE.with(|s| s.current.get())
 }
 
-/// A number that identifies the calling thread among live threads: the
-/// address of one of its thread-locals.
+/// A number that identifies the calling thread, never reused by another.
 #[inline(never)]
 pub(crate) fn thread_token() -> usize {
-    CURRENT_CO.with(|c| c as *const Cell<*const CoInner> as usize)
+    STATE.with(ThreadState::token)
 }
 
 /// This thread's current AioContext, if it has one.
