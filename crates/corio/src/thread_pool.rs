@@ -524,10 +524,42 @@ fn schedule_completion(ctx: &AioContext, pool: &Arc<PoolShared>) {
             std::mem::take(&mut d.list)
         };
         let ptr = Arc::as_ptr(&pool).cast();
-        for job in list {
+        let mut rest = Rest {
+            pool: pool.clone(),
+            jobs: list.into_iter(),
+        };
+        for job in rest.jobs.by_ref() {
             job.complete(ptr);
         }
     });
+}
+
+/// The completions not yet run: if one panics, the rest go back to the
+/// front of the `done` list and the completion BH is scheduled again, so no
+/// request is left done-but-never-completed.
+struct Rest {
+    pool: Arc<PoolShared>,
+    jobs: std::vec::IntoIter<Arc<dyn Job>>,
+}
+
+impl Drop for Rest {
+    fn drop(&mut self) {
+        let rest: Vec<_> = self.jobs.by_ref().collect();
+        if rest.is_empty() {
+            return;
+        }
+        let mut d = lock(&self.pool.done);
+        d.list.splice(0..0, rest);
+        if d.bh_scheduled {
+            return;
+        }
+        let Some(ctx) = self.pool.ctx.upgrade() else {
+            return;
+        };
+        d.bh_scheduled = true;
+        drop(d);
+        schedule_completion(&ctx, &self.pool);
+    }
 }
 
 impl fmt::Debug for ThreadPool {

@@ -403,3 +403,50 @@ fn context_dropped_with_work_in_flight() {
     assert!(ran.load(SeqCst));
     assert!(!completed.load(SeqCst));
 }
+
+/// Review finding: when one completion panics, the completions batched with
+/// it are not lost; they run from a later poll.
+#[test]
+fn completion_panic_does_not_lose_the_batch() {
+    let ctx = AioContext::new().unwrap();
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut reqs = Vec::new();
+    for i in 0..8 {
+        let (g, d) = (gate.clone(), done.clone());
+        reqs.push(ctx.thread_pool().submit_aio(
+            move || {
+                let (m, c) = &*g;
+                let mut open = m.lock().unwrap();
+                while !*open {
+                    open = c.wait(open).unwrap();
+                }
+            },
+            move |_r: Result<(), PoolError>| {
+                if i == 0 {
+                    panic!("completion 0 fails");
+                }
+                d.fetch_add(1, SeqCst);
+            },
+        ));
+    }
+    {
+        let (m, c) = &*gate;
+        *m.lock().unwrap() = true;
+        c.notify_all();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut panics = 0;
+    while done.load(SeqCst) < 7 {
+        assert!(std::time::Instant::now() < deadline, "completions lost");
+        // Non-blocking, so that lost completions fail the deadline instead
+        // of sleeping forever.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.poll(false))) {
+            Err(_) => panics += 1,
+            Ok(false) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Ok(true) => {}
+        }
+    }
+    assert_eq!(panics, 1);
+    assert!(reqs.iter().all(PoolRequest::is_completed));
+}
