@@ -177,11 +177,10 @@ fn multi_schedule_migrating() {
                     let mut rng = Rng::new((id * PER_CONTEXT + k) as u64 + 7);
                     while !stopping.load(SeqCst) {
                         let target = &ctxs[rng.below(NUM_CONTEXTS)];
-                        // SAFETY: at this yield and every later one the stack
-                        // holds only `Send` values (Arcs of atomics, an
-                        // `AioContext` reference into an Arc'd Vec, integers)
-                        // and no thread-local reference; nothing else wakes
-                        // this coroutine, so no wake can go to the old context.
+                        // The stack holds Arcs of atomics, a reference into an
+                        // Arc'd Vec of contexts and integers; nothing else wakes
+                        // this coroutine.
+                        // SAFETY: only `Send` values, no thread-local reference.
                         unsafe { co_reschedule_self(target) };
                         assert!(target.in_home_thread(), "resumed on the target's thread");
                         hops.fetch_add(1, SeqCst);

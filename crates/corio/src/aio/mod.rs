@@ -655,6 +655,25 @@ impl AioContext {
         io_read: Option<FdCallback>,
         io_write: Option<FdCallback>,
     ) -> io::Result<()> {
+        let node = if io_read.is_none() && io_write.is_none() {
+            None
+        } else {
+            let interest = if io_read.is_some() { events::IN } else { 0 }
+                | if io_write.is_some() { events::OUT } else { 0 };
+            Some((FdNode::new(io_read, io_write), interest))
+        };
+        self.install_fd_node(fd, node)
+    }
+
+    /// Replaces `fd`'s handler node with `node` (interest included), or
+    /// removes it with `None`. The old node is marked deleted so that a
+    /// dispatch already under way skips it; its callbacks drop after the
+    /// home-state borrow ends, since their destructors may use the context.
+    fn install_fd_node(
+        &self,
+        fd: BorrowedFd<'_>,
+        node: Option<(Arc<FdNode>, u32)>,
+    ) -> io::Result<()> {
         let s = &*self.shared;
         let raw = fd.as_raw_fd();
         let mut local = s.local();
@@ -662,25 +681,19 @@ impl AioContext {
         if let Some(old) = &old {
             old.deleted.store(true, Relaxed);
         }
-        if io_read.is_none() && io_write.is_none() {
-            if let Some(old) = &old {
-                trace::poll_remove(s.ptr(), Arc::as_ptr(old).cast(), raw);
-                local.monitor.deregister(fd);
+        match node {
+            None => {
+                if let Some(old) = &old {
+                    trace::poll_remove(s.ptr(), Arc::as_ptr(old).cast(), raw);
+                    local.monitor.deregister(fd);
+                }
             }
-            // Callbacks drop after the borrow ends: their destructors may
-            // use the context.
-            drop(local);
-            drop(old);
-            return Ok(());
+            Some((node, interest)) => {
+                trace::poll_add(s.ptr(), Arc::as_ptr(&node).cast(), raw, interest);
+                local.monitor.register(fd, interest)?;
+                local.handlers.insert(raw, node);
+            }
         }
-        let interest = if io_read.is_some() { events::IN } else { 0 }
-            | if io_write.is_some() { events::OUT } else { 0 };
-        let node = FdNode::new(io_read, io_write);
-        trace::poll_add(s.ptr(), Arc::as_ptr(&node).cast(), raw, interest);
-        local.monitor.register(fd, interest)?;
-        local.handlers.insert(raw, node);
-        // The old callbacks drop here (unless a dispatch still holds them),
-        // after the borrow: their destructors may use the context.
         drop(local);
         drop(old);
         Ok(())
@@ -705,30 +718,11 @@ impl AioContext {
         interest: u32,
         cb: Option<EventsCallback>,
     ) -> io::Result<()> {
-        let s = &*self.shared;
-        let raw = fd.as_raw_fd();
-        let mut local = s.local();
-        let old = local.handlers.remove(&raw);
-        if let Some(old) = &old {
-            old.deleted.store(true, Relaxed);
-        }
-        let Some(cb) = cb else {
-            if let Some(old) = &old {
-                trace::poll_remove(s.ptr(), Arc::as_ptr(old).cast(), raw);
-                local.monitor.deregister(fd);
-            }
-            drop(local);
-            drop(old);
-            return Ok(());
-        };
-        let interest = interest & (events::IN | events::OUT | events::PRI);
-        let node = FdNode::new_events(cb);
-        trace::poll_add(s.ptr(), Arc::as_ptr(&node).cast(), raw, interest);
-        local.monitor.register(fd, interest)?;
-        local.handlers.insert(raw, node);
-        drop(local);
-        drop(old);
-        Ok(())
+        let node = cb.map(|cb| {
+            let interest = interest & (events::IN | events::OUT | events::PRI);
+            (FdNode::new_events(cb), interest)
+        });
+        self.install_fd_node(fd, node)
     }
 
     /// Sets or removes (`None`) the handler of an [`EventNotifier`] (QEMU's

@@ -269,10 +269,10 @@ impl Coroutine {
         if p.is_null() {
             return None;
         }
-        // SAFETY: `p` came from `Arc::as_ptr` and its allocation is live: the
-        // running coroutine's enterer holds an Arc for the whole switch, and
-        // a coroutine being unwound by its own `Drop` is still allocated.
-        // `ManuallyDrop`: this borrows the count, it does not own one.
+        // The allocation is live: the running coroutine's enterer holds an Arc
+        // for the whole switch, and one unwound by its own `Drop` is still
+        // allocated. `ManuallyDrop`: this borrows the count, owns none.
+        // SAFETY: `p` came from `Arc::as_ptr` and is live (above).
         let arc = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(p) });
         if Arc::strong_count(&arc) == 0 {
             return None; // being dropped: must not be resurrected
@@ -397,10 +397,10 @@ pub fn yield_now() {
     // two mispredicted returns per round trip). The thread-local access is in
     // `yield_prepare`'s own frame, which ends before the switch.
     let yielder = yield_prepare();
+    // No thread-local is touched after the switch (the coroutine may come
+    // back on another thread if it was migrated).
     // SAFETY: the yielder lives at the base of this coroutine's stack for as
-    // long as its initial function runs, which includes now. No thread-local
-    // is touched after the switch (the coroutine may come back on another
-    // thread if it was migrated).
+    // long as its initial function runs, which includes now.
     unsafe { &*yielder }.suspend(());
 }
 
