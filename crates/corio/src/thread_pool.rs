@@ -90,7 +90,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+/// The text of a panic payload (`&str` or `String`), for errors that carry a
+/// worker's panic to the submitter (here and in `io::task`).
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = p.downcast_ref::<String>() {

@@ -208,7 +208,7 @@ impl<S: Send + 'static> Task<S> {
             .spawn(move || {
                 trace::qio_task_thread_run(task.ptr());
                 if let Err(p) = catch_unwind(AssertUnwindSafe(|| worker(&mut task))) {
-                    task.set_error(WorkerPanicked(panic_message(&*p)));
+                    task.set_error(WorkerPanicked(crate::thread_pool::panic_message(&*p)));
                 }
                 trace::qio_task_thread_exit(task.ptr());
                 *s.lock() = Slot::Finished(task);
@@ -223,16 +223,6 @@ impl<S: Send + 'static> Task<S> {
             })
             .expect("QIOTask: cannot start a worker thread");
         TaskThread { shared }
-    }
-}
-
-fn panic_message(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".to_owned()
     }
 }
 
