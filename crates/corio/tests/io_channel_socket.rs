@@ -256,6 +256,86 @@ fn io_channel_socket_ipv4_fd() {
     }
 }
 
+/// `fd:N` addresses (QEMU's socket_listen / socket_connect on
+/// SOCKET_ADDRESS_TYPE_FD): a bound socket the process holds becomes a
+/// listener, a connected one a channel; the original descriptor stays open.
+#[test]
+fn io_channel_socket_fd_address_listen_and_connect() {
+    // A bound, not yet listening TCP socket, as socket activation hands over.
+    let bound = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    bound
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let num = bound.as_raw_fd();
+    let addr: SocketAddress = format!("fd:{num}").parse().unwrap();
+    let l = SocketChannel::listen_sync(&addr, 4).unwrap();
+    assert!(l.has_feature(Feature::Listen));
+    assert_ne!(l.as_raw_fd(), num, "the descriptor is duplicated");
+    let inet = l.local_address().unwrap();
+    assert!(inet.to_string().starts_with("tcp:127.0.0.1:"), "{inet}");
+
+    // A connected socket given by number works as a channel both ways.
+    let port = bound.local_addr().unwrap().as_socket().unwrap().port();
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let server = l.accept().unwrap();
+    let via = SocketChannel::connect_sync(&format!("fd:{}", client.as_raw_fd()).parse().unwrap())
+        .unwrap();
+    via.write_all(b"through fd").unwrap();
+    let mut buf = [0u8; 10];
+    server.read_all(&mut buf).unwrap();
+    assert_eq!(&buf, b"through fd");
+    assert_eq!(
+        via.remote_address().unwrap(),
+        server.local_address().unwrap()
+    );
+
+    // Closing the channels leaves the given descriptors open.
+    drop(via);
+    drop(l);
+    assert!(bound.local_addr().is_ok());
+    (&client).write_all(b"!").unwrap();
+    let mut one = [0u8; 1];
+    server.read_all(&mut one).unwrap();
+    assert_eq!(&one, b"!");
+}
+
+#[test]
+fn io_channel_socket_fd_address_errors() {
+    let check = |addr: &str, listen: bool, want: &str| {
+        let a: SocketAddress = addr.parse().unwrap();
+        let e = if listen {
+            SocketChannel::listen_sync(&a, 1).unwrap_err()
+        } else {
+            SocketChannel::connect_sync(&a).unwrap_err()
+        };
+        assert!(e.to_string().contains(want), "{addr}: {e}");
+    };
+    // Not a socket: a regular file.
+    let f = std::fs::File::open("/proc/self/status").unwrap();
+    let n = f.as_raw_fd();
+    check(&format!("fd:{n}"), false, "is not a socket");
+    check(&format!("fd:{n}"), true, "is not a socket");
+    // Not open at all (far above anything the test process opens).
+    check("fd:999999", false, "File descriptor '999999'");
+    // A name needs QEMU's monitor.
+    check("fd:mysock", true, "needs QEMU's monitor");
+    // A connected socket cannot be put in the listening state.
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    check(
+        &format!("fd:{}", a.as_raw_fd()),
+        true,
+        "Failed to listen on fd socket",
+    );
+    // Refusals left every descriptor open.
+    assert!(a.peer_addr().is_ok());
+    assert!(f.metadata().is_ok());
+}
+
 #[test]
 fn io_channel_socket_addresses() {
     let (l, src, dst) = setup_sync(&"127.0.0.1:0".parse().unwrap());

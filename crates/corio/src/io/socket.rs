@@ -133,14 +133,19 @@ impl SocketChannel {
     /// (QEMU's `qio_channel_socket_connect_sync`). The channel is blocking.
     ///
     /// # Errors
-    /// Resolution or connection failure, naming the address; `fd:`
-    /// addresses are refused (see [`SocketChannel::new_fd`]).
+    /// Resolution or connection failure, naming the address.
+    ///
+    /// An `fd:N` address takes an already connected socket the process was
+    /// given: descriptor `N` is duplicated (QEMU takes it over; we leave the
+    /// original open, so that a wrong number cannot close a descriptor
+    /// something else owns). A descriptor that is not open or not a socket
+    /// is an error naming it; fd *names* need QEMU's monitor and are refused.
     pub fn connect_sync(addr: &SocketAddress) -> io::Result<SocketChannel> {
         trace::qio_channel_socket_connect_sync(addr as *const _ as *const (), &addr.to_string());
         let r = match addr {
             SocketAddress::Inet(a) => inet_connect(a),
             SocketAddress::Unix(a) => unix_connect(a),
-            SocketAddress::Fd(_) => Err(fd_unsupported()),
+            SocketAddress::Fd(name) => fd_connect(name),
         };
         match r {
             Ok(ch) => {
@@ -157,7 +162,10 @@ impl SocketChannel {
     /// Binds and listens on `addr` with `backlog` (QEMU's
     /// `qio_channel_socket_listen_sync`): SO_REUSEADDR; for TCP the first
     /// resolved address and port (up to `to=`) that binds; for a Unix path,
-    /// a stale socket file is removed first. Sets [`Feature::Listen`].
+    /// a stale socket file is removed first; for `fd:N`, a duplicate of the
+    /// given bound (or listening) socket is put in the listening state, as
+    /// in [`connect_sync`](SocketChannel::connect_sync). Sets
+    /// [`Feature::Listen`].
     ///
     /// # Errors
     /// If nothing could be bound, naming the address.
@@ -171,7 +179,7 @@ impl SocketChannel {
         let r = match addr {
             SocketAddress::Inet(a) => inet_listen(a, backlog),
             SocketAddress::Unix(a) => unix_listen(a, backlog),
-            SocketAddress::Fd(_) => Err(fd_unsupported()),
+            SocketAddress::Fd(name) => fd_listen(name, backlog),
         };
         match r {
             Ok(ch) => {
@@ -463,12 +471,57 @@ fn task_outcome(t: &mut Task<SocketAddress>) -> io::Result<SocketChannel> {
         .ok_or_else(|| io::Error::other("socket task ended without a channel"))
 }
 
-fn fd_unsupported() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        "fd: addresses name a descriptor only its owner can vouch for: \
-         wrap it with SocketChannel::new_fd",
-    )
+/// QEMU's `socket_get_fd` for an `fd:` address: the descriptor the process
+/// was handed (socket activation, a parent's `fd:N` argument), duplicated
+/// with `FD_CLOEXEC`. Names need QEMU's monitor, which corio has not.
+///
+/// QEMU takes the number over and closes it with the channel. We
+/// duplicate it instead: an `fd:` string is input, and a mistyped number
+/// must never let a channel close (or reuse) a descriptor some other part
+/// of the process owns. The original stays open.
+fn socket_get_fd(name: &str) -> io::Result<(OwnedFd, AddressFamily)> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    if !name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(format!(
+            "fd name '{name}' needs QEMU's monitor; give the descriptor's number"
+        )));
+    }
+    let raw: RawFd = name
+        .parse()
+        .map_err(|_| invalid(format!("Unable to parse FD number {name}")))?;
+    // SAFETY: `BorrowedFd` asks that `raw` stay open while borrowed. The
+    // borrow lives only for the one `fcntl(F_DUPFD_CLOEXEC)` below and is
+    // never closed by us: if `raw` is not open the kernel answers EBADF
+    // (turned into an error here), and if it is, we get our own descriptor
+    // for the same open file. Nothing in this process can observe the
+    // borrow, so no owner's descriptor is closed or reused through it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    let fd = rustix::io::fcntl_dupfd_cloexec(borrowed, 0)
+        .map_err(|e| with_context(e.into(), format!("File descriptor '{name}'")))?;
+    match rnet::getsockname(&fd) {
+        Ok(a) => Ok((fd, a.address_family())),
+        Err(rustix::io::Errno::NOTSOCK) => {
+            Err(invalid(format!("File descriptor '{name}' is not a socket")))
+        }
+        Err(e) => Err(with_context(e.into(), format!("File descriptor '{name}'"))),
+    }
+}
+
+/// `connect` on an `fd:` address: the socket is expected to be connected
+/// already (QEMU's `socket_connect` takes it as it is).
+fn fd_connect(name: &str) -> io::Result<SocketChannel> {
+    let (fd, family) = socket_get_fd(name)?;
+    Ok(SocketChannel::from_fd(fd, family))
+}
+
+/// `listen` on an `fd:` address: moves a bound socket to the listening
+/// state, or updates the backlog of one already listening (QEMU's
+/// `socket_listen`); a connected or unbound socket is refused.
+fn fd_listen(name: &str, backlog: i32) -> io::Result<SocketChannel> {
+    let (fd, family) = socket_get_fd(name)?;
+    rnet::listen(&fd, backlog)
+        .map_err(|e| with_context(e.into(), "Failed to listen on fd socket"))?;
+    Ok(SocketChannel::from_fd(fd, family))
 }
 
 // ----- addresses -----
