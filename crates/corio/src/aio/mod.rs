@@ -481,6 +481,15 @@ impl AioContext {
         let ready = if timeout != 0 || !local.handlers.is_empty() {
             let mut ready = std::mem::take(&mut local.ready);
             if let Err(e) = local.monitor.wait(timeout, &mut ready) {
+                // Only a broken invariant gets here (EBADF, EFAULT,
+                // EINVAL; EINTR is a plain wake-up). Lower `notify_me`
+                // first, so that a caller who catches the panic does not
+                // leave every later `notify` writing the eventfd.
+                if blocking {
+                    s.notify_me.fetch_sub(2, Release);
+                }
+                local.ready = ready;
+                drop(local);
                 panic!("AioContext::poll: fd monitor wait failed: {e}");
             }
             Some(ready)
@@ -1009,4 +1018,35 @@ pub unsafe fn co_reschedule_self(ctx: &AioContext) {
         unsafe { target.co_schedule_migrate(&handle) };
     });
     crate::coroutine::yield_now();
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// A failing fd monitor panics out of `poll`, but leaves `notify_me`
+    /// lowered and the context usable for the caller who catches it.
+    #[test]
+    fn poll_monitor_failure_lowers_notify_me() {
+        let ctx = AioContext::new().unwrap();
+        let e = crate::aio::EventNotifier::new().unwrap();
+        ctx.set_event_notifier(&e, Some(Box::new(|_| {}))).unwrap();
+        ctx.shared.local().monitor.break_for_test();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.poll(true)));
+        let msg = r.expect_err("poll on a broken monitor must panic");
+        let msg = msg
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        assert!(msg.contains("fd monitor wait failed"), "{msg}");
+        assert_eq!(ctx.shared.notify_me.load(Relaxed), 0);
+        // Still usable: the home-thread state was not left borrowed.
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r2 = ran.clone();
+        let bh = ctx.bh_new(move || r2.store(true, Relaxed));
+        bh.schedule();
+        ctx.set_event_notifier(&e, None).unwrap();
+        assert!(ctx.poll(false));
+        assert!(ran.load(Relaxed));
+    }
 }

@@ -34,6 +34,16 @@ impl Epoll {
     }
 }
 
+#[cfg(all(test, not(loom)))]
+impl Epoll {
+    /// Swaps the epoll fd for one that is not an epoll instance, so that the
+    /// next `wait` fails with `EINVAL` (tests of the error path only).
+    pub(crate) fn break_for_test(&mut self) {
+        self.epfd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
+            .expect("eventfd for the broken monitor");
+    }
+}
+
 fn to_epoll(interest: u32) -> EventFlags {
     let mut f = EventFlags::empty();
     if interest & events::IN != 0 {
