@@ -659,3 +659,40 @@ fn nested_poll_inside_scheduled_coroutine_sees_new_handovers() {
     }
     assert!(other.is_terminated());
 }
+
+/// `co_reschedule_self` between two contexts of one thread (QEMU compares
+/// contexts, not threads): the coroutine resumes from the target's
+/// bottom half, and the target becomes its home context.
+#[test]
+fn co_reschedule_self_between_contexts_of_one_thread() {
+    let a = AioContext::new().unwrap();
+    let b = AioContext::new().unwrap();
+    assert_eq!(AioContext::current(), a);
+    let homes = Arc::new(Mutex::new(Vec::new()));
+    let h = homes.clone();
+    let target = b.clone();
+    let co = Coroutine::new(move || {
+        let me = || Coroutine::current().unwrap().context();
+        h.lock().unwrap().push(me() == target);
+        // SAFETY: the same thread: nothing on the stack changes threads.
+        unsafe { corio::co_reschedule_self(&target) };
+        h.lock().unwrap().push(me() == target);
+        yield_now();
+        h.lock().unwrap().push(me() == target);
+    });
+    co.enter();
+    assert!(!co.is_terminated());
+    // Polling the old context does not resume it: it waits in `b`.
+    a.poll(false);
+    assert!(!co.is_terminated());
+    assert_eq!(*homes.lock().unwrap(), [false]);
+    assert!(b.poll(false));
+    assert_eq!(*homes.lock().unwrap(), [false, true]);
+    // `b` is its home now: what a handle names, and where a wake from
+    // another thread would schedule it.
+    assert_eq!(co.context(), b);
+    assert_eq!(co.handle().context(), b);
+    co.handle().wake();
+    assert!(co.is_terminated());
+    assert_eq!(*homes.lock().unwrap(), [false, true, true]);
+}

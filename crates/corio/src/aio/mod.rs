@@ -992,8 +992,9 @@ impl PartialEq for AioContext {
 impl Eq for AioContext {}
 
 /// Moves the running coroutine to `ctx` (QEMU's `aio_co_reschedule_self`): it
-/// yields, and resumes on `ctx`'s home thread. Does nothing if `ctx` is the
-/// coroutine's home already.
+/// yields, and resumes on `ctx`'s home thread with `ctx` as its home context
+/// (even when that thread is the one it was on). Does nothing if `ctx` is
+/// the coroutine's home already.
 ///
 /// # Safety
 /// As [`AioContext::co_schedule_migrate`]: at this yield and every later one
@@ -1005,7 +1006,9 @@ impl Eq for AioContext {}
 pub unsafe fn co_reschedule_self(ctx: &AioContext) {
     let me = crate::Coroutine::current().expect("co_reschedule_self outside a coroutine");
     let old = me.context();
-    if old.shared.home_token == ctx.shared.home_token {
+    // Contexts, not threads, as QEMU compares them: a move between two
+    // contexts of one thread still changes where later wakes go.
+    if old == *ctx {
         return;
     }
     let handle = me.handle();
