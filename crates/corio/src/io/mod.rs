@@ -8,10 +8,14 @@ pub mod file;
 pub mod net_listener;
 pub mod socket;
 pub mod task;
+pub mod tls;
 pub mod watch;
+pub mod websock;
 
 pub use channel::{Channel, ChannelBase, Feature, ReadFlags};
 pub use file::FileChannel;
 pub use net_listener::NetListener;
 pub use socket::SocketChannel;
+pub use tls::TlsChannel;
 pub use watch::{events, WatchHandle};
+pub use websock::WebsockChannel;

@@ -127,4 +127,67 @@ trace_events! {
     qio_net_listener_callback(listener: Ptr, fd: i32) "Net listener callback listener={listener:p} client fd={fd}";
     /// The listener closes its sockets.
     qio_net_listener_disconnect(listener: Ptr) "Net listener disconnect listener={listener:p}";
+
+    // io/channel-websock.c
+    /// A WebSocket server channel wraps `master`.
+    qio_channel_websock_new_server(ioc: Ptr, master: Ptr) "Websock new client ioc={ioc:p} master={master:p}";
+    /// The HTTP upgrade handshake starts.
+    qio_channel_websock_handshake_start(ioc: Ptr) "Websock handshake start ioc={ioc:p}";
+    /// The handshake waits for the master to have `status` (`events::IN` or `OUT`).
+    qio_channel_websock_handshake_pending(ioc: Ptr, status: u32) "Websock handshake pending ioc={ioc:p} status={status}";
+    /// The request was read; its reply (101 or an HTTP error) is being sent.
+    qio_channel_websock_handshake_reply(ioc: Ptr) "Websock handshake reply ioc={ioc:p}";
+    /// The handshake failed.
+    qio_channel_websock_handshake_fail(ioc: Ptr, msg: &str) "Websock handshake fail ioc={ioc:p} err={msg}";
+    /// The handshake succeeded: the channel carries WebSocket frames now.
+    qio_channel_websock_handshake_complete(ioc: Ptr) "Websock handshake complete ioc={ioc:p}";
+    /// The request line of the client's HTTP request.
+    qio_channel_websock_http_greeting(ioc: Ptr, greeting: &str) "Websocket HTTP request ioc={ioc:p} greeting='{greeting}'";
+    /// The upgrade headers of the client's HTTP request.
+    qio_channel_websock_http_request(ioc: Ptr, protocols: &str, version: &str, host: &str, connection: &str, upgrade: &str, key: &str)
+        "Websocket HTTP request ioc={ioc:p} protocols='{protocols}' version='{version}' host='{host}' connection='{connection}' upgrade='{upgrade}' key='{key}'";
+    /// The first two bytes of a frame header were decoded.
+    qio_channel_websock_header_partial_decode(ioc: Ptr, payload_len: usize, fin: u8, opcode: u8, has_mask: u8)
+        "Websocket header decoded ioc={ioc:p} payload-len={payload_len} fin=0x{fin:x} opcode=0x{opcode:x} has_mask=0x{has_mask:x}";
+    /// A whole frame header was decoded.
+    qio_channel_websock_header_full_decode(ioc: Ptr, header_len: usize, payload_len: u64, mask: u32)
+        "Websocket header decoded ioc={ioc:p} header-len={header_len} payload-len={payload_len} mask=0x{mask:x}";
+    /// Payload bytes were unmasked; `payload_remain` bytes of the frame are still to come.
+    qio_channel_websock_payload_decode(ioc: Ptr, opcode: u8, payload_remain: u64)
+        "Websocket header decoded ioc={ioc:p} opcode=0x{opcode:x} payload-remain={payload_remain}";
+    /// A frame was encoded for sending.
+    qio_channel_websock_encode(ioc: Ptr, opcode: u8, header_len: usize, payload_len: usize)
+        "Websocket encoded ioc={ioc:p} opcode=0x{opcode:x} header-len={header_len} payload-len={payload_len}";
+    /// The channel closes.
+    qio_channel_websock_close(ioc: Ptr) "Websocket close ioc={ioc:p}";
+
+    // io/channel-tls.c (`ioc` is the channel's session: it keeps its address)
+    /// A TLS client channel wraps `master`.
+    qio_channel_tls_new_client(ioc: Ptr, master: Ptr, creds: Ptr, hostname: &str) "TLS new client ioc={ioc:p} master={master:p} creds={creds:p} hostname={hostname}";
+    /// A TLS server channel wraps `master`.
+    qio_channel_tls_new_server(ioc: Ptr, master: Ptr, creds: Ptr, aclname: &str) "TLS new server ioc={ioc:p} master={master:p} creds={creds:p} aclname={aclname}";
+    /// A handshake starts (task or synchronous).
+    qio_channel_tls_handshake_start(ioc: Ptr) "TLS handshake start ioc={ioc:p}";
+    /// The handshake waits for the master: status 1 sending, 2 receiving.
+    qio_channel_tls_handshake_pending(ioc: Ptr, status: i32) "TLS handshake pending ioc={ioc:p} status={status}";
+    /// The handshake failed.
+    qio_channel_tls_handshake_fail(ioc: Ptr) "TLS handshake fail ioc={ioc:p}";
+    /// The TLS handshake completed; the credentials are checked next.
+    qio_channel_tls_handshake_complete(ioc: Ptr) "TLS handshake complete ioc={ioc:p}";
+    /// The peer's credentials were accepted.
+    qio_channel_tls_credentials_allow(ioc: Ptr) "TLS credentials allow ioc={ioc:p}";
+    /// The peer's credentials were refused.
+    qio_channel_tls_credentials_deny(ioc: Ptr) "TLS credentials deny ioc={ioc:p}";
+    /// `bye` starts sending close_notify.
+    qio_channel_tls_bye_start(ioc: Ptr) "TLS termination start ioc={ioc:p}";
+    /// `bye` sent close_notify.
+    qio_channel_tls_bye_complete(ioc: Ptr) "TLS termination complete ioc={ioc:p}";
+    /// `bye` could not send close_notify.
+    qio_channel_tls_bye_fail(ioc: Ptr) "TLS termination fail ioc={ioc:p}";
+
+    // crypto/tlscredsx509.c, crypto/tlssession.c
+    /// X.509 credentials were loaded (`dir` is `<memory>` for in-memory PEM).
+    qcrypto_tls_creds_x509_load(creds: Ptr, dir: &str) "TLS creds x509 load creds={creds:p} dir={dir}";
+    /// The peer's credentials were checked: pass, fail or skip (verify-peer off).
+    qcrypto_tls_session_check_creds(session: Ptr, status: &str) "TLS session check creds session={session:p} status={status}";
 }

@@ -1,0 +1,235 @@
+//! The subject distinguished name of an X.509 certificate, as a string
+//! (QEMU's `gnutls_x509_crt_get_dn`): what [`Authz`](super::Authz) checks and
+//! [`TlsChannel::peer_name`](super::TlsChannel::peer_name) returns.
+//!
+//! The attributes come in certificate order, `C=UK,O=Example,CN=qemu`, the
+//! order GnuTLS's compatible output (and so QEMU's authz rules) uses; a
+//! multi-valued RDN joins its attributes with `+`; special characters are
+//! escaped as RFC 4514 says. Only the few DER shapes a certificate's header
+//! has are parsed: enough to reach the subject, nothing more.
+
+use std::fmt::Write;
+
+/// One DER element: its tag and contents, and what follows it.
+fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let mut len = 0usize;
+        for &b in &rest[..n] {
+            len = (len << 8) | usize::from(b);
+        }
+        rest = &rest[n..];
+        len
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+/// The element `input` starts with if it has `tag`.
+fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    match element(input)? {
+        (t, body, rest) if t == tag => Some((body, rest)),
+        _ => None,
+    }
+}
+
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const OID: u8 = 0x06;
+const INTEGER: u8 = 0x02;
+const VERSION: u8 = 0xa0; // [0] EXPLICIT
+
+/// The subject DN of the DER certificate `cert`, or `None` if it does not
+/// parse.
+pub(crate) fn subject_dn(cert: &[u8]) -> Option<String> {
+    let (certificate, _) = expect(cert, SEQUENCE)?;
+    let (mut tbs, _) = expect(certificate, SEQUENCE)?;
+    if let Some((_, rest)) = expect(tbs, VERSION) {
+        tbs = rest;
+    }
+    let (_, tbs) = expect(tbs, INTEGER)?; // serialNumber
+    let (_, tbs) = expect(tbs, SEQUENCE)?; // signature algorithm
+    let (_, tbs) = expect(tbs, SEQUENCE)?; // issuer
+    let (_, tbs) = expect(tbs, SEQUENCE)?; // validity
+    let (subject, _) = expect(tbs, SEQUENCE)?;
+    name_to_string(subject)
+}
+
+/// RDNSequence contents to `A=v,B=w+C=x`.
+fn name_to_string(mut rdns: &[u8]) -> Option<String> {
+    let mut out = String::new();
+    while !rdns.is_empty() {
+        let (mut set, rest) = expect(rdns, SET)?;
+        rdns = rest;
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let mut first = true;
+        while !set.is_empty() {
+            let (atv, rest) = expect(set, SEQUENCE)?;
+            set = rest;
+            let (oid, value) = expect(atv, OID)?;
+            let (vtag, vbody, _) = element(value)?;
+            if !first {
+                out.push('+');
+            }
+            first = false;
+            match attribute_name(oid) {
+                Some(name) => out.push_str(name),
+                None => out.push_str(&oid_to_string(oid)?),
+            }
+            out.push('=');
+            match decode_string(vtag, vbody) {
+                Some(s) => escape_into(&mut out, &s),
+                None => {
+                    // RFC 4514: an undecodable value is `#` and its DER in hex.
+                    let der_len = value.len() - element(value)?.2.len();
+                    out.push('#');
+                    for b in &value[..der_len] {
+                        let _ = write!(out, "{b:02x}");
+                    }
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// GnuTLS's short names for the usual attributes (DER of the OID body).
+fn attribute_name(oid: &[u8]) -> Option<&'static str> {
+    Some(match oid {
+        [0x55, 0x04, 0x03] => "CN",
+        [0x55, 0x04, 0x05] => "serialNumber",
+        [0x55, 0x04, 0x06] => "C",
+        [0x55, 0x04, 0x07] => "L",
+        [0x55, 0x04, 0x08] => "ST",
+        [0x55, 0x04, 0x09] => "street",
+        [0x55, 0x04, 0x0a] => "O",
+        [0x55, 0x04, 0x0b] => "OU",
+        [0x55, 0x04, 0x0c] => "title",
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => "EMAIL",
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19] => "DC",
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => "UID",
+        _ => return None,
+    })
+}
+
+/// An OID body in dotted form.
+fn oid_to_string(oid: &[u8]) -> Option<String> {
+    let (&first, rest) = oid.split_first()?;
+    let mut out = format!("{}.{}", first / 40, first % 40);
+    let mut acc: u64 = 0;
+    for &b in rest {
+        acc = acc.checked_mul(128)? | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            let _ = write!(out, ".{acc}");
+            acc = 0;
+        }
+    }
+    Some(out)
+}
+
+/// The text of a directory string, for the string types certificates use.
+fn decode_string(tag: u8, body: &[u8]) -> Option<String> {
+    match tag {
+        // UTF8String, PrintableString, IA5String, NumericString, VisibleString
+        0x0c | 0x13 | 0x16 | 0x12 | 0x1a => String::from_utf8(body.to_vec()).ok(),
+        // TeletexString: in practice Latin-1
+        0x14 => Some(body.iter().map(|&b| char::from(b)).collect()),
+        // BMPString: UCS-2 big endian
+        0x1e if body.len() % 2 == 0 => {
+            let units: Vec<u16> = body
+                .chunks(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16(&units).ok()
+        }
+        // UniversalString: UCS-4 big endian
+        0x1c if body.len() % 4 == 0 => body
+            .chunks(4)
+            .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Appends `value` with RFC 4514's escapes.
+fn escape_into(out: &mut String, value: &str) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        if body.len() < 0x80 {
+            v.push(body.len() as u8);
+        } else {
+            v.push(0x82);
+            v.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        }
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn atv(oid: &[u8], tag: u8, value: &[u8]) -> Vec<u8> {
+        let mut body = tlv(OID, oid);
+        body.extend(tlv(tag, value));
+        tlv(SEQUENCE, &body)
+    }
+
+    fn cert_with_subject(subject: &[u8]) -> Vec<u8> {
+        let mut tbs = tlv(VERSION, &tlv(INTEGER, &[2]));
+        tbs.extend(tlv(INTEGER, &[1, 2, 3]));
+        tbs.extend(tlv(SEQUENCE, &tlv(OID, &[0x2a, 0x03])));
+        tbs.extend(tlv(SEQUENCE, &[]));
+        tbs.extend(tlv(SEQUENCE, &[]));
+        tbs.extend(tlv(SEQUENCE, subject));
+        tbs.extend(tlv(SEQUENCE, &[0u8; 200])); // a long SPKI: long-form length
+        let mut cert = tlv(SEQUENCE, &tbs);
+        cert.extend(tlv(SEQUENCE, &tlv(OID, &[0x2a, 0x03])));
+        tlv(SEQUENCE, &cert)
+    }
+
+    #[test]
+    fn certificate_order_and_escapes() {
+        let mut subject = tlv(SET, &atv(&[0x55, 4, 6], 0x13, b"UK"));
+        subject.extend(tlv(SET, &atv(&[0x55, 4, 10], 0x0c, b"A, B")));
+        let mut multi = atv(&[0x55, 4, 3], 0x0c, b"qemu");
+        multi.extend(atv(&[0x55, 4, 11], 0x0c, b" x"));
+        subject.extend(tlv(SET, &multi));
+        subject.extend(tlv(
+            SET,
+            &atv(&[0x2b, 0x06, 0x01, 0x82, 0x37], 0x04, &[0xab]),
+        ));
+        let dn = subject_dn(&cert_with_subject(&subject)).unwrap();
+        assert_eq!(dn, r"C=UK,O=A\, B,CN=qemu+OU=\ x,1.3.6.1.311=#0401ab");
+    }
+
+    #[test]
+    fn garbage_is_none() {
+        assert_eq!(subject_dn(b""), None);
+        assert_eq!(subject_dn(&[0x30, 0x85, 1, 2, 3, 4, 5]), None);
+        assert_eq!(subject_dn(&tlv(SEQUENCE, &tlv(SEQUENCE, &[]))), None);
+    }
+}
