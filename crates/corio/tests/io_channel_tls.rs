@@ -847,3 +847,49 @@ fn io_channel_tls_io_before_handshake() {
     let e = client.read_all(&mut buf).unwrap_err();
     assert!(e.to_string().contains("handshake not complete"), "{e}");
 }
+
+/// Plaintext decrypted but not yet read is input the fd cannot announce:
+/// `wait(IN)` outside a coroutine and `yield_for(IN)` inside one return at
+/// once instead of sleeping on a master that will never become readable
+/// (QEMU's TLS GSource checks gnutls' pending bytes the same way).
+#[test]
+fn io_channel_tls_pending_plaintext_wakes_waiters() {
+    let pki = Pki::new("pending");
+    let (client, server) = blocking_pair(&pki);
+    client.write_all(&[7u8; 100]).unwrap();
+    let mut one = [0u8; 1];
+    assert_eq!(
+        server
+            .readv(&mut [std::io::IoSliceMut::new(&mut one)])
+            .unwrap(),
+        1
+    );
+    assert!(server.io_has_pending_input());
+    // Outside a coroutine: the client sends nothing more, so only the
+    // pending plaintext can end this wait.
+    let s = server.clone();
+    let waiter = std::thread::spawn(move || s.wait(corio::io::events::IN));
+    join_bounded(waiter, "wait(IN) with plaintext pending").unwrap();
+    // Inside a coroutine, on a context nobody else feeds.
+    let ctx = AioContext::new().unwrap();
+    let s = server.clone();
+    let got = Arc::new(Mutex::new(None));
+    let g = got.clone();
+    let co = Coroutine::new(move || {
+        s.yield_for(corio::io::events::IN).unwrap();
+        let mut rest = [0u8; 99];
+        let n = s.readv(&mut [std::io::IoSliceMut::new(&mut rest)]).unwrap();
+        *g.lock().unwrap() = Some(n);
+    });
+    co.enter();
+    poll_until(&ctx, "coroutine with pending plaintext", || {
+        co.is_terminated()
+    });
+    assert_eq!(*got.lock().unwrap(), Some(99));
+    assert!(!server.io_has_pending_input());
+    // The peer's close_notify is input too: the read returns EOF at once.
+    client.bye().unwrap();
+    let mut buf = [0u8; 1];
+    assert!(!server.read_all_eof(&mut buf).unwrap());
+    assert!(server.io_has_pending_input());
+}

@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -912,4 +912,59 @@ fn websock_frames_pipelined_with_the_request() {
     client.read_all(&mut frames).unwrap();
     assert_eq!(frames, [0x8A, 1, b'p', 0x88, 2, 0x03, 0xE8]);
     assert!(!client.read_all_eof(&mut [0u8]).unwrap());
+}
+
+/// Decoded payload not yet read is input the master's fd cannot announce:
+/// `wait(IN)` returns at once while it is buffered, and so does
+/// `yield_for(IN)` in a coroutine.
+#[test]
+fn websock_pending_payload_wakes_waiters() {
+    let (server, client) = SocketChannel::pair().unwrap();
+    let mut out = GOOD_REQUEST.as_bytes().to_vec();
+    out.extend(frame(0x82, b"0123456789", [9, 8, 7, 6]));
+    client.write_all(&out).unwrap();
+    let ws = Arc::new(WebsockChannel::new_server(server));
+    ws.handshake_sync().unwrap();
+    assert!(!ws.io_has_pending_input(), "nothing decoded yet");
+    let mut one = [0u8; 1];
+    assert_eq!(
+        ws.readv(&mut [std::io::IoSliceMut::new(&mut one)]).unwrap(),
+        1
+    );
+    assert_eq!(&one, b"0");
+    assert!(ws.io_has_pending_input());
+    // The client sends nothing more: only the buffered payload ends this.
+    let w = ws.clone();
+    let waiter = std::thread::spawn(move || w.wait(corio::io::events::IN));
+    let deadline = Instant::now() + DEADLINE;
+    while !waiter.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "wait(IN) slept on buffered payload"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    waiter.join().unwrap().unwrap();
+    let ctx = AioContext::new().unwrap();
+    let w = ws.clone();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let co = Coroutine::new(move || {
+        w.yield_for(corio::io::events::IN).unwrap();
+        let mut rest = [0u8; 9];
+        let n = w.readv(&mut [std::io::IoSliceMut::new(&mut rest)]).unwrap();
+        g.lock().unwrap().extend_from_slice(&rest[..n]);
+    });
+    co.enter();
+    poll_until(&ctx, "coroutine with buffered payload", || {
+        co.is_terminated()
+    });
+    assert_eq!(&*got.lock().unwrap(), b"123456789");
+    assert!(!ws.io_has_pending_input());
+    // The client's close frame: the read reports end of stream at once.
+    client
+        .write_all(&frame(0x88, &1000u16.to_be_bytes(), [1, 2, 3, 4]))
+        .unwrap();
+    assert!(!ws.read_all_eof(&mut one).unwrap());
+    assert!(ws.io_has_pending_input());
 }

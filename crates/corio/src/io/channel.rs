@@ -248,6 +248,16 @@ pub trait Channel: Send + Sync {
         Ok(())
     }
 
+    /// Whether a read would return data without touching the fd: bytes a
+    /// wrapping channel (TLS, WebSocket) already decoded and buffered. The
+    /// fd cannot become readable for them, so [`yield_for`](Channel::yield_for)
+    /// and [`wait`](Channel::wait) for `IN` return at once instead of
+    /// sleeping (QEMU's TLS GSource checks gnutls' pending data the same
+    /// way). The default says no.
+    fn io_has_pending_input(&self) -> bool {
+        false
+    }
+
     // ----- provided: QEMU's io/channel.c -----
 
     /// Whether the channel has `f` (QEMU's `qio_channel_has_feature`).
@@ -531,6 +541,9 @@ pub trait Channel: Send + Sync {
             _ => panic!("qio_channel_yield: condition must be IN or OUT, not {condition:#x}"),
         };
         let fd = self.poll_fd()?;
+        if read && self.io_has_pending_input() {
+            return Ok(());
+        }
         let base = self.base();
         let ctx = co.context();
         let handle = co.handle();
@@ -612,6 +625,9 @@ pub trait Channel: Send + Sync {
     /// If the channel is closed or poll fails.
     fn wait(&self, condition: u32) -> io::Result<()> {
         let fd = self.poll_fd()?;
+        if condition & events::IN != 0 && self.io_has_pending_input() {
+            return Ok(());
+        }
         let mut flags = rustix::event::PollFlags::empty();
         if condition & events::IN != 0 {
             flags |= rustix::event::PollFlags::IN;

@@ -28,9 +28,10 @@
 //! [`WouldBlock`](io::ErrorKind::WouldBlock) from a read only when nothing
 //! is buffered *and* the master itself would block: waiting for `IN` on
 //! the fd after a `WouldBlock` is always right (the `_all` loops and
-//! `std::io::Read` do just that). Waiting *before* reading (a watch, a
-//! [`yield_for`](Channel::yield_for) after a short read) may sleep on data
-//! that is already here: read until `WouldBlock` first.
+//! `std::io::Read` do just that). [`yield_for`](Channel::yield_for) and
+//! [`wait`](Channel::wait) for `IN` also return at once while plaintext is
+//! buffered ([`Channel::io_has_pending_input`]). A watch, though, waits on
+//! the master's fd only: its callback should read until `WouldBlock`.
 //!
 //! A read never has to wait for the master to become writable: what rustls
 //! queues while reading (alerts, key-update replies; TLS 1.3 and rustls
@@ -703,6 +704,33 @@ impl<C: Channel> Channel for TlsChannel<C> {
 
     fn poll_fd(&self) -> io::Result<BorrowedFd<'_>> {
         self.master.poll_fd()
+    }
+
+    /// Plaintext rustls decrypted and the last read did not take, a
+    /// record error or the peer's close_notify waiting to be reported, or
+    /// ciphertext staged here and not yet handed to rustls: a read returns
+    /// at once, whatever the master's fd says.
+    fn io_has_pending_input(&self) -> bool {
+        let staged = {
+            let rd = lock(&self.session.rd);
+            rd.start < rd.end
+        };
+        let mut conn = lock(&self.session.conn);
+        if conn.state != State::Ready {
+            // Errors are reported at once; the handshake drives itself.
+            return matches!(conn.state, State::Failed(_));
+        }
+        if staged || conn.read_error.is_some() {
+            return true;
+        }
+        match conn.tls.process_new_packets() {
+            Ok(io) => io.plaintext_bytes_to_read() > 0 || io.peer_has_closed(),
+            Err(e) => {
+                // Kept for the read to report, as `io_readv` does.
+                conn.read_error = Some(e);
+                true
+            }
+        }
     }
 
     /// Shuts down the master as asked (QEMU's `qio_channel_tls_shutdown`);

@@ -181,13 +181,13 @@ impl WebsockError {
 /// its context's home thread.
 ///
 /// # Watches
-/// [`Channel::add_watch`] and [`Channel::yield_for`] wait on the master's
-/// fd, as for any channel whose [`poll_fd`](Channel::poll_fd) is borrowed.
-/// Payload already decoded inside the channel does not make the fd
-/// readable, so read until [`io::ErrorKind::WouldBlock`] before waiting, as
-/// the provided `_all` loops do; a read never reports `WouldBlock` while
-/// decoded payload is buffered. (QEMU gives the channel a GSource of its
-/// own that looks at its buffers.)
+/// [`Channel::add_watch`] waits on the master's fd. Payload already decoded
+/// inside the channel does not make that fd readable, so a watch callback
+/// should read until [`io::ErrorKind::WouldBlock`]. [`Channel::yield_for`]
+/// and [`Channel::wait`] for `IN` know better: they return at once while
+/// decoded payload is buffered ([`Channel::io_has_pending_input`]). A read
+/// never reports `WouldBlock` while decoded payload is buffered. (QEMU gives
+/// the channel a GSource of its own that looks at its buffers.)
 pub struct WebsockChannel {
     base: ChannelBase,
     /// Shared with the watch that flushes output in the background, which
@@ -499,6 +499,19 @@ impl Channel for WebsockChannel {
         self.inner.master.poll_fd()
     }
 
+    /// Decoded payload not yet read, or the end of stream or error that a
+    /// read would report at once. Undecoded bytes do not count: a read
+    /// decodes every whole frame before it reports `WouldBlock`, so what
+    /// is left is part of a frame, which needs the master.
+    fn io_has_pending_input(&self) -> bool {
+        let input = lock(&self.inner.input);
+        if input.has_raw() || input.eof {
+            return true;
+        }
+        let st = lock(&self.inner.status);
+        st.phase == Phase::Open && st.error.is_some()
+    }
+
     /// Shuts the master down (QEMU's `qio_channel_websock_shutdown`). When
     /// the write side goes and the channel was made non-blocking, a close
     /// frame (status 1000) is offered to the master first, as far as it
@@ -528,6 +541,9 @@ impl Channel for WebsockChannel {
     /// Blocks in poll(2) for `condition`; while encoded output is pending,
     /// also for the master being writable, to push it out meanwhile.
     fn wait(&self, condition: u32) -> io::Result<()> {
+        if condition & events::IN != 0 && self.io_has_pending_input() {
+            return Ok(());
+        }
         if condition & events::OUT == 0 {
             match self.inner.flush(Arm::No) {
                 Ok(Flush::Blocked | Flush::Busy) => return self.wait_flushing(condition),
