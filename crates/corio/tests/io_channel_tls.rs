@@ -893,3 +893,38 @@ fn io_channel_tls_pending_plaintext_wakes_waiters() {
     assert!(!server.read_all_eof(&mut buf).unwrap());
     assert!(server.io_has_pending_input());
 }
+
+/// An `IN` watch keeps firing while plaintext is buffered, though the
+/// master's fd has gone quiet: a callback that reads 10 bytes at a time
+/// gets all of a 100-byte message that arrived as one record.
+#[test]
+fn io_channel_tls_watch_fires_on_pending_plaintext() {
+    let pki = Pki::new("watch-pending");
+    let (client, server) = blocking_pair(&pki);
+    server.set_blocking(false).unwrap();
+    let msg = pattern(100, 3);
+    client.write_all(&msg).unwrap();
+    let ctx = AioContext::new().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(Mutex::new(false));
+    let (s, g, d) = (server.clone(), got.clone(), done.clone());
+    server
+        .add_watch(
+            corio::io::events::IN,
+            Box::new(move |_| {
+                let mut ten = [0u8; 10];
+                match s.readv(&mut [std::io::IoSliceMut::new(&mut ten)]) {
+                    Ok(n) => g.lock().unwrap().extend_from_slice(&ten[..n]),
+                    Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
+                }
+                g.lock().unwrap().len() < 100
+            }),
+            Some(Box::new(move || *d.lock().unwrap() = true)),
+            Some(&ctx),
+        )
+        .unwrap();
+    poll_until(&ctx, "watch reading buffered plaintext", || {
+        *done.lock().unwrap()
+    });
+    assert_eq!(*got.lock().unwrap(), msg);
+}

@@ -60,7 +60,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::aio::{events, AioContext, FdCallback};
 use crate::coroutine::{self, CoHandle, Coroutine};
-use crate::io::watch::{self, WatchFunc, WatchHandle, WatchList, WatchNotify};
+use crate::io::watch::{self, PendingProbe, WatchFunc, WatchHandle, WatchList, WatchNotify};
 
 /// Optional capabilities of a channel (QEMU's `QIOChannelFeature`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,6 +256,15 @@ pub trait Channel: Send + Sync {
     /// way). The default says no.
     fn io_has_pending_input(&self) -> bool {
         false
+    }
+
+    /// What [`io_has_pending_input`](Channel::io_has_pending_input) says,
+    /// as a probe a watch can keep and call later from its context, so that
+    /// `IN` watches fire while decoded input is buffered (QEMU's TLS and
+    /// websock GSources check their buffers). `None`, the default, for
+    /// channels that buffer no input.
+    fn pending_input_probe(&self) -> Option<PendingProbe> {
+        None
     }
 
     // ----- provided: QEMU's io/channel.c -----
@@ -602,7 +611,15 @@ pub trait Channel: Send + Sync {
         ctx: Option<&AioContext>,
     ) -> io::Result<WatchHandle> {
         let fd = self.poll_fd()?;
-        watch::add_watch(&self.base().watches, fd, condition, func, notify, ctx)
+        watch::add_watch(
+            &self.base().watches,
+            fd,
+            self.pending_input_probe(),
+            condition,
+            func,
+            notify,
+            ctx,
+        )
     }
 
     /// Wakes the coroutine waiting in `yield_for(IN)`, if any (QEMU's

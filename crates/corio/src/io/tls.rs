@@ -30,8 +30,9 @@
 //! the fd after a `WouldBlock` is always right (the `_all` loops and
 //! `std::io::Read` do just that). [`yield_for`](Channel::yield_for) and
 //! [`wait`](Channel::wait) for `IN` also return at once while plaintext is
-//! buffered ([`Channel::io_has_pending_input`]). A watch, though, waits on
-//! the master's fd only: its callback should read until `WouldBlock`.
+//! buffered ([`Channel::io_has_pending_input`]), and `IN` watches fire
+//! from a bottom half while it is (QEMU's TLS GSource checks gnutls'
+//! pending bytes the same way).
 //!
 //! A read never has to wait for the master to become writable: what rustls
 //! queues while reading (alerts, key-update replies; TLS 1.3 and rustls
@@ -94,6 +95,7 @@ use self::session::{
     feed, prefix, read_plain, starts_with, Conn, ReadSide, Session, State, WriteSide,
 };
 use super::channel::{std_read, std_write, Channel, ChannelBase, Feature, ReadFlags};
+use super::watch::PendingProbe;
 use crate::aio::events;
 use crate::trace;
 
@@ -208,7 +210,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct TlsChannel<C: Channel> {
     base: ChannelBase,
     master: C,
-    session: Box<Session>,
+    /// Shared with the pending-input probe that `IN` watches keep.
+    session: Arc<Session>,
     /// Set by `io_close` (which has `&mut self`), read by `Drop`.
     closed: bool,
 }
@@ -349,7 +352,7 @@ impl<C: Channel> TlsChannel<C> {
     ) -> TlsChannel<C> {
         let ch = TlsChannel {
             base: ChannelBase::new(),
-            session: Box::new(Session::new(
+            session: Arc::new(Session::new(
                 tls,
                 endpoint,
                 hostname,
@@ -561,6 +564,33 @@ impl<C: Channel> TlsChannel<C> {
     }
 }
 
+/// Plaintext rustls decrypted and the last read did not take, a record
+/// error or the peer's close_notify waiting to be reported, or ciphertext
+/// staged here and not yet handed to rustls: a read returns at once,
+/// whatever the master's fd says.
+fn has_pending_input(session: &Session) -> bool {
+    let staged = {
+        let rd = lock(&session.rd);
+        rd.start < rd.end
+    };
+    let mut conn = lock(&session.conn);
+    if conn.state != State::Ready {
+        // Errors are reported at once; the handshake drives itself.
+        return matches!(conn.state, State::Failed(_));
+    }
+    if staged || conn.read_error.is_some() {
+        return true;
+    }
+    match conn.tls.process_new_packets() {
+        Ok(io) => io.plaintext_bytes_to_read() > 0 || io.peer_has_closed(),
+        Err(e) => {
+            // Kept for the read to report, as `io_readv` does.
+            conn.read_error = Some(e);
+            true
+        }
+    }
+}
+
 fn endpoint_mismatch() -> TlsError {
     TlsError::Config("Credentials endpoint doesn't match session".into())
 }
@@ -711,26 +741,12 @@ impl<C: Channel> Channel for TlsChannel<C> {
     /// ciphertext staged here and not yet handed to rustls: a read returns
     /// at once, whatever the master's fd says.
     fn io_has_pending_input(&self) -> bool {
-        let staged = {
-            let rd = lock(&self.session.rd);
-            rd.start < rd.end
-        };
-        let mut conn = lock(&self.session.conn);
-        if conn.state != State::Ready {
-            // Errors are reported at once; the handshake drives itself.
-            return matches!(conn.state, State::Failed(_));
-        }
-        if staged || conn.read_error.is_some() {
-            return true;
-        }
-        match conn.tls.process_new_packets() {
-            Ok(io) => io.plaintext_bytes_to_read() > 0 || io.peer_has_closed(),
-            Err(e) => {
-                // Kept for the read to report, as `io_readv` does.
-                conn.read_error = Some(e);
-                true
-            }
-        }
+        has_pending_input(&self.session)
+    }
+
+    fn pending_input_probe(&self) -> Option<PendingProbe> {
+        let session = self.session.clone();
+        Some(Arc::new(move || has_pending_input(&session)))
     }
 
     /// Shuts down the master as asked (QEMU's `qio_channel_tls_shutdown`);

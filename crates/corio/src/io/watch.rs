@@ -10,6 +10,11 @@
 //! the channel was closed (the callback first gets `NVAL` if it asked for
 //! it, as a glib watch on a closed fd would).
 //!
+//! Channels that decode their input (TLS, WebSocket) can hold data the fd
+//! will never announce; their `IN` watches also fire, from a bottom half,
+//! while such data is buffered: after the watch is added and after each
+//! callback that keeps watching.
+//!
 //! A watch holds its own duplicate of the channel's fd, so that it never
 //! conflicts with the fd handlers of coroutines yielding on the same channel
 //! in the same context (QEMU keeps GSources and AioContext handlers apart).
@@ -58,6 +63,11 @@ pub type WatchFunc = Box<dyn FnMut(u32) -> bool + Send>;
 /// Runs once when a watch goes (QEMU's `GDestroyNotify`).
 pub type WatchNotify = Box<dyn FnOnce() + Send>;
 
+/// Tells whether a channel holds input its fd cannot announce (decrypted
+/// TLS plaintext, decoded WebSocket payload); see
+/// [`Channel::pending_input_probe`](super::Channel::pending_input_probe).
+pub type PendingProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Every condition a watch may ask for.
 pub const ALL_CONDITIONS: u32 =
     events::IN | events::OUT | events::PRI | events::ERR | events::HUP | events::NVAL;
@@ -75,6 +85,9 @@ pub(crate) struct WatchInner {
     notify: Mutex<Option<WatchNotify>>,
     /// Set once the watch is gone (home thread writes; anyone reads).
     removed: Mutex<bool>,
+    /// The channel's buffered-input probe, for `IN` watches on channels
+    /// that decode input (QEMU's TLS and websock GSources check theirs).
+    pending: Option<PendingProbe>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -113,10 +126,35 @@ impl WatchInner {
         let keep = f(cond);
         if keep && !*lock(&self.removed) {
             *lock(&self.func) = Some(f);
+            self.kick_if_pending();
         } else {
             drop(f);
             self.finish();
         }
+    }
+
+    /// Whether the channel holds input an `IN` watch must hear of though
+    /// the fd is quiet.
+    fn has_pending(&self) -> bool {
+        self.condition & events::IN != 0 && self.pending.as_ref().is_some_and(|p| p())
+    }
+
+    /// Dispatches `IN` from a bottom half while the channel holds input its
+    /// fd cannot announce: level-triggered, like the fd itself, so the
+    /// callback runs again until it has read what is buffered.
+    ///
+    /// # Thread context
+    /// The watch context's home thread.
+    fn kick_if_pending(self: &Arc<Self>) {
+        if !self.has_pending() {
+            return;
+        }
+        let me = self.clone();
+        self.ctx.bh_schedule_oneshot(move || {
+            if !*lock(&me.removed) && me.has_pending() {
+                me.dispatch(events::IN);
+            }
+        });
     }
 
     /// Runs `finish` on the home thread, now or from a bottom half.
@@ -202,6 +240,7 @@ impl WatchList {
 pub(crate) fn add_watch(
     list: &WatchList,
     fd: BorrowedFd<'_>,
+    pending: Option<PendingProbe>,
     condition: u32,
     func: WatchFunc,
     notify: Option<WatchNotify>,
@@ -220,6 +259,7 @@ pub(crate) fn add_watch(
         func: Mutex::new(Some(func)),
         notify: Mutex::new(notify),
         removed: Mutex::new(false),
+        pending,
     });
     list.push(&inner);
     let handle = WatchHandle {
@@ -239,6 +279,7 @@ pub(crate) fn add_watch(
             inner.finish();
             return Err(e);
         }
+        inner.kick_if_pending();
         Ok(())
     };
     if ctx.in_home_thread() {

@@ -277,6 +277,28 @@ impl Inner {
         }
     }
 
+    /// Whether a read returns at once without the master: decoded payload,
+    /// or the end of stream or error a read would report. Bytes read from
+    /// the master but not decoded yet (frames that came with the upgrade
+    /// request) are decoded first, as a read would; what then stays
+    /// undecoded is part of a frame, which needs the master.
+    pub(super) fn has_pending_input(self: &Arc<Self>) -> bool {
+        let mut input = lock(&self.input);
+        if input.has_raw() || input.eof {
+            return true;
+        }
+        if lock(&self.status).phase != Phase::Open {
+            return false;
+        }
+        if input.start < input.end {
+            self.decode(&mut input);
+            if input.has_raw() || input.eof {
+                return true;
+            }
+        }
+        lock(&self.status).error.is_some()
+    }
+
     pub(super) fn sticky(&self) -> Option<io::Error> {
         lock(&self.status).error.as_ref().map(StoredError::to_io)
     }

@@ -99,7 +99,7 @@ use std::sync::{Arc, Mutex};
 
 use super::channel::{std_read, std_write, Channel, ChannelBase, Feature, ReadFlags};
 use super::task::{Task, TaskError};
-use super::watch::{events, WatchFunc, WatchHandle};
+use super::watch::{events, PendingProbe, WatchFunc, WatchHandle};
 use crate::aio::AioContext;
 use crate::main_loop::main_context;
 use crate::trace;
@@ -183,13 +183,13 @@ impl WebsockError {
 /// its context's home thread.
 ///
 /// # Watches
-/// [`Channel::add_watch`] waits on the master's fd. Payload already decoded
-/// inside the channel does not make that fd readable, so a watch callback
-/// should read until [`io::ErrorKind::WouldBlock`]. [`Channel::yield_for`]
-/// and [`Channel::wait`] for `IN` know better: they return at once while
-/// decoded payload is buffered ([`Channel::io_has_pending_input`]). A read
-/// never reports `WouldBlock` while decoded payload is buffered. (QEMU gives
-/// the channel a GSource of its own that looks at its buffers.)
+/// Payload already decoded inside the channel does not make the master's
+/// fd readable. So `IN` watches ([`Channel::add_watch`]) also fire from a
+/// bottom half while decoded payload is buffered, and
+/// [`Channel::yield_for`] and [`Channel::wait`] for `IN` return at once
+/// ([`Channel::io_has_pending_input`]), as QEMU's websock GSource looks at
+/// its buffers. A read never reports `WouldBlock` while decoded payload is
+/// buffered.
 pub struct WebsockChannel {
     base: ChannelBase,
     /// Shared with the watch that flushes output in the background, which
@@ -502,16 +502,14 @@ impl Channel for WebsockChannel {
     }
 
     /// Decoded payload not yet read, or the end of stream or error that a
-    /// read would report at once. Undecoded bytes do not count: a read
-    /// decodes every whole frame before it reports `WouldBlock`, so what
-    /// is left is part of a frame, which needs the master.
+    /// read would report at once (see `Inner::has_pending_input`).
     fn io_has_pending_input(&self) -> bool {
-        let input = lock(&self.inner.input);
-        if input.has_raw() || input.eof {
-            return true;
-        }
-        let st = lock(&self.inner.status);
-        st.phase == Phase::Open && st.error.is_some()
+        self.inner.has_pending_input()
+    }
+
+    fn pending_input_probe(&self) -> Option<PendingProbe> {
+        let inner = self.inner.clone();
+        Some(Arc::new(move || inner.has_pending_input()))
     }
 
     /// Shuts the master down (QEMU's `qio_channel_websock_shutdown`). When
