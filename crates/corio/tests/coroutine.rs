@@ -309,7 +309,9 @@ fn dropping_suspended_coroutine_runs_destructors() {
     assert_eq!(dropped.load(Ordering::SeqCst), 2);
 }
 
-/// Terminated coroutines give their stacks to the pool, and new ones reuse them.
+/// Terminated coroutines give their stacks to the pool when their last
+/// handle drops (the object and its stack are pooled together), and new ones
+/// reuse them.
 #[test]
 fn stacks_are_pooled() {
     for _ in 0..4 {
@@ -326,7 +328,142 @@ fn stacks_are_pooled() {
     );
     co.enter();
     co.enter();
+    assert!(co.is_terminated());
+    let keep = co.clone();
+    drop(co);
+    assert_eq!(
+        coroutine::pooled().0,
+        before - 1,
+        "a handle still names the terminated coroutine: its object is not reused"
+    );
+    assert!(keep.is_terminated());
+    drop(keep);
     assert_eq!(coroutine::pooled().0, before);
+}
+
+/// A pooled object is reused: same address, fresh state (not entered, not
+/// terminated, not scheduled, a new home context), and the old handles are
+/// all gone before that can happen.
+#[test]
+fn pooled_object_is_reused_fresh() {
+    let ctx = AioContext::new().unwrap();
+    let co = Coroutine::new(|| {});
+    let _ = co.handle(); // gives it a home context
+    let addr = co.as_ptr();
+    co.enter();
+    drop(co);
+    let ran = Rc::new(Cell::new(0));
+    let r = ran.clone();
+    let co2 = Coroutine::new(move || {
+        r.set(r.get() + 1);
+        yield_now();
+        r.set(r.get() + 1);
+    });
+    assert_eq!(co2.as_ptr(), addr, "the object came from the pool");
+    assert!(!co2.entered() && !co2.is_terminated());
+    co2.enter();
+    assert_eq!(ran.get(), 1);
+    let h = co2.handle();
+    assert!(h.context() == ctx);
+    // Scheduling works on the reused object.
+    ctx.co_schedule(&h);
+    assert!(ctx.poll(true));
+    assert_eq!(ran.get(), 2);
+    assert!(co2.is_terminated());
+}
+
+/// A `CoHandle` that outlives its coroutine and is dropped on another thread
+/// frees the object there (it is not that thread's to pool); the home
+/// thread's pool keeps working, and a handle dropped last at home pools it.
+#[test]
+fn pooled_object_after_handle_outlived_coroutine_on_another_thread() {
+    let _ctx = AioContext::new().unwrap();
+    for _ in 0..16 {
+        let co = Coroutine::new(|| {});
+        co.enter();
+        let h = co.handle();
+        drop(co);
+        std::thread::spawn(move || {
+            assert!(h.local().is_none());
+            drop(h);
+            // This thread's pool did not take the foreign object.
+            Coroutine::new(|| {}).enter();
+        })
+        .join()
+        .unwrap();
+    }
+    // The last reference is a handle dropped at home: pooled.
+    let co = Coroutine::new(|| {});
+    let addr = co.as_ptr();
+    co.enter();
+    let h = co.handle();
+    drop(co);
+    let before = coroutine::pooled().0;
+    drop(h);
+    assert_eq!(coroutine::pooled().0, before + 1);
+    assert_eq!(Coroutine::new(|| {}).as_ptr(), addr);
+    // Many handles alive on other threads while coroutines come and go here.
+    let handles: Vec<_> = (0..64)
+        .map(|_| {
+            let co = Coroutine::new(yield_now);
+            co.enter();
+            co.enter();
+            co.handle()
+        })
+        .collect();
+    let t = std::thread::spawn(move || drop(handles));
+    for _ in 0..256 {
+        let co = Coroutine::new(yield_now);
+        co.enter();
+        co.enter();
+        assert!(co.is_terminated());
+    }
+    t.join().unwrap();
+}
+
+/// The per-thread object pool is bounded, and a thread's pool is released
+/// when the thread exits (its stacks go to the shared pool, or are unmapped).
+#[test]
+fn object_pool_bounded_and_freed_at_thread_exit() {
+    std::thread::spawn(|| {
+        let base = coroutine::pooled().0;
+        let many: Vec<_> = (0..1000)
+            .map(|_| {
+                let co = Coroutine::new(|| {});
+                co.enter();
+                co
+            })
+            .collect();
+        drop(many);
+        let (local, _) = coroutine::pooled();
+        // At most one batch of objects and two batches of free stacks.
+        assert!(local <= base + 3 * 64, "local pool unbounded: {local}");
+        assert!(local >= 1);
+    })
+    .join()
+    .unwrap();
+    // The exiting thread's pool moved to the shared pool within its bound.
+    let (_, shared) = coroutine::pooled();
+    assert!(shared <= coroutine::pool_max(), "{shared}");
+}
+
+/// A coroutine that panics is terminated; its pooled object is reused by a
+/// healthy coroutine.
+#[test]
+fn pooled_object_after_panic() {
+    let co = Coroutine::new(|| panic!("boom"));
+    let addr = co.as_ptr();
+    assert!(catch_unwind(AssertUnwindSafe(|| co.enter())).is_err());
+    assert!(co.is_terminated());
+    assert!(!co.entered());
+    assert!(!in_coroutine());
+    drop(co);
+    let ok = Rc::new(Cell::new(false));
+    let o = ok.clone();
+    let co = Coroutine::new(move || o.set(true));
+    assert_eq!(co.as_ptr(), addr);
+    co.enter();
+    assert!(ok.get() && co.is_terminated());
 }
 
 /// Wakeups made from inside a coroutine run after it yields, in order.

@@ -912,7 +912,7 @@ impl AioContext {
             // SAFETY: nodes in `co_queue` are `Arc`s given up by `push_scheduled`.
             let co = unsafe { Arc::from_raw(p.as_ptr()) };
             trace::aio_co_schedule_bh_cb(self.as_ptr(), Arc::as_ptr(&co).cast());
-            coroutine::enter_scheduled(&co);
+            coroutine::enter_scheduled(co);
         }
     }
 

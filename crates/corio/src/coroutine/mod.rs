@@ -56,6 +56,7 @@ use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::ptr;
 use std::sync::atomic::{
     AtomicU8, AtomicUsize,
@@ -76,9 +77,6 @@ use crate::trace;
 
 type RawCo = corosensei::Coroutine<(), (), (), DefaultStack>;
 
-/// The `caller` of a coroutine entered from outside any coroutine.
-const THREAD_CALLER: *const CoInner = std::ptr::dangling();
-
 /// Who scheduled a coroutine: QEMU keeps the scheduling function's name in
 /// `co->scheduled` to report double scheduling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +96,27 @@ fn scheduler_name(code: u8) -> &'static str {
     }
 }
 
+/// The coroutine states, in [`CoInner::state`]. 0 is idle: never entered, or
+/// suspended in `yield_now`; only an idle coroutine may be entered, so the
+/// enter path checks "state is 0" in one comparison.
+mod state {
+    /// Entered: it, or a coroutine it entered, is executing. Set and cleared
+    /// by `enter_one` around the switch.
+    pub(super) const RUNNING: u8 = 1;
+    /// Returned or panicked. Final until the object is recycled by the pool.
+    pub(super) const TERMINATED: u8 = 2;
+    /// Only with `RUNNING`: its wakeup list is not empty (set by `wake_local`;
+    /// read and cleared by `enter_one` after the switch returns).
+    pub(super) const WAKEUPS: u8 = 4;
+}
+
 /// The shared state of one coroutine.
+///
+/// Objects are pooled per thread with their stacks (QEMU's coroutine pool
+/// reuses the `Coroutine` struct and its stack): when the last handle of a
+/// terminated coroutine drops on its home thread, the allocation, with the
+/// finished corosensei coroutine and its stack inside, goes to [`pool`], and
+/// the next `Coroutine::new` on that thread reuses both.
 pub(crate) struct CoInner {
     /// Link in a context's co_schedule queue; only that queue touches it.
     pub(crate) next: AtomicPtr<CoInner>,
@@ -112,26 +130,31 @@ pub(crate) struct CoInner {
     /// publish the change to the new thread.
     home_thread: AtomicUsize,
     /// The home AioContext, filled on demand on the home thread; read by
-    /// wakers on other threads.
+    /// wakers on other threads. Emptied when the object is pooled.
     home: Mutex<Option<AioContext>>,
     // ---- Home thread only (see the `Sync` impl) ----
-    /// The corosensei coroutine; `None` once terminated. Borrowed mutably only
-    /// by `enter_one` and `terminate`, never from inside the coroutine.
+    /// The corosensei coroutine: a finished one (holding its stack) once
+    /// terminated; `None` only after `Drop` took it. Borrowed mutably only by
+    /// `enter_one` (around the switch, while `state` is `RUNNING`), by the
+    /// unwind guard after the switch, by `reuse` (a pooled object, owned by
+    /// the pool alone) and by `Drop`; never from inside the coroutine.
     raw: UnsafeCell<Option<RawCo>>,
     /// Set by the coroutine's first instructions; valid while it runs.
     yielder: Cell<*const Yielder<(), ()>>,
-    /// Who entered it: null when not entered, `THREAD_CALLER` from outside.
+    /// Who entered it, for the yield trace event: null when entered from
+    /// outside any coroutine. Meaningful only while `RUNNING`.
     caller: Cell<*const CoInner>,
+    /// One of the [`state`] values.
+    state: Cell<u8>,
     /// Coroutines woken while this one ran; entered when it yields or ends.
     wakeup: RefCell<VecDeque<Arc<CoInner>>>,
-    /// Whether the coroutine returned or panicked.
-    terminated: Cell<bool>,
 }
 
 // SAFETY: the fields that are not thread-safe (`raw`, `yielder`, `caller`,
-// `wakeup`, `terminated`) are touched only on the home thread: `enter_one` checks
+// `state`, `wakeup`) are touched only on the home thread: `enter_one` checks
 // `home_thread` before anything else, the running coroutine and its wakers
-// on the same thread are by definition there, and the other threads only
+// on the same thread are by definition there, the pool is per thread and
+// takes objects only on their home thread, and the other threads only
 // use `next`, `scheduled`, `home_thread` and `home`, which are atomics or
 // behind a mutex. The non-`Send` corosensei coroutine moves threads only
 // through `AioContext::co_schedule_migrate`, whose caller vouches that the
@@ -188,12 +211,136 @@ impl Drop for CoInner {
     }
 }
 
+/// The per-thread pool of terminated coroutine objects, each with its stack.
+///
+/// Bounded by [`pool::MAX`] objects per thread; beyond that a dying
+/// coroutine's stack goes to the stack pool (which has its own bounds) and
+/// its object is freed. When the thread exits, the pooled stacks move to the
+/// shared stack pool (or are unmapped if it is full) and the objects are freed.
+mod pool {
+    use super::*;
+
+    /// The most objects one thread keeps (as many as one stack batch).
+    pub(super) const MAX: usize = stack::BATCH;
+
+    pub(super) struct Pool(Vec<Arc<CoInner>>);
+
+    impl Drop for Pool {
+        fn drop(&mut self) {
+            let mut stacks = Vec::with_capacity(self.0.len());
+            for mut co in self.0.drain(..) {
+                // Pooled objects are unique (checked by `release`); a miss
+                // would just drop the object, which also frees its stack.
+                if let Some(inner) = Arc::get_mut(&mut co) {
+                    if let Some(raw) = inner.raw.get_mut().take() {
+                        stacks.push(raw.into_stack());
+                    }
+                }
+            }
+            stack::give_all(stacks);
+        }
+    }
+
+    thread_local! {
+        static POOL: RefCell<Pool> = const { RefCell::new(Pool(Vec::new())) };
+    }
+
+    /// Takes a pooled object: terminated, unique, homed on this thread.
+    #[inline]
+    pub(super) fn take() -> Option<Arc<CoInner>> {
+        POOL.try_with(|p| p.borrow_mut().0.pop()).ok().flatten()
+    }
+
+    /// Pools `co` (the caller checked it is eligible); gives it back if the
+    /// pool is full or the thread is exiting.
+    #[inline]
+    pub(super) fn put(co: Arc<CoInner>) -> Result<(), Arc<CoInner>> {
+        let mut co = Some(co);
+        let _ = POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.0.len() < MAX {
+                p.0.extend(co.take());
+            }
+        });
+        match co {
+            None => Ok(()),
+            Some(co) => Err(co),
+        }
+    }
+
+    /// Objects in this thread's pool (each holds one stack).
+    pub(super) fn len() -> usize {
+        POOL.try_with(|p| p.borrow().0.len()).unwrap_or(0)
+    }
+}
+
+/// Drops a reference to a coroutine, pooling the object if it was the last
+/// one and the coroutine terminated on this thread (its home).
+#[inline]
+fn release(mut co: Arc<CoInner>) {
+    // A relaxed peek first, so that dropping a shared handle costs no
+    // read-modify-write beyond the count decrement. `Arc::get_mut` then
+    // decides with the proper synchronisation (it Acquires the other
+    // handles' Release decrements).
+    if Arc::strong_count(&co) == 1 {
+        if let Some(inner) = Arc::get_mut(&mut co) {
+            if recyclable(inner) {
+                if let Err(co) = pool::put(co) {
+                    drop(co);
+                }
+                return;
+            }
+        }
+    }
+    drop(co);
+}
+
+/// Whether a uniquely held object may be pooled; resets its cross-thread
+/// fields for the next user if so.
+#[inline]
+fn recyclable(inner: &mut CoInner) -> bool {
+    if *inner.state.get_mut() != state::TERMINATED
+        || *inner.home_thread.get_mut() != tls::thread_token()
+    {
+        return false;
+    }
+    // A claim left by a coroutine that ended without being woken (a sleep
+    // it panicked out of) must not follow the object.
+    *inner.scheduled.get_mut() = 0;
+    let home = inner.home.get_mut().unwrap_or_else(|e| e.into_inner());
+    if home.is_some() {
+        // The pool must not keep a context alive; the next user's home
+        // context is chosen afresh.
+        drop_home(home);
+    }
+    true
+}
+
+#[cold]
+fn drop_home(home: &mut Option<AioContext>) {
+    *home = None;
+}
+
 /// A stackful coroutine. `!Send`: it runs on the thread that created it.
 /// Cloning gives another handle to the same coroutine.
-#[derive(Clone)]
 pub struct Coroutine {
-    inner: Arc<CoInner>,
+    /// Taken only by `Drop`, which hands it to [`release`].
+    inner: ManuallyDrop<Arc<CoInner>>,
     _not_send: PhantomData<*const ()>,
+}
+
+impl Clone for Coroutine {
+    fn clone(&self) -> Self {
+        Coroutine::from_arc(Arc::clone(&self.inner))
+    }
+}
+
+impl Drop for Coroutine {
+    fn drop(&mut self) {
+        // SAFETY: `inner` is not used again: this is the handle's drop.
+        let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
+        release(inner);
+    }
 }
 
 /// A `Send` handle to a coroutine, for waking it from any thread.
@@ -202,33 +349,59 @@ pub struct CoHandle {
     pub(crate) inner: Arc<CoInner>,
 }
 
+impl Drop for CoHandle {
+    fn drop(&mut self) {
+        // The last handle of a terminated coroutine, dropped at home: pool
+        // the object through a second reference (the field itself is
+        // dropped by the compiler right after this).
+        if Arc::strong_count(&self.inner) == 1 {
+            if let Some(inner) = Arc::get_mut(&mut self.inner) {
+                if recyclable(inner) {
+                    let _ = pool::put(Arc::clone(&self.inner));
+                }
+            }
+        }
+    }
+}
+
 impl Coroutine {
+    fn from_arc(inner: Arc<CoInner>) -> Coroutine {
+        Coroutine {
+            inner: ManuallyDrop::new(inner),
+            _not_send: PhantomData,
+        }
+    }
+
     /// Creates a coroutine that will run `entry` when first entered (QEMU's
-    /// `qemu_coroutine_create`). The stack comes from the pool.
+    /// `qemu_coroutine_create`). The coroutine object and its stack come from
+    /// the pool.
     ///
     /// # Thread context
     /// Any thread; the coroutine's home is the calling thread.
     pub fn new<F: FnOnce() + 'static>(entry: F) -> Coroutine {
-        let raw = RawCo::with_stack(stack::take(), move |yielder, ()| {
+        let body = move |yielder: &Yielder<(), ()>, ()| {
             let me = tls::current_co();
             // SAFETY: `enter_one` made this coroutine current before resuming
             // it, and it is live while it runs.
             unsafe { &*me }.yielder.set(yielder);
             entry()
-        });
-        Coroutine {
-            inner: Arc::new(CoInner {
+        };
+        match pool::take() {
+            Some(co) => {
+                reuse(&co, body);
+                Coroutine::from_arc(co)
+            }
+            None => Coroutine::from_arc(Arc::new(CoInner {
                 next: AtomicPtr::new(ptr::null_mut()),
                 scheduled: AtomicU8::new(0),
                 home_thread: AtomicUsize::new(tls::thread_token()),
                 home: Mutex::new(None),
-                raw: UnsafeCell::new(Some(raw)),
+                raw: UnsafeCell::new(Some(RawCo::with_stack(stack::take(), body))),
                 yielder: Cell::new(ptr::null()),
                 caller: Cell::new(ptr::null()),
+                state: Cell::new(0),
                 wakeup: RefCell::new(VecDeque::new()),
-                terminated: Cell::new(false),
-            }),
-            _not_send: PhantomData,
+            })),
         }
     }
 
@@ -254,12 +427,12 @@ impl Coroutine {
     /// Whether the coroutine is running: it, or a coroutine it entered, is
     /// executing (QEMU's `qemu_coroutine_entered`).
     pub fn entered(&self) -> bool {
-        !self.inner.caller.get().is_null()
+        self.inner.state.get() & state::RUNNING != 0
     }
 
     /// Whether the coroutine has returned (or panicked).
     pub fn is_terminated(&self) -> bool {
-        self.inner.terminated.get()
+        self.inner.state.get() == state::TERMINATED
     }
 
     /// The running coroutine, if the caller runs in one (QEMU's
@@ -273,14 +446,11 @@ impl Coroutine {
         // for the whole switch, and one unwound by its own `Drop` is still
         // allocated. `ManuallyDrop`: this borrows the count, owns none.
         // SAFETY: `p` came from `Arc::as_ptr` and is live (above).
-        let arc = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(p) });
+        let arc = ManuallyDrop::new(unsafe { Arc::from_raw(p) });
         if Arc::strong_count(&arc) == 0 {
             return None; // being dropped: must not be resurrected
         }
-        Some(Coroutine {
-            inner: Arc::clone(&arc),
-            _not_send: PhantomData,
-        })
+        Some(Coroutine::from_arc(Arc::clone(&arc)))
     }
 
     /// Wakes the coroutine in its home context (QEMU's `aio_co_wake`): called
@@ -295,7 +465,7 @@ impl Coroutine {
     pub fn handle(&self) -> CoHandle {
         home_context(&self.inner);
         CoHandle {
-            inner: self.inner.clone(),
+            inner: Arc::clone(&self.inner),
         }
     }
 
@@ -313,6 +483,24 @@ impl Coroutine {
     pub fn ptr_eq(&self, other: &Coroutine) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
+}
+
+/// Prepares a pooled object for a new coroutine running `body` on its stack.
+#[inline]
+fn reuse<F>(co: &CoInner, body: F)
+where
+    F: FnOnce(&Yielder<(), ()>, ()) + 'static,
+{
+    // SAFETY: the object came from this thread's pool, which held the only
+    // reference (checked by `Arc::get_mut` in `release`): nothing else can
+    // borrow `raw`, and the finished coroutine in it is not running.
+    let raw = unsafe { &mut *co.raw.get() };
+    let stack = match raw.take() {
+        Some(done) => stack::keep_if_fits(done.into_stack()),
+        None => stack::take(),
+    };
+    *raw = Some(RawCo::with_stack(stack, body));
+    co.state.set(0);
 }
 
 impl fmt::Debug for Coroutine {
@@ -355,10 +543,8 @@ impl CoHandle {
 
     /// The coroutine itself, if the caller is on its home thread.
     pub fn local(&self) -> Option<Coroutine> {
-        self.is_home().then(|| Coroutine {
-            inner: self.inner.clone(),
-            _not_send: PhantomData,
-        })
+        self.is_home()
+            .then(|| Coroutine::from_arc(self.inner.clone()))
     }
 
     /// An address that identifies the coroutine, for traces and logs.
@@ -404,19 +590,29 @@ pub fn yield_now() {
     unsafe { &*yielder }.suspend(());
 }
 
-/// `yield_now`'s checks and trace: returns the running coroutine's yielder.
+/// `yield_now`'s check and trace: returns the running coroutine's yielder.
 #[inline(never)]
 fn yield_prepare() -> *const Yielder<(), ()> {
-    tls::with_state(|st| {
-        let me = st.current.get();
-        if me.is_null() {
-            yield_to_no_one();
-        }
-        // SAFETY: the running coroutine is live: its enterer holds an Arc.
-        let me = unsafe { &*me };
-        trace::qemu_coroutine_yield(me as *const CoInner as *const (), me.caller.get().cast());
-        me.yielder.get()
-    })
+    let me = tls::with_state(|st| st.current.get());
+    if me.is_null() {
+        yield_to_no_one();
+    }
+    if trace::event::qemu_coroutine_yield.enabled() {
+        return yield_traced(me);
+    }
+    // SAFETY: the running coroutine is live: its enterer holds an Arc.
+    unsafe { &*me }.yielder.get()
+}
+
+/// `yield_prepare` with the trace event on: the arguments are computed here,
+/// off the hot path.
+#[cold]
+#[inline(never)]
+fn yield_traced(me: *const CoInner) -> *const Yielder<(), ()> {
+    // SAFETY: as in `yield_prepare`.
+    let co = unsafe { &*me };
+    trace::qemu_coroutine_yield(me.cast(), co.caller.get().cast());
+    co.yielder.get()
 }
 
 #[cold]
@@ -428,20 +624,21 @@ fn yield_to_no_one() -> ! {
 /// Enters `co`, then the wakeups it queued, depth first (QEMU's
 /// `qemu_aio_coroutine_enter`).
 #[inline(never)]
-pub(crate) fn enter(co: &Arc<CoInner>) {
-    enter_one(co);
-    if !co.wakeup.borrow().is_empty() {
+pub(crate) fn enter(co: &CoInner) {
+    if enter_one(co) {
         run_wakeups(co);
     }
 }
 
 /// Enters a coroutine taken from a co_schedule queue: clears `scheduled`.
-pub(crate) fn enter_scheduled(co: &Arc<CoInner>) {
+/// Gives the queue's reference back through the pool.
+pub(crate) fn enter_scheduled(co: Arc<CoInner>) {
     // Release pairs with the Acquire of the next `mark_scheduled`: this
     // thread's last use of the queue link `next` (taking the batch) happens
     // before the next scheduler writes `next` in its push.
     co.scheduled.store(0, Release);
-    enter(co);
+    enter(&co);
+    release(co);
 }
 
 #[cold]
@@ -455,11 +652,13 @@ fn run_wakeups(co: &CoInner) {
     }
     let mut pending = Pending(std::mem::take(&mut *co.wakeup.borrow_mut()));
     while let Some(next) = pending.0.pop_front() {
-        enter_one(&next);
-        let mut queued = next.wakeup.borrow_mut();
-        while let Some(w) = queued.pop_back() {
-            pending.0.push_front(w);
+        if enter_one(&next) {
+            let mut queued = next.wakeup.borrow_mut();
+            while let Some(w) = queued.pop_back() {
+                pending.0.push_front(w);
+            }
         }
+        release(next);
     }
 }
 
@@ -483,88 +682,129 @@ fn reschedule_wakeups(list: VecDeque<Arc<CoInner>>) {
     }
 }
 
+/// Runs `co` until it yields or returns. Returns whether it queued wakeups
+/// (left in its `wakeup` list for the caller to run).
 #[inline(always)]
-fn enter_one(co: &CoInner) {
+fn enter_one(co: &CoInner) -> bool {
     tls::with_state(|st| {
-        let token = st.token();
-        let cell = &st.current;
-        if co.home_thread.load(Relaxed) != token {
-            wrong_thread();
+        // Every refusal in one branch: the home thread (a token is never 0,
+        // so a thread that has none yet goes to the slow path, which gives
+        // it one), the schedule claim, and the state (running, terminated).
+        let refused = (co.home_thread.load(Relaxed) ^ st.token_if_any())
+            | co.scheduled.load(Relaxed) as usize
+            | co.state.get() as usize;
+        if refused != 0 {
+            enter_refused(co, st);
         }
-        let sched = co.scheduled.load(Relaxed);
-        if sched != 0 {
-            already_scheduled(sched);
-        }
-        if !co.caller.get().is_null() {
-            reentered();
-        }
-        // SAFETY: home thread (checked above); not running (caller is null),
-        // so no other borrow of `raw` exists; the coroutine never touches
-        // its own `raw`.
-        let raw = unsafe { &mut *co.raw.get() };
-        let Some(raw) = raw.as_mut() else {
+        // SAFETY: home thread and idle (checked above): no other borrow of
+        // `raw` exists, and the coroutine never touches its own `raw`.
+        let Some(raw) = (unsafe { &mut *co.raw.get() }) else {
             entered_after_termination();
         };
-        let from = cell.get();
-        co.caller
-            .set(if from.is_null() { THREAD_CALLER } else { from });
-        cell.set(co);
-        // `ctx`: the home thread's token (equal to `home_thread`, checked
-        // above); an atomic load here would not sink into the cold branch.
-        trace::qemu_aio_coroutine_enter(
-            token as *const (),
-            from.cast(),
-            co as *const CoInner as *const (),
-            ptr::null(),
-        );
-        let guard = UnwindGuard { co, cell, from };
+        let from = st.current.get();
+        co.caller.set(from);
+        co.state.set(state::RUNNING);
+        st.current.set(co);
+        if trace::event::qemu_aio_coroutine_enter.enabled() {
+            enter_traced(from, co);
+        }
+        let guard = UnwindGuard { co, from };
         let result = raw.resume(());
         // Normal return: restore inline; the guard only acts on a panic.
         std::mem::forget(guard);
-        cell.set(from);
-        co.caller.set(ptr::null());
+        st.current.set(from);
+        let wakeups = co.state.get() & state::WAKEUPS != 0;
         if let corosensei::CoroutineResult::Return(()) = result {
             terminated(co);
+        } else {
+            co.state.set(0);
         }
-    });
+        wakeups
+    })
+}
+
+/// The enter trace event, its arguments computed off the hot path. `ctx` is
+/// the home thread's token (QEMU passes the AioContext; ours is filled on
+/// demand).
+#[cold]
+#[inline(never)]
+fn enter_traced(from: *const CoInner, co: &CoInner) {
+    trace::qemu_aio_coroutine_enter(
+        tls::thread_token() as *const (),
+        from.cast(),
+        co as *const CoInner as *const (),
+        ptr::null(),
+    );
+}
+
+/// `enter_one`'s checks failed: panics with QEMU's message, or returns if
+/// the only problem was that this thread had no token yet and it is the
+/// coroutine's home.
+#[cold]
+#[inline(never)]
+fn enter_refused(co: &CoInner, st: &tls::ThreadState) {
+    if co.home_thread.load(Relaxed) != st.token() {
+        wrong_thread();
+    }
+    let sched = co.scheduled.load(Relaxed);
+    if sched != 0 {
+        already_scheduled(sched);
+    }
+    match co.state.get() {
+        0 => {}
+        state::TERMINATED => entered_after_termination(),
+        _ => reentered(),
+    }
 }
 
 /// Restores the caller's state if the coroutine panicked (the panic then
-/// continues into the enterer), and releases the dead coroutine's stack.
+/// continues into the enterer), and marks the dead coroutine terminated.
 struct UnwindGuard<'a> {
     co: &'a CoInner,
-    cell: &'a Cell<*const CoInner>,
     from: *const CoInner,
 }
 
 impl Drop for UnwindGuard<'_> {
+    #[inline(always)]
     fn drop(&mut self) {
-        self.cell.set(self.from);
-        self.co.caller.set(ptr::null());
-        // Wakeups it queued before panicking (a lock released while
-        // unwinding hands over to a waiter) must not be lost: they go
-        // through the home context's queue and run from its next poll.
-        reschedule_wakeups(std::mem::take(&mut *self.co.wakeup.borrow_mut()));
-        // SAFETY: home thread, and the switch has returned: no other borrow.
-        if unsafe { &*self.co.raw.get() }
-            .as_ref()
-            .is_some_and(RawCo::done)
-        {
-            terminated(self.co);
-        }
+        unwound(self.co, self.from);
     }
 }
 
-/// A coroutine returned or panicked: its stack goes back to the pool.
+/// The unwind guard's work, out of line so that the guard's fields stay in
+/// registers on the hot path.
 #[cold]
 #[inline(never)]
-fn terminated(co: &CoInner) {
-    trace::qemu_coroutine_terminate(co as *const CoInner as *const ());
-    co.terminated.set(true);
+fn unwound(co: &CoInner, from: *const CoInner) {
+    // The enterer's frame: still its thread.
+    tls::with_state(|st| st.current.set(from));
+    // Wakeups it queued before panicking (a lock released while
+    // unwinding hands over to a waiter) must not be lost: they go
+    // through the home context's queue and run from its next poll.
+    reschedule_wakeups(std::mem::take(&mut *co.wakeup.borrow_mut()));
     // SAFETY: home thread, and the switch has returned: no other borrow.
-    if let Some(raw) = unsafe { &mut *co.raw.get() }.take() {
-        stack::give(raw.into_stack());
+    if unsafe { &*co.raw.get() }.as_ref().is_some_and(RawCo::done) {
+        terminated(co);
+    } else {
+        co.state.set(0);
     }
+}
+
+/// A coroutine returned or panicked. Its stack stays with it (in the
+/// finished corosensei coroutine) until its last handle drops: then both go
+/// to the pool.
+#[inline(always)]
+fn terminated(co: &CoInner) {
+    co.state.set(state::TERMINATED);
+    if trace::event::qemu_coroutine_terminate.enabled() {
+        terminate_traced(co);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn terminate_traced(co: &CoInner) {
+    trace::qemu_coroutine_terminate(co as *const CoInner as *const ());
 }
 
 #[cold]
@@ -605,7 +845,9 @@ fn wake_local(co: &Arc<CoInner>) {
             "a coroutine cannot wake itself"
         );
         // SAFETY: the running coroutine is live and on this thread.
-        unsafe { &*cur }.wakeup.borrow_mut().push_back(co.clone());
+        let cur = unsafe { &*cur };
+        cur.wakeup.borrow_mut().push_back(co.clone());
+        cur.state.set(cur.state.get() | state::WAKEUPS);
     }
 }
 
@@ -652,7 +894,8 @@ impl CoInner {
     /// For migration: the coroutine must be on the caller's thread and not
     /// running. Returns whether it is.
     pub(crate) fn is_idle_here(&self) -> bool {
-        self.home_thread.load(Relaxed) == tls::thread_token() && self.caller.get().is_null()
+        self.home_thread.load(Relaxed) == tls::thread_token()
+            && self.state.get() & state::RUNNING == 0
     }
 
     /// The token of the thread that may enter the coroutine.

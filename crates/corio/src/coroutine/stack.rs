@@ -4,7 +4,10 @@
 //! reused one a few nanoseconds. Like QEMU (util/qemu-coroutine.c) we keep a
 //! per-thread cache and a shared pool fed in batches:
 //!
-//! * a terminated coroutine's stack goes to its thread's cache;
+//! * a terminated coroutine keeps its stack; when its last handle drops on
+//!   its home thread, the coroutine object goes, stack and all, to that
+//!   thread's object pool (at most `BATCH` objects; `coroutine::pool`), which
+//!   `create` tries first; otherwise the stack goes to its thread's cache;
 //! * when the cache holds two batches, one batch moves to the shared pool
 //!   (if the shared pool has room; otherwise the stacks are unmapped);
 //! * `create` takes from the cache, else a whole batch from the shared pool,
@@ -21,7 +24,7 @@ use std::sync::Mutex;
 use corosensei::stack::DefaultStack;
 
 /// Stacks moved between a thread's cache and the shared pool at a time.
-const BATCH: usize = 64;
+pub(super) const BATCH: usize = 64;
 /// The default shared-pool bound, in stacks (before `inc_pool_size`).
 const DEFAULT_POOL_MAX: usize = 256;
 /// QEMU's default coroutine stack size: 1 MiB.
@@ -134,6 +137,33 @@ pub(crate) fn give(stack: DefaultStack) {
     // If the thread is exiting, the stack was dropped with the closure: fine.
 }
 
+/// Gives the stacks of an exiting thread's object pool to the shared pool,
+/// in batches (unmapped beyond its bound).
+pub(super) fn give_all(mut stacks: Vec<DefaultStack>) {
+    stacks.retain(|s| fits(s, stack_size()));
+    while !stacks.is_empty() {
+        let at = stacks.len().saturating_sub(BATCH);
+        give_batch(stacks.split_off(at));
+    }
+}
+
+/// A pooled coroutine's stack, if it has the current size; otherwise it goes
+/// back to the stack pool (which unmaps it) and a fitting one is taken.
+#[inline]
+pub(super) fn keep_if_fits(stack: DefaultStack) -> DefaultStack {
+    if fits(&stack, stack_size()) {
+        stack
+    } else {
+        replace_stack(stack)
+    }
+}
+
+#[cold]
+fn replace_stack(stack: DefaultStack) -> DefaultStack {
+    give(stack);
+    take()
+}
+
 fn give_batch(batch: Vec<DefaultStack>) {
     let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     if (shared.len() + 1) * BATCH <= pool_max() {
@@ -142,6 +172,7 @@ fn give_batch(batch: Vec<DefaultStack>) {
     // else: `batch` is dropped here, after the push decision, unmapping it.
 }
 
+#[inline]
 fn fits(stack: &DefaultStack, size: usize) -> bool {
     use corosensei::stack::Stack;
     let len = stack.base().get() - stack.limit().get();
@@ -154,9 +185,10 @@ fn new_stack(size: usize) -> DefaultStack {
         .unwrap_or_else(|e| panic!("cannot map a {size}-byte coroutine stack: {e}"))
 }
 
-/// Stacks in this thread's cache and in the shared pool (for tests and stats).
+/// Stacks in this thread's caches (free stacks, and the stacks of pooled
+/// coroutine objects) and in the shared pool (for tests and stats).
 pub fn pooled() -> (usize, usize) {
-    let local = CACHE.try_with(|c| c.borrow().stacks.len()).unwrap_or(0);
+    let local = CACHE.try_with(|c| c.borrow().stacks.len()).unwrap_or(0) + super::pool::len();
     let shared: usize = SHARED
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -38,6 +38,14 @@ impl ThreadState {
         }
     }
 
+    /// This thread's token, or 0 if it has none yet (no coroutine's home
+    /// is 0, so a comparison with a home fails and the caller can then ask
+    /// [`token`](Self::token) on its slow path).
+    #[inline(always)]
+    pub(super) fn token_if_any(&self) -> usize {
+        self.token.get()
+    }
+
     #[cold]
     #[inline(never)]
     fn assign_token(&self) -> usize {
