@@ -2,8 +2,6 @@
 //! stderr backend's format, and (with the `tracing` feature) the `tracing`
 //! backend.
 
-use std::process::Command;
-
 use corio::trace;
 
 /// Event states are process-wide: tests that switch them take turns.
@@ -39,7 +37,7 @@ fn patterns_enable_and_disable() {
 #[cfg(not(feature = "tracing"))]
 #[test]
 fn corio_trace_env_reaches_stderr() {
-    let out = Command::new(env!("CARGO_BIN_EXE_corio-demo"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corio-demo"))
         .args([
             "--seconds",
             "1",
@@ -68,7 +66,7 @@ fn corio_trace_env_reaches_stderr() {
     assert!(err.contains(":qemu_coroutine_terminate self 0x"));
     assert!(!err.contains(":aio_co_schedule_bh_cb"), "not enabled");
     // Unknown patterns are reported, not silently ignored.
-    let out = Command::new(env!("CARGO_BIN_EXE_corio-demo"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corio-demo"))
         .args(["--seconds", "0"])
         .env("CORIO_TRACE", "nothing_matches_this")
         .output()
