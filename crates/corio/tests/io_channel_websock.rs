@@ -925,6 +925,7 @@ fn websock_pending_payload_wakes_waiters() {
     client.write_all(&out).unwrap();
     let ws = Arc::new(WebsockChannel::new_server(server));
     ws.handshake_sync().unwrap();
+    ws.set_blocking(false).unwrap();
     // The frame came with the upgrade request: already read from the
     // socket, so only the channel knows it is there.
     assert!(ws.io_has_pending_input());
@@ -1006,4 +1007,37 @@ fn websock_watch_fires_on_pending_payload() {
         *done.lock().unwrap()
     });
     assert_eq!(*got.lock().unwrap(), msg);
+}
+
+/// `close` on a blocking master sends every byte `write_all` accepted, then
+/// the close frame: a slow client gets the whole payload and a close 1000.
+/// (Drop, and close on a non-blocking master, only offer it: see `flush`.)
+#[test]
+fn websock_close_on_blocking_master_drains_output() {
+    let (a, b) = UnixStream::pair().unwrap();
+    rustix::net::sockopt::set_socket_send_buffer_size(&a, 4096).unwrap();
+    b.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    b.set_write_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    let data = pattern(4 << 20, 0x5c);
+    let expect = data.clone();
+    let client = std::thread::spawn(move || -> Result<Option<u16>, String> {
+        let (mut ws, _) =
+            tungstenite::client("ws://localhost/", b).map_err(|e| format!("handshake: {e}"))?;
+        std::thread::sleep(Duration::from_millis(20)); // let the server block
+        if read_bytes(&mut ws, expect.len())? != expect {
+            return Err("payload differs".into());
+        }
+        match ws.read() {
+            Ok(Message::Close(c)) => Ok(c.map(|c| u16::from(c.code))),
+            other => Err(format!("expected the close frame, got {other:?}")),
+        }
+    });
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut ws = WebsockChannel::new_server(SocketChannel::new_fd(a.into())?);
+        ws.handshake_sync()?;
+        ws.write_all(&data)?;
+        ws.close()
+    });
+    join_bounded(server, "server").unwrap();
+    assert_eq!(join_bounded(client, "client").unwrap(), Some(1000));
 }

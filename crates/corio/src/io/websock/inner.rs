@@ -277,26 +277,38 @@ impl Inner {
         }
     }
 
-    /// Whether a read returns at once without the master: decoded payload,
-    /// or the end of stream or error a read would report. Bytes read from
-    /// the master but not decoded yet (frames that came with the upgrade
-    /// request) are decoded first, as a read would; what then stays
-    /// undecoded is part of a frame, which needs the master.
+    /// Whether a read returns at once without waiting for the master's fd:
+    /// decoded payload, the end of stream or error a read would report, or
+    /// input the master itself holds decoded (a TLS master's plaintext).
+    /// Bytes read from the master but not decoded yet (frames that came
+    /// with the upgrade request) are decoded first, as a read would; what
+    /// then stays undecoded is part of a frame, which needs the master.
+    ///
+    /// Never blocks: if a reader holds the input (perhaps in a blocking
+    /// master read), the answer is no, and that reader reports what comes.
+    /// Decoding may answer a ping, so it is done only on a non-blocking
+    /// master, where that answer cannot block a watch's event loop.
     pub(super) fn has_pending_input(self: &Arc<Self>) -> bool {
-        let mut input = lock(&self.input);
+        let Ok(mut input) = self.input.try_lock() else {
+            return false;
+        };
         if input.has_raw() || input.eof {
             return true;
         }
         if lock(&self.status).phase != Phase::Open {
             return false;
         }
-        if input.start < input.end {
+        if input.start < input.end && self.nonblocking.load(std::sync::atomic::Ordering::Relaxed) {
             self.decode(&mut input);
             if input.has_raw() || input.eof {
                 return true;
             }
         }
-        lock(&self.status).error.is_some()
+        if lock(&self.status).error.is_some() {
+            return true;
+        }
+        drop(input);
+        self.master.io_has_pending_input()
     }
 
     pub(super) fn sticky(&self) -> Option<io::Error> {

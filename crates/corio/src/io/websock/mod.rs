@@ -453,45 +453,17 @@ impl Channel for WebsockChannel {
         Ok(())
     }
 
-    /// Sends a close frame (status 1000) unless one was sent, writing out
-    /// what the master takes without blocking, then closes the master
-    /// (QEMU closes the master only). If a background flush still holds
-    /// the master on another thread, the master is shut down now and closed
-    /// when the channel is dropped.
+    /// Sends a close frame (status 1000) unless one was sent, then closes
+    /// the master (QEMU closes the master only). Output still queued (a
+    /// write reports bytes once they are encoded) goes first: all of it
+    /// when the master is blocking; on a non-blocking master only what it
+    /// takes at once, as QEMU frees the rest, so call
+    /// [`flush`](WebsockChannel::flush) first to send everything. If a
+    /// background flush still holds the master on another thread, the
+    /// master is shut down now and closed when the channel is dropped.
     fn io_close(&mut self) -> io::Result<()> {
-        trace::qio_channel_websock_close(self.ptr());
-        let phase = lock(&self.inner.status).phase;
-        if phase == Phase::Closed {
-            return Err(ebadf());
-        }
-        if phase == Phase::Open {
-            let pending = {
-                let mut out = lock(&self.inner.output);
-                if !out.close_queued && self.inner.sticky().is_none() {
-                    out.encode_close(self.ptr(), STATUS_NORMAL, b"");
-                }
-                out.pending() > 0
-            };
-            if pending {
-                let _ = self.inner.master.set_blocking(false);
-                let _ = self.inner.flush(Arm::No);
-            }
-        }
-        let watch = lock(&self.inner.output).watch.take();
-        if let Some(w) = watch {
-            w.remove();
-        }
-        lock(&self.inner.status).phase = Phase::Closed;
-        self.base.close_watches();
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => inner.master.close(),
-            None => {
-                if self.inner.master.has_feature(Feature::Shutdown) {
-                    let _ = self.inner.master.shutdown(Shutdown::Both);
-                }
-                Ok(())
-            }
-        }
+        let drain = !self.inner.nonblocking.load(Relaxed);
+        self.close_inner(drain)
     }
 
     fn poll_fd(&self) -> io::Result<BorrowedFd<'_>> {
@@ -558,10 +530,54 @@ impl Channel for WebsockChannel {
     }
 }
 
+impl WebsockChannel {
+    /// `io_close`, draining queued output (blocking) if `drain`, else
+    /// offering it to the master without blocking. Drop never drains.
+    fn close_inner(&mut self, drain: bool) -> io::Result<()> {
+        trace::qio_channel_websock_close(self.ptr());
+        let phase = lock(&self.inner.status).phase;
+        if phase == Phase::Closed {
+            return Err(ebadf());
+        }
+        if phase == Phase::Open {
+            let pending = {
+                let mut out = lock(&self.inner.output);
+                if !out.close_queued && self.inner.sticky().is_none() {
+                    out.encode_close(self.ptr(), STATUS_NORMAL, b"");
+                }
+                out.pending() > 0
+            };
+            if pending {
+                if !drain {
+                    let _ = self.inner.master.set_blocking(false);
+                }
+                let _ = self.inner.flush(Arm::No);
+            }
+        }
+        let watch = lock(&self.inner.output).watch.take();
+        if let Some(w) = watch {
+            w.remove();
+        }
+        lock(&self.inner.status).phase = Phase::Closed;
+        self.base.close_watches();
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.master.close(),
+            None => {
+                if self.inner.master.has_feature(Feature::Shutdown) {
+                    let _ = self.inner.master.shutdown(Shutdown::Both);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 impl Drop for WebsockChannel {
+    /// Closes as [`close`](Channel::close) does, but never blocks: queued
+    /// output goes only as far as the master takes it at once.
     fn drop(&mut self) {
         if lock(&self.inner.status).phase != Phase::Closed {
-            let _ = self.io_close();
+            let _ = self.close_inner(false);
         }
     }
 }
