@@ -7,7 +7,7 @@ mod io_channel_helpers;
 use std::cell::Cell;
 use std::io::{IoSlice, IoSliceMut, Read, Seek, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -256,9 +256,18 @@ fn io_channel_socket_ipv4_fd() {
     }
 }
 
+/// Hands `fd` over as if inherited across exec: clears FD_CLOEXEC (which
+/// every descriptor the test opens has) and gives up ownership.
+fn inherit(fd: impl Into<OwnedFd>) -> i32 {
+    let fd: OwnedFd = fd.into();
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).unwrap();
+    fd.into_raw_fd()
+}
+
 /// `fd:N` addresses (QEMU's socket_listen / socket_connect on
-/// SOCKET_ADDRESS_TYPE_FD): a bound socket the process holds becomes a
-/// listener, a connected one a channel; the original descriptor stays open.
+/// SOCKET_ADDRESS_TYPE_FD): an inherited bound socket becomes a listener,
+/// an inherited connected one a channel; the channel owns the descriptor,
+/// so closing it hangs up, and the same number cannot be taken twice.
 #[test]
 fn io_channel_socket_fd_address_listen_and_connect() {
     // A bound, not yet listening TCP socket, as socket activation hands over.
@@ -271,20 +280,25 @@ fn io_channel_socket_fd_address_listen_and_connect() {
                 .into(),
         )
         .unwrap();
-    let num = bound.as_raw_fd();
+    let num = inherit(bound);
     let addr: SocketAddress = format!("fd:{num}").parse().unwrap();
     let l = SocketChannel::listen_sync(&addr, 4).unwrap();
     assert!(l.has_feature(Feature::Listen));
-    assert_ne!(l.as_raw_fd(), num, "the descriptor is duplicated");
+    assert_eq!(l.as_raw_fd(), num, "the descriptor is taken over");
+    let e = SocketChannel::listen_sync(&addr, 4).unwrap_err();
+    assert!(e.to_string().contains("was not inherited"), "{e}");
     let inet = l.local_address().unwrap();
-    assert!(inet.to_string().starts_with("tcp:127.0.0.1:"), "{inet}");
+    let SocketAddress::Inet(ia) = &inet else {
+        panic!("{inet}")
+    };
+    assert_eq!(ia.host, "127.0.0.1");
 
     // A connected socket given by number works as a channel both ways.
-    let port = bound.local_addr().unwrap().as_socket().unwrap().port();
-    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let client = std::net::TcpStream::connect(("127.0.0.1", ia.port)).unwrap();
     let server = l.accept().unwrap();
-    let via = SocketChannel::connect_sync(&format!("fd:{}", client.as_raw_fd()).parse().unwrap())
-        .unwrap();
+    let n = inherit(client);
+    let mut via = SocketChannel::connect_sync(&format!("fd:{n}").parse().unwrap()).unwrap();
+    assert_eq!(via.as_raw_fd(), n);
     via.write_all(b"through fd").unwrap();
     let mut buf = [0u8; 10];
     server.read_all(&mut buf).unwrap();
@@ -294,14 +308,10 @@ fn io_channel_socket_fd_address_listen_and_connect() {
         server.local_address().unwrap()
     );
 
-    // Closing the channels leaves the given descriptors open.
-    drop(via);
-    drop(l);
-    assert!(bound.local_addr().is_ok());
-    (&client).write_all(b"!").unwrap();
+    // Closing the channel closes the descriptor: the peer sees the end.
+    via.close().unwrap();
     let mut one = [0u8; 1];
-    server.read_all(&mut one).unwrap();
-    assert_eq!(&one, b"!");
+    assert!(!server.read_all_eof(&mut one).unwrap(), "EOF after close");
 }
 
 #[test]
@@ -315,25 +325,34 @@ fn io_channel_socket_fd_address_errors() {
         };
         assert!(e.to_string().contains(want), "{addr}: {e}");
     };
-    // Not a socket: a regular file.
+    // Not a socket: a regular file, even when inheritable.
     let f = std::fs::File::open("/proc/self/status").unwrap();
     let n = f.as_raw_fd();
+    check(&format!("fd:{n}"), false, "was not inherited");
+    rustix::io::fcntl_setfd(&f, rustix::io::FdFlags::empty()).unwrap();
     check(&format!("fd:{n}"), false, "is not a socket");
     check(&format!("fd:{n}"), true, "is not a socket");
+    // A socket this process opened (close-on-exec) is not taken.
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    check(&format!("fd:{}", a.as_raw_fd()), false, "was not inherited");
     // Not open at all (far above anything the test process opens).
     check("fd:999999", false, "File descriptor '999999'");
+    // The standard streams are never taken.
+    check("fd:1", false, "standard stream");
     // A name needs QEMU's monitor.
     check("fd:mysock", true, "needs QEMU's monitor");
-    // A connected socket cannot be put in the listening state.
-    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-    check(
-        &format!("fd:{}", a.as_raw_fd()),
-        true,
-        "Failed to listen on fd socket",
-    );
     // Refusals left every descriptor open.
     assert!(a.peer_addr().is_ok());
     assert!(f.metadata().is_ok());
+    // A connected socket cannot be put in the listening state; as in QEMU,
+    // the refused descriptor is closed, and the peer sees the end.
+    check(
+        &format!("fd:{}", inherit(a)),
+        true,
+        "Failed to listen on fd socket",
+    );
+    let mut one = [0u8; 1];
+    assert_eq!((&b).read(&mut one).unwrap(), 0);
 }
 
 #[test]

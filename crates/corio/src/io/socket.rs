@@ -24,7 +24,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use rustix::net::{
     self as rnet, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
@@ -135,11 +135,12 @@ impl SocketChannel {
     /// # Errors
     /// Resolution or connection failure, naming the address.
     ///
-    /// An `fd:N` address takes an already connected socket the process was
-    /// given: descriptor `N` is duplicated (QEMU takes it over; we leave the
-    /// original open, so that a wrong number cannot close a descriptor
-    /// something else owns). A descriptor that is not open or not a socket
-    /// is an error naming it; fd *names* need QEMU's monitor and are refused.
+    /// An `fd:N` address takes over an already connected socket the process
+    /// inherited (QEMU's `socket_get_fd`): the channel owns descriptor `N`
+    /// and closes it. A descriptor that is not open, not a socket, a
+    /// standard stream or not inherited (it has `FD_CLOEXEC`, as every
+    /// descriptor this process's Rust code opens does) is an error naming
+    /// it; fd *names* need QEMU's monitor and are refused.
     pub fn connect_sync(addr: &SocketAddress) -> io::Result<SocketChannel> {
         trace::qio_channel_socket_connect_sync(addr as *const _ as *const (), &addr.to_string());
         let r = match addr {
@@ -162,9 +163,9 @@ impl SocketChannel {
     /// Binds and listens on `addr` with `backlog` (QEMU's
     /// `qio_channel_socket_listen_sync`): SO_REUSEADDR; for TCP the first
     /// resolved address and port (up to `to=`) that binds; for a Unix path,
-    /// a stale socket file is removed first; for `fd:N`, a duplicate of the
-    /// given bound (or listening) socket is put in the listening state, as
-    /// in [`connect_sync`](SocketChannel::connect_sync). Sets
+    /// a stale socket file is removed first; for `fd:N`, the inherited bound
+    /// (or listening) socket is taken over and put in the listening state,
+    /// as in [`connect_sync`](SocketChannel::connect_sync). Sets
     /// [`Feature::Listen`].
     ///
     /// # Errors
@@ -471,14 +472,17 @@ fn task_outcome(t: &mut Task<SocketAddress>) -> io::Result<SocketChannel> {
         .ok_or_else(|| io::Error::other("socket task ended without a channel"))
 }
 
-/// QEMU's `socket_get_fd` for an `fd:` address: the descriptor the process
-/// was handed (socket activation, a parent's `fd:N` argument), duplicated
-/// with `FD_CLOEXEC`. Names need QEMU's monitor, which corio has not.
+/// QEMU's `socket_get_fd` for an `fd:` address: takes over the socket the
+/// process was handed across exec (socket activation, a parent's `fd:N`
+/// argument); the channel closes it, as QEMU's does. Names need QEMU's
+/// monitor, which corio has not.
 ///
-/// QEMU takes the number over and closes it with the channel. We
-/// duplicate it instead: an `fd:` string is input, and a mistyped number
-/// must never let a channel close (or reuse) a descriptor some other part
-/// of the process owns. The original stays open.
+/// Only an inherited descriptor is taken: one without `FD_CLOEXEC`, above
+/// the standard streams. Every descriptor Rust's standard library, rustix
+/// and corio open has `FD_CLOEXEC`, so a mistyped number cannot seize one
+/// of those; the adopted descriptor gets `FD_CLOEXEC` too, so the same
+/// number cannot be taken twice. Descriptors opened in this process go
+/// through [`SocketChannel::new_fd`] instead.
 fn socket_get_fd(name: &str) -> io::Result<(OwnedFd, AddressFamily)> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
     if !name.bytes().all(|b| b.is_ascii_digit()) {
@@ -489,22 +493,41 @@ fn socket_get_fd(name: &str) -> io::Result<(OwnedFd, AddressFamily)> {
     let raw: RawFd = name
         .parse()
         .map_err(|_| invalid(format!("Unable to parse FD number {name}")))?;
-    // SAFETY: `BorrowedFd` asks that `raw` stay open while borrowed. The
-    // borrow lives only for the one `fcntl(F_DUPFD_CLOEXEC)` below and is
-    // never closed by us: if `raw` is not open the kernel answers EBADF
-    // (turned into an error here), and if it is, we get our own descriptor
-    // for the same open file. Nothing in this process can observe the
-    // borrow, so no owner's descriptor is closed or reused through it.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-    let fd = rustix::io::fcntl_dupfd_cloexec(borrowed, 0)
-        .map_err(|e| with_context(e.into(), format!("File descriptor '{name}'")))?;
-    match rnet::getsockname(&fd) {
-        Ok(a) => Ok((fd, a.address_family())),
-        Err(rustix::io::Errno::NOTSOCK) => {
-            Err(invalid(format!("File descriptor '{name}' is not a socket")))
-        }
-        Err(e) => Err(with_context(e.into(), format!("File descriptor '{name}'"))),
+    if raw <= 2 {
+        return Err(invalid(format!(
+            "File descriptor '{name}' is a standard stream, not a socket handed over"
+        )));
     }
+    // SAFETY: the borrow lives for the checks below only, none of which
+    // closes or changes the descriptor: if `raw` is not open, fcntl answers
+    // EBADF and we stop.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    let flags = rustix::io::fcntl_getfd(borrowed)
+        .map_err(|e| with_context(e.into(), format!("File descriptor '{name}'")))?;
+    if flags.contains(rustix::io::FdFlags::CLOEXEC) {
+        return Err(invalid(format!(
+            "File descriptor '{name}' was not inherited (it is close-on-exec): \
+             wrap descriptors this process opened with SocketChannel::new_fd"
+        )));
+    }
+    let family = match rnet::getsockname(borrowed) {
+        Ok(a) => a.address_family(),
+        Err(rustix::io::Errno::NOTSOCK) => {
+            return Err(invalid(format!("File descriptor '{name}' is not a socket")))
+        }
+        Err(e) => return Err(with_context(e.into(), format!("File descriptor '{name}'"))),
+    };
+    // SAFETY: `raw` is open (fcntl succeeded), a socket, and was inherited
+    // across exec: it lacks FD_CLOEXEC, which every descriptor opened by
+    // this process's Rust code carries, and it is not a standard stream.
+    // Inherited descriptors belong to no object in this process until one
+    // adopts them; this is that adoption, as QEMU's socket_get_fd takes the
+    // number over. Setting FD_CLOEXEC at once marks it adopted: a second
+    // `fd:N` for the same number is refused above.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    rustix::io::fcntl_setfd(&fd, flags | rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| with_context(e.into(), format!("File descriptor '{name}'")))?;
+    Ok((fd, family))
 }
 
 /// `connect` on an `fd:` address: the socket is expected to be connected
