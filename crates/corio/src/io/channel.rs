@@ -253,7 +253,9 @@ pub trait Channel: Send + Sync {
     /// fd cannot become readable for them, so [`yield_for`](Channel::yield_for)
     /// and [`wait`](Channel::wait) for `IN` return at once instead of
     /// sleeping (QEMU's TLS GSource checks gnutls' pending data the same
-    /// way). The default says no.
+    /// way). The default says no. A channel that wraps another must also
+    /// report its master's pending input (a WebSocket over TLS), and must
+    /// never block here: a watch calls it from its event loop.
     fn io_has_pending_input(&self) -> bool {
         false
     }
