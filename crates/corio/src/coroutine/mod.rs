@@ -245,27 +245,31 @@ mod pool {
         static POOL: RefCell<Pool> = const { RefCell::new(Pool(Vec::new())) };
     }
 
+    // `take` and `put` are never inlined: they touch a thread-local, and
+    // their callers (`Coroutine::new`, handle drops) may be inlined into a
+    // coroutine's frame that spans a switch (see `tls`).
+
     /// Takes a pooled object: terminated, unique, homed on this thread.
-    #[inline]
+    #[inline(never)]
     pub(super) fn take() -> Option<Arc<CoInner>> {
         POOL.try_with(|p| p.borrow_mut().0.pop()).ok().flatten()
     }
 
-    /// Pools `co` (the caller checked it is eligible); gives it back if the
-    /// pool is full or the thread is exiting.
-    #[inline]
-    pub(super) fn put(co: Arc<CoInner>) -> Result<(), Arc<CoInner>> {
-        let mut co = Some(co);
-        let _ = POOL.try_with(|p| {
+    /// Pools `co` (the caller checked it is eligible); drops it if the pool
+    /// is full or the thread is exiting.
+    #[inline(never)]
+    pub(super) fn put(co: Arc<CoInner>) {
+        let full = POOL.try_with(move |p| {
             let mut p = p.borrow_mut();
             if p.0.len() < MAX {
-                p.0.extend(co.take());
+                p.0.push(co);
+                None
+            } else {
+                Some(co)
             }
         });
-        match co {
-            None => Ok(()),
-            Some(co) => Err(co),
-        }
+        // Dropped here, after the pool's borrow ended.
+        drop(full);
     }
 
     /// Objects in this thread's pool (each holds one stack).
@@ -285,9 +289,7 @@ fn release(mut co: Arc<CoInner>) {
     if Arc::strong_count(&co) == 1 {
         if let Some(inner) = Arc::get_mut(&mut co) {
             if recyclable(inner) {
-                if let Err(co) = pool::put(co) {
-                    drop(co);
-                }
+                pool::put(co);
                 return;
             }
         }
@@ -357,7 +359,7 @@ impl Drop for CoHandle {
         if Arc::strong_count(&self.inner) == 1 {
             if let Some(inner) = Arc::get_mut(&mut self.inner) {
                 if recyclable(inner) {
-                    let _ = pool::put(Arc::clone(&self.inner));
+                    pool::put(Arc::clone(&self.inner));
                 }
             }
         }
