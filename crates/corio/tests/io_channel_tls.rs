@@ -928,3 +928,208 @@ fn io_channel_tls_watch_fires_on_pending_plaintext() {
     });
     assert_eq!(*got.lock().unwrap(), msg);
 }
+
+// ----- test-crypto-tlssession's X.509 matrix -----
+
+/// A CA signed by `parent` (test-crypto-tlssession's `cacertlevel*`).
+fn make_sub_ca(parent: &Ca, cn: &str) -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = dn(cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let issuer = Issuer::from_params(&parent.params, &parent.key);
+    let pem = params.signed_by(&key, &issuer).unwrap().pem();
+    Ca { params, key, pem }
+}
+
+/// QEMU's `QAUTHZ_LIST_FORMAT_GLOB` rules (fnmatch with `*` only).
+fn glob(pattern: &str, s: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == s,
+        Some((head, tail)) => {
+            s.starts_with(head)
+                && (0..=s.len() - head.len())
+                    .any(|i| s.is_char_boundary(head.len() + i) && glob(tail, &s[head.len() + i..]))
+        }
+    }
+}
+
+/// One row of test-crypto-tlssession: the CA each side trusts, the
+/// certificates each side presents, the host name the client checks, the
+/// authz globs of the server, and how each side ends (`Err` names a part
+/// of the error).
+struct SessionCase<'a> {
+    name: &'a str,
+    server_ca: &'a str,
+    client_ca: &'a str,
+    server: &'a Leaf,
+    client: &'a Leaf,
+    hostname: &'a str,
+    authz: Option<&'a [&'a str]>,
+    server_result: Result<(), &'a str>,
+    client_result: Result<(), &'a str>,
+}
+
+impl<'a> SessionCase<'a> {
+    /// Both sides trust `ca` and accept each other.
+    fn ok(
+        name: &'a str,
+        ca: &'a str,
+        server: &'a Leaf,
+        client: &'a Leaf,
+        hostname: &'a str,
+    ) -> SessionCase<'a> {
+        SessionCase {
+            name,
+            server_ca: ca,
+            client_ca: ca,
+            server,
+            client,
+            hostname,
+            authz: None,
+            server_result: Ok(()),
+            client_result: Ok(()),
+        }
+    }
+}
+
+fn run_session_case(case: &SessionCase<'_>) {
+    let server_creds = TlsCreds::x509_from_pem(
+        Endpoint::Server,
+        &X509Pem {
+            ca_cert: Some(case.server_ca.as_bytes()),
+            cert: Some(case.server.cert.as_bytes()),
+            key: Some(case.server.key.as_bytes()),
+            ..Default::default()
+        },
+        true,
+    )
+    .unwrap();
+    let client_creds = TlsCreds::x509_from_pem(
+        Endpoint::Client,
+        &X509Pem {
+            ca_cert: Some(case.client_ca.as_bytes()),
+            cert: Some(case.client.cert.as_bytes()),
+            key: Some(case.client.key.as_bytes()),
+            ..Default::default()
+        },
+        true,
+    )
+    .unwrap();
+    let authz = case.authz.map(|rules| {
+        let rules: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
+        Arc::new(move |dn: &str| rules.iter().any(|r| glob(r, dn)))
+            as Arc<dyn corio::io::tls::Authz>
+    });
+    let (a, b) = socket_pair();
+    let client = Arc::new(Tls::new_client(a, &client_creds, Some(case.hostname)).unwrap());
+    let server = Arc::new(Tls::new_server(b, &server_creds, authz).unwrap());
+    let (cr, sr) = handshake_threads(&client, &server);
+    for (side, got, want) in [
+        ("client", &cr, case.client_result),
+        ("server", &sr, case.server_result),
+    ] {
+        match (got, want) {
+            (Ok(()), Ok(())) => {}
+            (Err(e), Err(part)) => assert!(e.contains(part), "{}: {side}: {e}", case.name),
+            (got, want) => panic!("{}: {side}: got {got:?}, want {want:?}", case.name),
+        }
+    }
+}
+
+/// QEMU's /qcrypto/tlssession/{basicca, differentca, altname1..8,
+/// wildcard1..6, cachain}, plus common-name wildcards. GnuTLS checks the
+/// peer after the handshake, rustls during it: a client that refuses the
+/// server's certificate also fails the server's handshake (with its
+/// alert), where QEMU's server-side check passes.
+#[test]
+fn crypto_tlssession_x509_matrix() {
+    let ca = make_ca("qemu CA");
+    let alt_ca = make_ca("qemu CA 1");
+    let server = ExtendedKeyUsagePurpose::ServerAuth;
+    let client = ExtendedKeyUsagePurpose::ClientAuth;
+    let server_cert = make_leaf(&ca, "qemu.org", &[], server.clone());
+    let client_cert = make_leaf(&ca, "qemu", &[], client.clone());
+    let client_alt_cert = make_leaf(&alt_ca, "qemu", &[], client.clone());
+    // "When an altname is set, the CN is ignored, so it must be duplicated
+    // as an altname for it to match"; alt2 intentionally doesn't.
+    let ips = ["192.168.122.1", "fec0::dead:beaf"];
+    let alt1 = [&["www.qemu.org", "qemu.org"][..], &ips].concat();
+    let alt2 = [&["www.qemu.org", "wiki.qemu.org"][..], &ips].concat();
+    let server_alt1 = make_leaf(&ca, "qemu.org", &alt1, server.clone());
+    let server_alt2 = make_leaf(&ca, "qemu.org", &alt2, server.clone());
+    let server_wild = make_leaf(&ca, "*.qemu.org", &[], server.clone());
+    // The chain: root, level 1a and 1b, level 2a under 1a, all trusted.
+    let root = make_ca("qemu root");
+    let level1a = make_sub_ca(&root, "qemu level 1a");
+    let level1b = make_sub_ca(&root, "qemu level 1b");
+    let level2a = make_sub_ca(&level1a, "qemu level 2a");
+    let server_level3a = make_leaf(&level2a, "qemu.org", &[], server);
+    let client_level2b = make_leaf(&level1b, "qemu client level 2b", &[], client);
+    let chain = [&root, &level1a, &level1b, &level2a]
+        .map(|c| c.pem.as_str())
+        .concat();
+
+    let mismatch = "Certificate does not match the hostname";
+    let refused = "does not accept our certificate";
+    let denied = "authz check for C=UK,CN=qemu is denied";
+    let ok =
+        |name, server, hostname| SessionCase::ok(name, &ca.pem, server, &client_cert, hostname);
+    let client_refuses = |name, server, hostname| SessionCase {
+        client_result: Err(mismatch),
+        server_result: Err(refused),
+        ..ok(name, server, hostname)
+    };
+    let authz = |name, rules, server_result| SessionCase {
+        authz: Some(rules),
+        server_result,
+        ..ok(name, &server_cert, "qemu.org")
+    };
+    let cases = [
+        ok("basicca", &server_cert, "qemu.org"),
+        SessionCase {
+            client_ca: &alt_ca.pem,
+            client_result: Err("hasn't got a known issuer"),
+            server_result: Err(refused),
+            ..SessionCase::ok(
+                "differentca",
+                &ca.pem,
+                &server_cert,
+                &client_alt_cert,
+                "qemu.org",
+            )
+        },
+        ok("altname1", &server_alt1, "qemu.org"),
+        ok("altname2", &server_alt1, "www.qemu.org"),
+        client_refuses("altname3", &server_alt1, "wiki.qemu.org"),
+        ok("altname4", &server_alt1, "192.168.122.1"),
+        ok("altname5", &server_alt1, "fec0::dead:beaf"),
+        client_refuses("altname6", &server_alt2, "qemu.org"),
+        ok("altname7", &server_alt2, "www.qemu.org"),
+        ok("altname8", &server_alt2, "wiki.qemu.org"),
+        // The CN only matches without dNSName/iPAddress SANs.
+        client_refuses("cn-not-ip", &server_cert, "192.168.122.1"),
+        client_refuses("cn-other-host", &server_cert, "www.qemu.org"),
+        ok("cn-case", &server_cert, "QEMU.Org"),
+        ok("cn-wildcard", &server_wild, "www.qemu.org"),
+        client_refuses("cn-wildcard-bare", &server_wild, "qemu.org"),
+        client_refuses("cn-wildcard-two-labels", &server_wild, "a.www.qemu.org"),
+        authz("wildcard1", &["C=UK,CN=dogfood"], Err(denied)),
+        authz("wildcard2", &["C=UK,CN=qemu"], Ok(())),
+        authz("wildcard3", &["C=UK,CN=dogfood", "C=UK,CN=qemu"], Ok(())),
+        authz("wildcard4", &["C=UK,CN=qemustuff"], Err(denied)),
+        authz("wildcard5", &["C=UK,CN=qemu*"], Ok(())),
+        authz("wildcard6", &["C=UK,CN=*emu*"], Ok(())),
+        SessionCase::ok(
+            "cachain",
+            &chain,
+            &server_level3a,
+            &client_level2b,
+            "qemu.org",
+        ),
+    ];
+    for case in &cases {
+        run_session_case(case);
+    }
+}

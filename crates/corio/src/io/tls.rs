@@ -76,6 +76,7 @@ mod dn;
 mod error;
 mod handshake;
 mod session;
+mod verify;
 
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut, Write};

@@ -13,7 +13,9 @@
 //!
 //! `verify-peer` (QEMU's default: on): a server requires a client
 //! certificate signed by the CA, a client checks the server's certificate
-//! against the CA and the host name it connects to. With it off, a server
+//! against the CA and the host name it connects to (its dNSName and
+//! iPAddress subjectAltNames; when it has none, its common name, as GnuTLS
+//! does). With it off, a server
 //! asks for no client certificate and a client accepts any server
 //! certificate (still checking that the server holds its key).
 //!
@@ -25,16 +27,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
-};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::error::TlsError;
+use super::verify::{NoVerify, ServerVerifier};
 use crate::trace;
 
 /// QEMU's `QCRYPTO_TLS_CREDS_X509_CA_CERT`.
@@ -373,7 +374,12 @@ fn build(
                 let roots = roots.ok_or_else(|| {
                     config_err(format!("verify-peer needs the CA certificate ({CA_CERT})"))
                 })?;
-                builder.with_root_certificates(roots)
+                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| config_err(format!("Cannot verify server certificates: {e}")))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ServerVerifier::new(webpki)))
             } else {
                 builder
                     .dangerous()
@@ -402,55 +408,4 @@ fn build(
             config,
         }),
     })
-}
-
-/// A client with verify-peer off accepts any server certificate (QEMU then
-/// skips `qcrypto_tls_session_check_certificate`), but still checks that the
-/// server signed the handshake with the key of the certificate it sent.
-#[derive(Debug)]
-struct NoVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

@@ -1,12 +1,16 @@
-//! The subject distinguished name of an X.509 certificate, as a string
-//! (QEMU's `gnutls_x509_crt_get_dn`): what [`Authz`](super::Authz) checks and
-//! [`TlsChannel::peer_name`](super::TlsChannel::peer_name) returns.
+//! The names in an X.509 certificate, read from its DER with a small
+//! reader of the few shapes a certificate's header has.
 //!
-//! The attributes come in certificate order, `C=UK,O=Example,CN=qemu`, the
-//! order GnuTLS's compatible output (and so QEMU's authz rules) uses; a
-//! multi-valued RDN joins its attributes with `+`; special characters are
-//! escaped as RFC 4514 says. Only the few DER shapes a certificate's header
-//! has are parsed: enough to reach the subject, nothing more.
+//! * The subject distinguished name as a string (QEMU's
+//!   `gnutls_x509_crt_get_dn`): what [`Authz`](super::Authz) checks and
+//!   [`TlsChannel::peer_name`](super::TlsChannel::peer_name) returns. The
+//!   attributes come in certificate order, `C=UK,O=Example,CN=qemu`, the
+//!   order GnuTLS's compatible output (and so QEMU's authz rules) uses; a
+//!   multi-valued RDN joins its attributes with `+`; special characters are
+//!   escaped as RFC 4514 says.
+//! * The subject's common names and whether the subjectAltName extension
+//!   holds a dNSName or an iPAddress: what the host name check falls back
+//!   on as GnuTLS does (see `verify.rs`).
 
 use std::fmt::Write;
 
@@ -48,9 +52,23 @@ const OID: u8 = 0x06;
 const INTEGER: u8 = 0x02;
 const VERSION: u8 = 0xa0; // [0] EXPLICIT
 
-/// The subject DN of the DER certificate `cert`, or `None` if it does not
-/// parse.
-pub(crate) fn subject_dn(cert: &[u8]) -> Option<String> {
+const BOOLEAN: u8 = 0x01;
+const OCTET_STRING: u8 = 0x04;
+const ISSUER_UID: u8 = 0x81; // [1] IMPLICIT
+const SUBJECT_UID: u8 = 0x82; // [2] IMPLICIT
+const EXTENSIONS: u8 = 0xa3; // [3] EXPLICIT
+/// GeneralName's `dNSName [2] IA5String` and `iPAddress [7] OCTET STRING`.
+const SAN_DNS_NAME: u8 = 0x82;
+const SAN_IP_ADDRESS: u8 = 0x87;
+/// 2.5.4.3, commonName.
+const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
+/// 2.5.29.17, subjectAltName.
+const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
+
+/// The contents of the TBSCertificate of `cert` from its subject on:
+/// subject, subjectPublicKeyInfo, then the optional unique ids and
+/// extensions.
+fn tbs_from_subject(cert: &[u8]) -> Option<&[u8]> {
     let (certificate, _) = expect(cert, SEQUENCE)?;
     let (mut tbs, _) = expect(certificate, SEQUENCE)?;
     if let Some((_, rest)) = expect(tbs, VERSION) {
@@ -60,8 +78,92 @@ pub(crate) fn subject_dn(cert: &[u8]) -> Option<String> {
     let (_, tbs) = expect(tbs, SEQUENCE)?; // signature algorithm
     let (_, tbs) = expect(tbs, SEQUENCE)?; // issuer
     let (_, tbs) = expect(tbs, SEQUENCE)?; // validity
-    let (subject, _) = expect(tbs, SEQUENCE)?;
+    Some(tbs)
+}
+
+/// The subject DN of the DER certificate `cert`, or `None` if it does not
+/// parse.
+pub(crate) fn subject_dn(cert: &[u8]) -> Option<String> {
+    let (subject, _) = expect(tbs_from_subject(cert)?, SEQUENCE)?;
     name_to_string(subject)
+}
+
+/// What a host name can be checked against in a certificate besides what
+/// webpki checks (see `verify.rs`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct HostNames {
+    /// The subject's commonName values, in certificate order.
+    pub(crate) common_names: Vec<String>,
+    /// The subjectAltName extension has a dNSName or an iPAddress entry
+    /// (GnuTLS then ignores the common name).
+    pub(crate) has_dns_or_ip_san: bool,
+}
+
+/// The subject's common names and the kinds of subjectAltName of the DER
+/// certificate `cert`, or `None` if it does not parse.
+pub(crate) fn host_names(cert: &[u8]) -> Option<HostNames> {
+    let tbs = tbs_from_subject(cert)?;
+    let (subject, tbs) = expect(tbs, SEQUENCE)?;
+    let (_, mut tbs) = expect(tbs, SEQUENCE)?; // subjectPublicKeyInfo
+    for tag in [ISSUER_UID, SUBJECT_UID] {
+        if let Some((_, rest)) = expect(tbs, tag) {
+            tbs = rest;
+        }
+    }
+    let has_dns_or_ip_san = match expect(tbs, EXTENSIONS) {
+        Some((exts, _)) => san_has_dns_or_ip(exts)?,
+        None => false, // a v1 certificate, or no extensions
+    };
+    Some(HostNames {
+        common_names: common_names(subject)?,
+        has_dns_or_ip_san,
+    })
+}
+
+/// The commonName values of an RDNSequence's contents.
+fn common_names(mut rdns: &[u8]) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    while !rdns.is_empty() {
+        let (mut set, rest) = expect(rdns, SET)?;
+        rdns = rest;
+        while !set.is_empty() {
+            let (atv, rest) = expect(set, SEQUENCE)?;
+            set = rest;
+            let (oid, value) = expect(atv, OID)?;
+            if oid == OID_CN {
+                let (vtag, vbody, _) = element(value)?;
+                names.push(decode_string(vtag, vbody)?);
+            }
+        }
+    }
+    Some(names)
+}
+
+/// Whether the `[3] EXPLICIT Extensions` contents hold a subjectAltName
+/// with a dNSName or an iPAddress.
+fn san_has_dns_or_ip(exts: &[u8]) -> Option<bool> {
+    let (mut exts, _) = expect(exts, SEQUENCE)?;
+    while !exts.is_empty() {
+        let (ext, rest) = expect(exts, SEQUENCE)?;
+        exts = rest;
+        let (oid, mut ext) = expect(ext, OID)?;
+        if oid != OID_SAN {
+            continue;
+        }
+        if let Some((_, rest)) = expect(ext, BOOLEAN) {
+            ext = rest; // critical
+        }
+        let (value, _) = expect(ext, OCTET_STRING)?;
+        let (mut names, _) = expect(value, SEQUENCE)?;
+        while !names.is_empty() {
+            let (tag, _, rest) = element(names)?;
+            names = rest;
+            if tag == SAN_DNS_NAME || tag == SAN_IP_ADDRESS {
+                return Some(true);
+            }
+        }
+    }
+    Some(false)
 }
 
 /// RDNSequence contents to `A=v,B=w+C=x`.
@@ -199,6 +301,12 @@ mod tests {
     }
 
     fn cert_with_subject(subject: &[u8]) -> Vec<u8> {
+        cert_with(subject, None)
+    }
+
+    /// A certificate with `subject` and, if given, the contents of the
+    /// Extensions SEQUENCE.
+    fn cert_with(subject: &[u8], extensions: Option<&[u8]>) -> Vec<u8> {
         let mut tbs = tlv(VERSION, &tlv(INTEGER, &[2]));
         tbs.extend(tlv(INTEGER, &[1, 2, 3]));
         tbs.extend(tlv(SEQUENCE, &tlv(OID, &[0x2a, 0x03])));
@@ -206,9 +314,55 @@ mod tests {
         tbs.extend(tlv(SEQUENCE, &[]));
         tbs.extend(tlv(SEQUENCE, subject));
         tbs.extend(tlv(SEQUENCE, &[0u8; 200])); // a long SPKI: long-form length
+        if let Some(exts) = extensions {
+            tbs.extend(tlv(SUBJECT_UID, &[0, 1]));
+            tbs.extend(tlv(EXTENSIONS, &tlv(SEQUENCE, exts)));
+        }
         let mut cert = tlv(SEQUENCE, &tbs);
         cert.extend(tlv(SEQUENCE, &tlv(OID, &[0x2a, 0x03])));
         tlv(SEQUENCE, &cert)
+    }
+
+    /// An Extension: `oid`, critical if asked, and `value` as extnValue.
+    fn extension(oid: &[u8], critical: bool, value: &[u8]) -> Vec<u8> {
+        let mut body = tlv(OID, oid);
+        if critical {
+            body.extend(tlv(BOOLEAN, &[0xff]));
+        }
+        body.extend(tlv(OCTET_STRING, value));
+        tlv(SEQUENCE, &body)
+    }
+
+    #[test]
+    fn host_names_common_names_and_san_kinds() {
+        let mut subject = tlv(SET, &atv(OID_CN, 0x0c, b"qemu.org"));
+        subject.extend(tlv(SET, &atv(&[0x55, 4, 6], 0x13, b"UK")));
+        subject.extend(tlv(SET, &atv(OID_CN, 0x13, b"other")));
+        let names = host_names(&cert_with(&subject, None)).unwrap();
+        assert_eq!(names.common_names, ["qemu.org", "other"]);
+        assert!(!names.has_dns_or_ip_san);
+
+        // Basic constraints, then a critical SAN with only an rfc822Name
+        // ([1]): not a host name.
+        let bc = extension(&[0x55, 0x1d, 0x13], true, &tlv(SEQUENCE, &[]));
+        let email = tlv(SEQUENCE, &tlv(0x81, b"a@qemu.org"));
+        let mut exts = bc.clone();
+        exts.extend(extension(OID_SAN, true, &email));
+        let names = host_names(&cert_with(&subject, Some(&exts))).unwrap();
+        assert!(!names.has_dns_or_ip_san);
+
+        for entry in [
+            tlv(SAN_DNS_NAME, b"qemu.org"),
+            tlv(SAN_IP_ADDRESS, &[10, 0, 0, 1]),
+        ] {
+            let mut general_names = tlv(0x81, b"a@qemu.org");
+            general_names.extend(entry);
+            let mut exts = bc.clone();
+            exts.extend(extension(OID_SAN, false, &tlv(SEQUENCE, &general_names)));
+            let names = host_names(&cert_with(&subject, Some(&exts))).unwrap();
+            assert!(names.has_dns_or_ip_san);
+        }
+        assert_eq!(host_names(b"\x30\x00"), None);
     }
 
     #[test]
