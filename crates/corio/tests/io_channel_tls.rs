@@ -24,8 +24,9 @@ use corio::io::{Channel, Feature, SocketChannel};
 use corio::{AioContext, Coroutine, IoThread};
 use io_channel_helpers::{join_bounded, pattern, run_threads};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SerialNumber,
 };
 
 type Tls = TlsChannel<SocketChannel>;
@@ -72,10 +73,22 @@ fn make_ca(cn: &str) -> Ca {
 }
 
 fn make_leaf(ca: &Ca, cn: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
+    make_leaf_serial(ca, cn, sans, usage, None)
+}
+
+/// As `make_leaf`, with a chosen serial number (for CRLs).
+fn make_leaf_serial(
+    ca: &Ca,
+    cn: &str,
+    sans: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+    serial: Option<u64>,
+) -> Leaf {
     let key = KeyPair::generate().unwrap();
     let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(sans).unwrap();
     params.distinguished_name = dn(cn);
+    params.serial_number = serial.map(SerialNumber::from);
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -933,9 +946,15 @@ fn io_channel_tls_watch_fires_on_pending_plaintext() {
 
 /// A CA signed by `parent` (test-crypto-tlssession's `cacertlevel*`).
 fn make_sub_ca(parent: &Ca, cn: &str) -> Ca {
+    make_sub_ca_serial(parent, cn, None)
+}
+
+/// As `make_sub_ca`, with a chosen serial number (for CRLs).
+fn make_sub_ca_serial(parent: &Ca, cn: &str, serial: Option<u64>) -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name = dn(cn);
+    params.serial_number = serial.map(SerialNumber::from);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let issuer = Issuer::from_params(&parent.params, &parent.key);
@@ -1131,5 +1150,94 @@ fn crypto_tlssession_x509_matrix() {
     ];
     for case in &cases {
         run_session_case(case);
+    }
+}
+
+// ----- revocation lists -----
+
+/// A CRL from `ca` listing `revoked` serial numbers.
+fn make_crl(ca: &Ca, revoked: &[u64]) -> String {
+    let params = CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2020, 1, 1),
+        next_update: rcgen::date_time_ymd(2999, 1, 1),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|&serial| RevokedCertParams {
+                serial_number: SerialNumber::from(serial),
+                revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let issuer = Issuer::from_params(&ca.params, &ca.key);
+    params.signed_by(&issuer).unwrap().pem().unwrap()
+}
+
+/// `ca-crl.pem` as QEMU (GnuTLS) reads it: a client certificate a CRL
+/// lists is refused with a clear error, and so is one under an
+/// intermediate CA that its issuer's CRL lists; one no CRL lists passes,
+/// and so does one from a trusted CA that published no CRL.
+#[test]
+fn io_channel_tls_crl_revoked_client() {
+    let pki = Pki::new("crl");
+    let intermediate = make_sub_ca_serial(&pki.ca, "qemu intermediate CA", Some(10));
+    let revoked_ca = make_sub_ca_serial(&pki.ca, "qemu revoked CA", Some(11));
+    let second_ca = make_ca("qemu CA 2");
+    let usage = ExtendedKeyUsagePurpose::ClientAuth;
+    let leaf = |ca: &Ca, serial| make_leaf_serial(ca, "qemu", &[], usage.clone(), Some(serial));
+    let good = leaf(&intermediate, 1001);
+    let revoked = leaf(&intermediate, 1002);
+    let under_revoked_ca = leaf(&revoked_ca, 1001);
+    let uncovered = leaf(&second_ca, 1002);
+    let sdir = pki.server_dir();
+    let cas = [&*pki.ca.pem, &second_ca.pem].concat();
+    std::fs::write(sdir.join("ca-cert.pem"), cas).unwrap();
+    let crls = [make_crl(&intermediate, &[1002]), make_crl(&pki.ca, &[11])].concat();
+    std::fs::write(sdir.join("ca-crl.pem"), crls).unwrap();
+    let screds = TlsCreds::x509_from_dir(Endpoint::Server, &sdir, true).unwrap();
+
+    let handshake = |name: &str, leaf: &Leaf, chain: &str| {
+        let cdir = pki.client_dir(name, &pki.ca, false);
+        let pem = [&*leaf.cert, chain].concat();
+        std::fs::write(cdir.join("client-cert.pem"), pem).unwrap();
+        std::fs::write(cdir.join("client-key.pem"), &leaf.key).unwrap();
+        let ccreds = TlsCreds::x509_from_dir(Endpoint::Client, cdir, true).unwrap();
+        let (a, b) = socket_pair();
+        let client = Arc::new(Tls::new_client(a, &ccreds, Some("localhost")).unwrap());
+        let server = Arc::new(Tls::new_server(b, &screds, None).unwrap());
+        let (cr, sr) = handshake_threads(&client, &server);
+        (client, server, cr, sr)
+    };
+
+    let (client, server, cr, sr) = handshake("client-good", &good, &intermediate.pem);
+    assert_eq!((cr, sr), (Ok(()), Ok(())), "a certificate no CRL lists");
+    ping_pong(&client, &server);
+
+    let (client, server, cr, sr) = handshake("client-uncovered", &uncovered, "");
+    assert_eq!((cr, sr), (Ok(()), Ok(())), "a CA without a CRL");
+    ping_pong(&client, &server);
+
+    for (name, leaf, chain) in [
+        ("client-revoked", &revoked, &intermediate.pem),
+        ("client-revoked-ca", &under_revoked_ca, &revoked_ca.pem),
+    ] {
+        let (client, server, cr, sr) = handshake(name, leaf, chain);
+        let se = sr.unwrap_err();
+        assert!(se.contains("certificate verify failed"), "{name}: {se}");
+        assert!(
+            se.contains("The certificate has been revoked"),
+            "{name}: {se}"
+        );
+        assert!(!server.is_handshake_complete());
+        // In TLS 1.3 the client learns of the refusal on its first read.
+        assert_eq!(cr, Ok(()), "{name}");
+        let mut buf = [0u8; 1];
+        let e = client.read_all(&mut buf).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("does not accept our certificate"), "{name}: {e}");
     }
 }

@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | both | `ca-cert.pem` | required: the CA(s) that sign the peer's certificate |
 //! | server | `server-cert.pem`, `server-key.pem` | required |
-//! | server | `ca-crl.pem` | optional: revoked client certificates |
+//! | server | `ca-crl.pem` | optional: revoked client certificates (see below) |
 //! | client | `client-cert.pem`, `client-key.pem` | optional, both or neither |
 //!
 //! `verify-peer` (QEMU's default: on): a server requires a client
@@ -18,6 +18,11 @@
 //! does). With it off, a server
 //! asks for no client certificate and a client accepts any server
 //! certificate (still checking that the server holds its key).
+//!
+//! With `ca-crl.pem`, a server refuses a client whose certificate, or an
+//! intermediate CA certificate of its chain, one of the CRLs lists as
+//! revoked ("The certificate has been revoked"); a certificate that no CRL
+//! covers (its issuer published none here) passes. Both as GnuTLS does.
 //!
 //! QEMU's `dh-params.pem` is not read: rustls only does (EC)DHE with
 //! built-in groups. `priority` strings are GnuTLS's and have no rustls
@@ -350,9 +355,15 @@ fn build(
                 let roots = roots.ok_or_else(|| {
                     config_err(format!("verify-peer needs the CA certificate ({CA_CERT})"))
                 })?;
+                // GnuTLS's semantics (verify-high.c checks each
+                // certificate of the chain against the CRLs of its issuer):
+                // a certificate that no CRL covers is not revoked. webpki's
+                // default would refuse every certificate whose issuer
+                // published no CRL here, intermediates included.
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                         .with_crls(crls)
+                        .allow_unknown_revocation_status()
                         .build()
                         .map_err(|e| {
                             config_err(format!("Cannot verify client certificates: {e}"))
