@@ -2,42 +2,83 @@
 //!
 //! # Protocol
 //!
-//! `locked` counts the holder plus every locker that announced itself and was
-//! not granted the mutex yet (QEMU's `mutex->locked`):
+//! One lock word, `state` (bits [`LOCKED`], [`QUEUED`], [`WOKEN`]), and a
+//! std mutex `slow` that guards the waiter queue. The uncontended lock is one
+//! compare-exchange, the uncontended unlock another; `slow` is taken only
+//! when a locker queues itself or an unlocker must wake a waiter.
 //!
-//! * lock, fast path: compare-exchange 0 -> 1. Otherwise (after a short spin
-//!   while the holder runs on another thread and nobody waits) `fetch_add(1)`:
-//!   if it returned 0 the mutex was free and is ours; else we are a *slow
-//!   locker* and take the `slow` mutex: a pending handoff token is ours at
-//!   once, otherwise we queue our [`CoHandle`] and yield until an unlocker
-//!   wakes us, the mutex already ours.
-//! * unlock: `fetch_sub(1)`; if it returned 1 nobody waits and we are done.
-//!   Otherwise at least one slow locker exists: under `slow` we pop the
-//!   oldest waiter and wake it, or, if it has not queued itself yet, leave a
-//!   handoff token that it will find when it takes `slow`.
+//! * lock: take the word if `LOCKED` is clear (a compare-exchange that sets
+//!   it). Otherwise spin a little while the holder runs on another thread and
+//!   nobody waits, as QEMU does; then, under `slow`, either take the word
+//!   (it was released meanwhile) or set `QUEUED` on it, queue our
+//!   [`CoHandle`] at the back and yield.
+//! * unlock: clear `LOCKED`, unless `QUEUED` is set and `WOKEN` is not: then,
+//!   under `slow`, pop the oldest waiter, mark it woken (`WOKEN`) and wake
+//!   it. Only one waiter is awake at a time: while `WOKEN` is set, unlockers
+//!   just release.
+//! * the woken waiter, back in its own context, takes the word if it is free.
+//!   If a newcomer took it first, the waiter goes back to the *front* of the
+//!   queue, so queued waiters are always served oldest first.
+//! * bounded barging: a newcomer may take a free word ahead of the woken
+//!   waiter, but only until the oldest waiter has waited [`STARVE`]: then
+//!   the unlocker does not release at all, it hands the mutex over (QEMU's
+//!   handoff: `LOCKED` stays set and the waiter wakes up owning it).
 //!
-//! Every unlock that finds `locked > 1` grants the mutex to exactly one slow
-//! locker, and every slow locker consumes exactly one grant (a wakeup or a
-//! token), so no wakeup is lost and the mutex never has two holders. At most
-//! one token exists at a time: only the holder unlocks, and the token's
-//! consumer must take it before it can unlock. A new locker never overtakes a
-//! waiter (the fast path needs `locked == 0`, which means nobody waits):
-//! ownership is handed off FIFO, as in QEMU. The uncontended lock and unlock
-//! are one atomic read-modify-write each; `slow` is only taken when there is
-//! contention.
+//! Why barging. Coroutines do not migrate: a waiter must resume on its own
+//! thread. Under strict handoff every contended unlock leaves the mutex
+//! owned by a coroutine that is not running yet, for one cross-thread wakeup
+//! (a few µs, or a scheduler time slice when that thread waits for a CPU),
+//! and the unlocker, locking again, must queue behind it: the lock convoys
+//! and throughput collapses to one critical section per wakeup. With a
+//! bounded window the running holder keeps going while the woken waiter is on
+//! its way, and the waiter still gets the mutex within [`STARVE`] of
+//! reaching the front of the queue (Go's `sync.Mutex` normal and starvation
+//! modes are the same idea).
+//!
+//! No wakeup is lost: `QUEUED` is set on the lock word, by a compare-exchange
+//! that sees `LOCKED` set, before the waiter queues, so the holder's unlock
+//! either fails its fast compare-exchange and takes `slow` (where it finds
+//! the waiter), or happened first and the locker sees the word free. A woken
+//! waiter keeps `WOKEN` set until it either holds the mutex or is queued
+//! again with `QUEUED` set, so an unlocker that skips the wakeup always
+//! leaves one waiter that will look at the word again. The mutex never has
+//! two holders: `LOCKED` is only set by a compare-exchange that found it
+//! clear, or kept set by a handoff for the one waiter it names.
 
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use super::{holder_id, lock_std};
+#[cfg(loom)]
+use loom::sync::{atomic::AtomicUsize as StateWord, Mutex as SlowMutex, MutexGuard};
+#[cfg(not(loom))]
+use std::sync::{atomic::AtomicUsize as StateWord, Mutex as SlowMutex, MutexGuard};
+// Hints and the holder's own bookkeeping: never a correctness input for
+// the protocol, so plain std atomics even under loom.
+use std::sync::atomic::AtomicUsize;
+
+use super::holder_id;
 use crate::coroutine::{tls, yield_now, CoHandle, Coroutine};
 use crate::trace;
+
+/// Lock word bit: the mutex has a holder (possibly a waiter that was handed
+/// the mutex and has not run yet).
+const LOCKED: usize = 1;
+/// Lock word bit: `Slow::waiters` is not empty. Changed only under `slow`.
+const QUEUED: usize = 2;
+/// Lock word bit: `Slow::woken` holds a waiter that was woken and has not
+/// looked at the word yet. Changed only under `slow`.
+const WOKEN: usize = 4;
+
+/// How long the oldest waiter may be overtaken by newcomers before unlocks
+/// hand the mutex over to it instead of releasing it. Long enough that a
+/// cross-thread wakeup (1-10 µs) never triggers it on a machine with a CPU
+/// per thread; short next to a scheduler time slice.
+pub(crate) const STARVE: Duration = Duration::from_micros(500);
 
 /// How many times a locker spins while the holder runs on another thread and
 /// nobody waits (QEMU spins up to 1000 times before it sleeps).
@@ -76,8 +117,8 @@ const SPIN_LIMIT: u32 = 1000;
 /// assert_eq!(*m.try_lock().unwrap(), 11);
 /// ```
 pub struct CoMutex<T: ?Sized = ()> {
-    /// Holder plus announced, not yet granted lockers (see the module docs).
-    locked: AtomicUsize,
+    /// The lock word and the waiter queue (see the module docs).
+    core: Core<CoHandle>,
     /// The holder's identity ([`holder_id`]), 0 when free. Written only by
     /// the holder (after it got the mutex, before it releases it); read by
     /// the holder for its checks and by lockers as a hint.
@@ -85,37 +126,36 @@ pub struct CoMutex<T: ?Sized = ()> {
     /// The thread token of the holder, 0 when free: lockers spin only while
     /// the holder runs on another thread. A hint, never a correctness input.
     holder_thread: AtomicUsize,
-    /// Slow path only: waiters and the handoff token.
-    slow: Mutex<Slow>,
     data: UnsafeCell<T>,
-}
-
-struct Slow {
-    /// Slow lockers that queued themselves, oldest first.
-    waiters: VecDeque<CoHandle>,
-    /// Grants left by an unlocker that found no waiter queued (0 or 1).
-    handoffs: usize,
 }
 
 // SAFETY: the mutex hands out access to `data` only through a guard, and
 // the protocol above guarantees one holder at a time; the holder may run on
-// any thread, so `T` must be `Send`. The other fields are atomics or a std
-// mutex.
+// any thread, so `T` must be `Send`. The other fields are atomics or behind
+// a std mutex, and `CoHandle` is `Send`.
 unsafe impl<T: ?Sized + Send> Sync for CoMutex<T> {}
 // SAFETY: as above; moving the mutex moves `T`.
 unsafe impl<T: ?Sized + Send> Send for CoMutex<T> {}
 
 impl<T> CoMutex<T> {
     /// Creates an unlocked mutex holding `data` (QEMU's `qemu_co_mutex_init`).
+    #[cfg(not(loom))]
     pub const fn new(data: T) -> CoMutex<T> {
         CoMutex {
-            locked: AtomicUsize::new(0),
+            core: Core::new(),
             holder: AtomicUsize::new(0),
             holder_thread: AtomicUsize::new(0),
-            slow: Mutex::new(Slow {
-                waiters: VecDeque::new(),
-                handoffs: 0,
-            }),
+            data: UnsafeCell::new(data),
+        }
+    }
+
+    /// Creates an unlocked mutex holding `data` (loom atomics are not `const`).
+    #[cfg(loom)]
+    pub fn new(data: T) -> CoMutex<T> {
+        CoMutex {
+            core: Core::new(),
+            holder: AtomicUsize::new(0),
+            holder_thread: AtomicUsize::new(0),
             data: UnsafeCell::new(data),
         }
     }
@@ -154,9 +194,7 @@ impl<T: ?Sized> CoMutex<T> {
     /// # Thread context
     /// Any thread, in or outside a coroutine.
     pub fn try_lock(&self) -> Option<CoMutexGuard<'_, T>> {
-        // Acquire: pairs with the Release `fetch_sub` in `release`, making
-        // the previous holder's critical section visible to us.
-        if self.locked.compare_exchange(0, 1, Acquire, Relaxed).is_ok() {
+        if self.core.try_take() {
             self.set_holder();
             Some(CoMutexGuard {
                 mutex: self,
@@ -169,7 +207,7 @@ impl<T: ?Sized> CoMutex<T> {
 
     /// Whether some coroutine (or thread) holds the mutex. A snapshot.
     pub fn is_locked(&self) -> bool {
-        self.locked.load(Relaxed) != 0
+        self.core.state.load(Relaxed) & LOCKED != 0
     }
 
     /// Panics unless the caller holds the mutex (QEMU's
@@ -179,7 +217,7 @@ impl<T: ?Sized> CoMutex<T> {
     /// If the mutex is free or held by another coroutine.
     pub fn assert_locked(&self) {
         assert!(
-            self.locked.load(Relaxed) != 0 && self.holder.load(Relaxed) == holder_id(),
+            self.is_locked() && self.holder.load(Relaxed) == holder_id(),
             "CoMutex is not locked by the calling coroutine"
         );
     }
@@ -199,26 +237,7 @@ impl<T: ?Sized> CoMutex<T> {
     fn acquire(&self) {
         let me_ptr = tls::current_co() as *const ();
         assert!(!me_ptr.is_null(), "CoMutex::lock outside a coroutine");
-        let here = tls::thread_token();
-        let mut spins = 0;
-        let waiters = loop {
-            // Acquire: pairs with the Release `fetch_sub` in `release`.
-            match self.locked.compare_exchange(0, 1, Acquire, Relaxed) {
-                Ok(_) => break 0,
-                Err(1) if spins < SPIN_LIMIT && self.holder_thread.load(Relaxed) != here => {
-                    // The holder runs elsewhere and nobody waits: a short
-                    // critical section ends sooner than a sleep and wakeup.
-                    spins += 1;
-                    std::hint::spin_loop();
-                }
-                Err(_) => {
-                    // Acquire: if we see 0, pairs with the Release
-                    // `fetch_sub` of the last unlock (the mutex is ours).
-                    break self.locked.fetch_add(1, Acquire);
-                }
-            }
-        };
-        if waiters == 0 {
+        if self.core.try_take() || self.spin() {
             trace::qemu_co_mutex_lock_uncontended(self.ptr(), me_ptr);
         } else {
             self.lock_slowpath();
@@ -226,32 +245,45 @@ impl<T: ?Sized> CoMutex<T> {
         self.set_holder();
     }
 
+    /// QEMU's spin in `qemu_co_mutex_lock`: while the holder runs on another
+    /// thread and nobody waits, a short critical section ends sooner than a
+    /// sleep and a wakeup. Reads the word and only tries to take it when it
+    /// looks free, so that spinning does not steal the cache line from the
+    /// holder. Returns whether we took the mutex.
+    fn spin(&self) -> bool {
+        let here = tls::thread_token();
+        for _ in 0..SPIN_LIMIT {
+            let s = self.core.state.load(Relaxed);
+            if s & LOCKED == 0 {
+                if self.core.try_take() {
+                    return true;
+                }
+            } else if s != LOCKED || self.holder_thread.load(Relaxed) == here {
+                // Waiters exist (spinning would overtake them), or the
+                // holder needs this very thread to make progress.
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+        false
+    }
+
     #[cold]
     fn lock_slowpath(&self) {
         let me = Coroutine::current().expect("CoMutex::lock outside a coroutine");
         trace::qemu_co_mutex_lock_entry(self.ptr(), me.as_ptr());
-        let handle = me.handle();
-        {
-            let mut slow = lock_std(&self.slow);
-            if slow.handoffs > 0 {
-                // An unlocker granted the mutex before we queued. The std
-                // mutex orders its release before our acquisition.
-                slow.handoffs -= 1;
-                return;
-            }
-            slow.waiters.push_back(handle);
-        }
-        // The unlocker may pop us and wake us before we yield: from another
-        // thread the wakeup goes through our home context's queue, which
-        // runs us only after this yield returns control to the loop; on our
-        // thread it cannot run concurrently with us.
-        yield_now();
+        // The waker may wake us before we yield: from another thread the
+        // wakeup goes through our home context's queue, which runs us only
+        // after this yield returns control to the loop; on our thread it
+        // cannot run concurrently with us.
+        self.core
+            .lock_slow(me.as_ptr() as usize, || me.handle(), yield_now);
         trace::qemu_co_mutex_lock_return(self.ptr(), me.as_ptr());
     }
 
     fn release(&self) {
         let holder = self.holder.load(Relaxed);
-        if self.locked.load(Relaxed) == 0 || holder == 0 {
+        if !self.is_locked() || holder == 0 {
             panic!("CoMutex::unlock: the mutex is not locked");
         }
         let me = holder_id();
@@ -261,30 +293,11 @@ impl<T: ?Sized> CoMutex<T> {
         trace::qemu_co_mutex_unlock_entry(self.ptr(), me as *const ());
         self.holder.store(0, Relaxed);
         self.holder_thread.store(0, Relaxed);
-        // Release: publishes our critical section to the next holder, which
-        // reads this counter with Acquire (fast path) or is woken through
-        // `slow` and the co_schedule queue (slow path, both Release/Acquire).
-        if self.locked.fetch_sub(1, Release) == 1 {
-            return; // nobody waits
-        }
-        self.handoff();
-        trace::qemu_co_mutex_unlock_return(self.ptr(), me as *const ());
-    }
-
-    #[cold]
-    fn handoff(&self) {
-        let next = {
-            let mut slow = lock_std(&self.slow);
-            let next = slow.waiters.pop_front();
-            if next.is_none() {
-                slow.handoffs += 1;
-            }
-            next
-        };
-        // Outside the std mutex: waking may enter the waiter right now.
-        if let Some(w) = next {
+        if let Some(w) = self.core.release(|since| since.elapsed() >= STARVE) {
+            // Outside `slow`: waking may enter the waiter right now.
             w.wake();
         }
+        trace::qemu_co_mutex_unlock_return(self.ptr(), me as *const ());
     }
 
     fn ptr(&self) -> *const () {
@@ -322,7 +335,7 @@ impl CoMutex<()> {
 impl<T: ?Sized + fmt::Debug> fmt::Debug for CoMutex<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CoMutex")
-            .field("locked", &self.locked.load(Relaxed))
+            .field("locked", &self.is_locked())
             .finish_non_exhaustive()
     }
 }
@@ -407,5 +420,326 @@ impl Lockable for CoMutex<()> {
     }
     fn unlock(&self) {
         CoMutex::unlock(self);
+    }
+}
+
+/// The lock protocol, apart from coroutines: `W` is how a waiter is woken
+/// ([`CoHandle`] here, a parked thread in the loom models).
+struct Core<W> {
+    /// [`LOCKED`] | [`QUEUED`] | [`WOKEN`]. `LOCKED` changes by
+    /// compare-exchange from any locker or the holder; `QUEUED` and `WOKEN`
+    /// change only under `slow`, but with a compare-exchange too, since
+    /// lockers and the holder may change `LOCKED` meanwhile.
+    state: StateWord,
+    /// The waiters. Never held across a yield.
+    slow: SlowMutex<Slow<W>>,
+}
+
+struct Slow<W> {
+    /// Queued waiters, oldest first; [`QUEUED`] is set iff not empty.
+    waiters: VecDeque<Waiter<W>>,
+    /// The waiter woken by the last slow unlock, until it runs; [`WOKEN`]
+    /// is set iff `Some`.
+    woken: Option<Waiter<W>>,
+    /// Whether `woken` was handed the mutex (`LOCKED` kept for it).
+    granted: bool,
+}
+
+struct Waiter<W> {
+    waker: W,
+    /// The waiting coroutine's address: checks that the one resumed is the
+    /// one woken.
+    id: usize,
+    /// When it first queued: it keeps its age when it goes back to the front.
+    since: Instant,
+}
+
+fn lock_slow_state<T>(m: &SlowMutex<T>) -> MutexGuard<'_, T> {
+    // Poisoning cannot leave `Slow` half-updated: nothing in its critical
+    // sections panics between two related writes.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<W: Clone> Core<W> {
+    #[cfg(not(loom))]
+    const fn new() -> Self {
+        Core {
+            state: StateWord::new(0),
+            slow: SlowMutex::new(Slow {
+                waiters: VecDeque::new(),
+                woken: None,
+                granted: false,
+            }),
+        }
+    }
+
+    #[cfg(loom)]
+    fn new() -> Self {
+        Core {
+            state: StateWord::new(0),
+            slow: SlowMutex::new(Slow {
+                waiters: VecDeque::new(),
+                woken: None,
+                granted: false,
+            }),
+        }
+    }
+
+    /// Takes the mutex if it has no holder, even ahead of queued waiters
+    /// (the barging window; see the module docs). Returns whether it did.
+    fn try_take(&self) -> bool {
+        let mut s = self.state.load(Relaxed);
+        while s & LOCKED == 0 {
+            // Acquire: pairs with the Release compare-exchanges that clear
+            // LOCKED in `release` / `wake_oldest`, making the previous
+            // holder's critical section visible to us.
+            match self
+                .state
+                .compare_exchange_weak(s, s | LOCKED, Acquire, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => s = now,
+            }
+        }
+        false
+    }
+
+    /// Under `slow`: takes the mutex if it has no holder (and returns true),
+    /// or marks the word `QUEUED` while it has one (the caller then queues).
+    /// `clear` is dropped from the word either way; `QUEUED` is cleared
+    /// when taking it with `waiters_left` false.
+    fn take_or_mark_queued(&self, clear: usize, waiters_left: bool) -> bool {
+        let mut s = self.state.load(Relaxed);
+        loop {
+            let (next, took) = if s & LOCKED == 0 {
+                let keep = if waiters_left {
+                    !clear
+                } else {
+                    !(clear | QUEUED)
+                };
+                ((s | LOCKED) & keep, true)
+            } else {
+                ((s | QUEUED) & !clear, false)
+            };
+            // Acquire: when taking, as in `try_take`. When queueing, it
+            // orders nothing (the holder finds our record through `slow`),
+            // but one ordering for both keeps the loop simple.
+            match self.state.compare_exchange_weak(s, next, Acquire, Relaxed) {
+                Ok(_) => return took,
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Queues the caller (or takes the mutex if it became free) and returns
+    /// once it holds the mutex. `wait` must return only after the `W` made by
+    /// `waker` was woken; it is called with `slow` unlocked.
+    fn lock_slow(&self, id: usize, waker: impl FnOnce() -> W, mut wait: impl FnMut()) {
+        let mut slow = lock_slow_state(&self.slow);
+        if self.take_or_mark_queued(0, true) {
+            return;
+        }
+        slow.waiters.push_back(Waiter {
+            waker: waker(),
+            id,
+            since: Instant::now(),
+        });
+        loop {
+            drop(slow);
+            wait();
+            slow = lock_slow_state(&self.slow);
+            let me = slow
+                .woken
+                .take()
+                .expect("CoMutex: a waiter resumed without being woken");
+            assert_eq!(me.id, id, "CoMutex: resumed a waiter that was not woken");
+            let left = !slow.waiters.is_empty();
+            if std::mem::take(&mut slow.granted) {
+                // Handed over: LOCKED was kept for us. `slow` orders the
+                // unlocker's critical section before us (it set `granted`
+                // under it).
+                let clear = if left { WOKEN } else { WOKEN | QUEUED };
+                self.state.fetch_and(!clear, Relaxed);
+                return;
+            }
+            if self.take_or_mark_queued(WOKEN, left) {
+                return;
+            }
+            // A newcomer got it first: back to the front, keeping our age.
+            slow.waiters.push_front(me);
+        }
+    }
+
+    /// Unlocks; returns the waiter to wake, which the caller must wake after
+    /// this returns (no lock held). `starving` says whether the oldest
+    /// waiter, queued at the given instant, must be handed the mutex.
+    fn release(&self, starving: impl FnOnce(&Instant) -> bool) -> Option<W> {
+        let mut s = LOCKED;
+        loop {
+            if s & (QUEUED | WOKEN) == QUEUED {
+                return Some(self.wake_oldest(starving));
+            }
+            // Release: publishes the critical section to the next holder,
+            // which takes the word with Acquire (`try_take`,
+            // `take_or_mark_queued`). With WOKEN set a waiter is already on
+            // its way and will look at the word: no wakeup needed.
+            match self
+                .state
+                .compare_exchange_weak(s, s & !LOCKED, Release, Relaxed)
+            {
+                Ok(_) => return None,
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    #[cold]
+    fn wake_oldest(&self, starving: impl FnOnce(&Instant) -> bool) -> W {
+        let mut slow = lock_slow_state(&self.slow);
+        // QUEUED was set when we looked, and only `slow` holders clear it:
+        // the waiter that set it is in the queue (it pushed before it
+        // released `slow`).
+        let w = slow
+            .waiters
+            .pop_front()
+            .expect("CoMutex: QUEUED without a waiter");
+        let grant = starving(&w.since);
+        let last = slow.waiters.is_empty();
+        let mut s = self.state.load(Relaxed);
+        loop {
+            let mut next = s | WOKEN;
+            if last {
+                next &= !QUEUED;
+            }
+            if !grant {
+                next &= !LOCKED;
+            }
+            // Release: as in `release`, for a newcomer that takes the word
+            // once LOCKED is clear. The woken waiter itself is ordered after
+            // us by `slow`.
+            match self.state.compare_exchange_weak(s, next, Release, Relaxed) {
+                Ok(_) => break,
+                Err(now) => s = now,
+            }
+        }
+        let waker = w.waker.clone();
+        slow.woken = Some(w);
+        slow.granted = grant;
+        waker
+    }
+}
+
+/// loom models of the lock word and the waiter queue:
+/// `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p corio --profile loom --lib loom_`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::cell::UnsafeCell;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// A blocked thread stands for a yielded coroutine: `wake` sets its
+    /// flag and signals it, as a co_schedule push and notify would; the
+    /// flag's mutex orders the waker's writes before the woken thread's reads
+    /// (the co_schedule queue's Release/Acquire does that for coroutines).
+    #[derive(Clone)]
+    struct ThreadWaker(Arc<(loom::sync::Mutex<bool>, loom::sync::Condvar)>);
+
+    impl ThreadWaker {
+        fn new() -> Self {
+            ThreadWaker(Arc::new((
+                loom::sync::Mutex::new(false),
+                loom::sync::Condvar::new(),
+            )))
+        }
+        fn wake(&self) {
+            *self.0 .0.lock().unwrap() = true;
+            self.0 .1.notify_one();
+        }
+        fn wait(&self) {
+            let mut woken = self.0 .0.lock().unwrap();
+            while !*woken {
+                woken = self.0 .1.wait(woken).unwrap();
+            }
+            *woken = false;
+        }
+    }
+
+    struct Shared {
+        core: Core<ThreadWaker>,
+        /// Written under the mutex only: loom reports any access that is
+        /// not ordered after the previous holder's.
+        counter: UnsafeCell<usize>,
+    }
+
+    fn section(sh: &Shared, id: usize, me: &ThreadWaker, starving: fn(usize) -> bool) {
+        if !sh.core.try_take() {
+            let w = me.clone();
+            sh.core.lock_slow(id, move || w, || me.wait());
+        }
+        // SAFETY: we hold the mutex; loom checks it.
+        sh.counter.with_mut(|c| unsafe { *c += 1 });
+        // The policy looks at the holder, not the clock: loom needs a
+        // deterministic model.
+        if let Some(w) = sh.core.release(|_| starving(id)) {
+            w.wake();
+        }
+    }
+
+    /// `threads` contenders (the model's main thread is one), each running
+    /// `iters` critical sections. Every section counts once, the mutex ends
+    /// free with an empty queue, and no thread stays parked (loom reports a
+    /// deadlock if one does).
+    fn model(threads: usize, iters: usize, starving: fn(usize) -> bool) {
+        loom::model(move || {
+            let sh = Arc::new(Shared {
+                core: Core::new(),
+                counter: UnsafeCell::new(0),
+            });
+            let hs: Vec<_> = (1..threads)
+                .map(|id| {
+                    let sh = sh.clone();
+                    thread::spawn(move || {
+                        let me = ThreadWaker::new();
+                        for _ in 0..iters {
+                            section(&sh, id, &me, starving);
+                        }
+                    })
+                })
+                .collect();
+            let me = ThreadWaker::new();
+            for _ in 0..iters {
+                section(&sh, 0, &me, starving);
+            }
+            for h in hs {
+                h.join().unwrap();
+            }
+            // SAFETY: every thread has finished.
+            let n = sh.counter.with(|c| unsafe { *c });
+            assert_eq!(n, threads * iters);
+            assert_eq!(sh.core.state.load(Relaxed), 0);
+            let slow = lock_slow_state(&sh.core.slow);
+            assert!(slow.waiters.is_empty() && slow.woken.is_none() && !slow.granted);
+        });
+    }
+
+    /// Pure barging window: unlocks always release, woken waiters compete.
+    #[test]
+    fn loom_co_mutex_barging() {
+        model(2, 2, |_| false);
+        model(3, 1, |_| false);
+    }
+
+    /// Pure handoff (every waiter starving): QEMU's protocol.
+    #[test]
+    fn loom_co_mutex_handoff() {
+        model(2, 2, |_| true);
+        model(3, 1, |_| true);
+    }
+
+    /// Mixed: some unlocks hand over, others release.
+    #[test]
+    fn loom_co_mutex_mixed() {
+        model(3, 1, |holder| holder == 1);
     }
 }
