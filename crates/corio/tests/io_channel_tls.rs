@@ -18,9 +18,8 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use corio::io::address::SocketAddress;
-use corio::io::task::Task;
 use corio::io::tls::{Endpoint, TlsChannel, TlsCreds, TlsError, X509Pem};
-use corio::io::{Channel, Feature, SocketChannel};
+use corio::io::{Channel, Feature, SocketChannel, WebsockChannel};
 use corio::{AioContext, Coroutine, IoThread};
 use io_channel_helpers::{join_bounded, pattern, run_threads};
 use rcgen::{
@@ -211,16 +210,23 @@ fn poll_until(ctx: &AioContext, what: &str, done: impl Fn() -> bool) {
     }
 }
 
-type Outcome = Arc<Mutex<Option<(ThreadId, Result<(), String>)>>>;
+/// How a handshake task ended: the channel, or the error's message.
+type Handshaken = Result<Arc<Tls>, String>;
+
+type Outcome = Arc<Mutex<Option<(ThreadId, Handshaken)>>>;
 
 /// Starts a handshake task whose completion records where it ran and how
 /// it ended.
-fn start_task(ch: &Arc<Tls>, ctx: &AioContext) -> Outcome {
+fn start_task(ch: Tls, ctx: &AioContext) -> Outcome {
     let out: Outcome = Arc::new(Mutex::new(None));
     let o = out.clone();
     ch.handshake(
-        move |t: &mut Task<Arc<Tls>>| {
-            let r = t.propagate_error().map_err(|e| e.to_string());
+        move |r: std::io::Result<Tls>| {
+            let r = r.map(Arc::new).map_err(|e| {
+                // The typed error travels inside the io::Error.
+                assert!(TlsError::from_io(&e).is_some(), "{e:?}");
+                e.to_string()
+            });
             *o.lock().unwrap() = Some((std::thread::current().id(), r));
         },
         Some(ctx),
@@ -231,11 +237,7 @@ fn start_task(ch: &Arc<Tls>, ctx: &AioContext) -> Outcome {
 /// Both handshakes as QIOTasks in `ctx` (QEMU's test: one main loop
 /// iterated until both completions ran); returns their results after
 /// checking that the completions ran on this thread.
-fn handshake_tasks(
-    ctx: &AioContext,
-    client: &Arc<Tls>,
-    server: &Arc<Tls>,
-) -> (Result<(), String>, Result<(), String>) {
+fn handshake_tasks(ctx: &AioContext, client: Tls, server: Tls) -> (Handshaken, Handshaken) {
     let c = start_task(client, ctx);
     let s = start_task(server, ctx);
     poll_until(ctx, "both handshake completions", || {
@@ -261,15 +263,33 @@ fn handshake_threads(
 }
 
 /// Good certificates, both ends verifying, client authorized by name;
-/// returns the handshaken pair.
-fn good_pair(
+/// returns the pair, not yet handshaken.
+fn good_pair(pki: &Pki, client_sock: SocketChannel, server_sock: SocketChannel) -> (Tls, Tls) {
+    let client = Tls::new_client(client_sock, &pki.client_creds(), Some("localhost")).unwrap();
+    let server = Tls::new_server(server_sock, &pki.server_creds(true), Some(qemu_authz())).unwrap();
+    (client, server)
+}
+
+/// As `good_pair`, shared.
+fn good_pair_arc(
     pki: &Pki,
     client_sock: SocketChannel,
     server_sock: SocketChannel,
 ) -> (Arc<Tls>, Arc<Tls>) {
-    let client = Tls::new_client(client_sock, &pki.client_creds(), Some("localhost")).unwrap();
-    let server = Tls::new_server(server_sock, &pki.server_creds(true), Some(qemu_authz())).unwrap();
+    let (client, server) = good_pair(pki, client_sock, server_sock);
     (Arc::new(client), Arc::new(server))
+}
+
+/// Both handshake tasks succeeded: their channels.
+fn both_ok((cr, sr): (Handshaken, Handshaken)) -> (Arc<Tls>, Arc<Tls>) {
+    match (cr, sr) {
+        (Ok(c), Ok(s)) => (c, s),
+        (cr, sr) => panic!(
+            "handshakes failed: client {:?}, server {:?}",
+            cr.err(),
+            sr.err()
+        ),
+    }
 }
 
 /// Small messages both ways, from this thread (the channels may be in
@@ -303,9 +323,7 @@ fn io_channel_tls_basic_socketpair_task() {
     assert!(client.has_feature(Feature::Shutdown));
     assert!(!client.has_feature(Feature::FdPass));
     let ctx = AioContext::new().unwrap();
-    let (cr, sr) = handshake_tasks(&ctx, &client, &server);
-    assert_eq!(cr, Ok(()));
-    assert_eq!(sr, Ok(()));
+    let (client, server) = both_ok(handshake_tasks(&ctx, client, server));
     assert!(client.is_handshake_complete() && server.is_handshake_complete());
     assert_eq!(server.peer_name().as_deref(), Some("C=UK,CN=qemu"));
     assert_eq!(client.peer_name().as_deref(), Some("C=UK,CN=qemu.org"));
@@ -320,26 +338,25 @@ fn io_channel_tls_basic_tcp_task() {
     let pki = Pki::new("basic-tcp");
     for host in ["localhost", "127.0.0.1"] {
         let (c, s) = tcp_pair();
-        let client = Arc::new(Tls::new_client(c, &pki.client_creds(), Some(host)).unwrap());
-        let server =
-            Arc::new(Tls::new_server(s, &pki.server_creds(true), Some(qemu_authz())).unwrap());
+        let client = Tls::new_client(c, &pki.client_creds(), Some(host)).unwrap();
+        let server = Tls::new_server(s, &pki.server_creds(true), Some(qemu_authz())).unwrap();
         let ctx = AioContext::new().unwrap();
         // The server's handshake is started from another thread: its steps
         // and completion still run in the context.
-        let client_out = start_task(&client, &ctx);
-        let (srv, c2) = (server.clone(), ctx.clone());
-        let server_out = std::thread::spawn(move || start_task(&srv, &c2))
+        let client_out = start_task(client, &ctx);
+        let c2 = ctx.clone();
+        let server_out = std::thread::spawn(move || start_task(server, &c2))
             .join()
             .unwrap();
         poll_until(&ctx, "both handshake completions", || {
             client_out.lock().unwrap().is_some() && server_out.lock().unwrap().is_some()
         });
         let me = std::thread::current().id();
-        for out in [client_out, server_out] {
+        let [client, server] = [client_out, server_out].map(|out| {
             let (t, r) = out.lock().unwrap().take().unwrap();
             assert_eq!(t, me);
-            assert_eq!(r, Ok(()), "host {host}");
-        }
+            r.unwrap_or_else(|e| panic!("host {host}: {e}"))
+        });
         ping_pong(&client, &server);
         run_both_ways(&client, &server);
     }
@@ -453,7 +470,7 @@ fn expect_reports(rx: &mpsc::Receiver<(String, Result<(), String>)>, n: usize) {
 fn io_channel_tls_coroutines_two_iothreads() {
     let pki = Pki::new("co-iothreads");
     let (c, s) = tcp_pair();
-    let (client, server) = good_pair(&pki, c, s);
+    let (client, server) = good_pair_arc(&pki, c, s);
     let (t1, t2) = (IoThread::new().unwrap(), IoThread::new().unwrap());
     let (tx, rx) = mpsc::channel();
     let len = big();
@@ -469,7 +486,7 @@ fn io_channel_tls_coroutines_two_iothreads() {
 fn io_channel_tls_coroutines_one_context() {
     let pki = Pki::new("co-one");
     let (a, b) = socket_pair();
-    let (client, server) = good_pair(&pki, a, b);
+    let (client, server) = good_pair_arc(&pki, a, b);
     let ctx = AioContext::new().unwrap();
     let (tx, rx) = mpsc::channel();
     let len = big();
@@ -496,17 +513,30 @@ fn io_channel_tls_bad_ca() {
     // The client trusts a CA that did not sign the server's certificate.
     let cdir = pki.client_dir("client-other-ca", &pki.other_ca, true);
     let ccreds = TlsCreds::x509_from_dir(Endpoint::Client, cdir, true).unwrap();
-    let client = Arc::new(Tls::new_client(a, &ccreds, Some("localhost")).unwrap());
-    let server = Arc::new(Tls::new_server(b, &pki.server_creds(true), None).unwrap());
+    let client = Tls::new_client(a, &ccreds, Some("localhost")).unwrap();
+    let server = Tls::new_server(b, &pki.server_creds(true), None).unwrap();
     let ctx = AioContext::new().unwrap();
-    let (cr, sr) = handshake_tasks(&ctx, &client, &server);
+    let (cr, sr) = handshake_tasks(&ctx, client, server);
     let ce = cr.unwrap_err();
     assert!(ce.contains("certificate verify failed"), "{ce}");
     assert!(ce.contains("hasn't got a known issuer"), "{ce}");
     // The client's alert tells the server why.
     let se = sr.unwrap_err();
     assert!(se.contains("does not accept our certificate"), "{se}");
-    // Neither end is usable afterwards.
+    // The same in line, which keeps the channels: the error is typed, and
+    // neither end is usable afterwards.
+    let (a, b) = socket_pair();
+    let client = Arc::new(Tls::new_client(a, &ccreds, Some("localhost")).unwrap());
+    let server = Arc::new(Tls::new_server(b, &pki.server_creds(true), None).unwrap());
+    let s = server.clone();
+    let st = std::thread::spawn(move || s.handshake_sync());
+    let e = client.handshake_sync().unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    assert!(
+        matches!(TlsError::from_io(&e), Some(TlsError::Handshake { .. })),
+        "{e:?}"
+    );
+    assert!(join_bounded(st, "server handshake").is_err());
     let e = client.write_all(b"x").unwrap_err();
     assert!(e.to_string().contains("unusable"), "{e}");
     assert!(!server.is_handshake_complete());
@@ -516,10 +546,10 @@ fn io_channel_tls_bad_ca() {
 fn io_channel_tls_wrong_hostname() {
     let pki = Pki::new("hostname");
     let (a, b) = socket_pair();
-    let client = Arc::new(Tls::new_client(a, &pki.client_creds(), Some("wrong.example")).unwrap());
-    let server = Arc::new(Tls::new_server(b, &pki.server_creds(true), None).unwrap());
+    let client = Tls::new_client(a, &pki.client_creds(), Some("wrong.example")).unwrap();
+    let server = Tls::new_server(b, &pki.server_creds(true), None).unwrap();
     let ctx = AioContext::new().unwrap();
-    let (cr, sr) = handshake_tasks(&ctx, &client, &server);
+    let (cr, sr) = handshake_tasks(&ctx, client, server);
     let ce = cr.unwrap_err();
     assert!(
         ce.contains("Certificate does not match the hostname wrong.example"),
@@ -534,19 +564,19 @@ fn io_channel_tls_client_cert_required() {
     let (a, b) = socket_pair();
     let cdir = pki.client_dir("client-nocert", &pki.ca, false);
     let ccreds = TlsCreds::x509_from_dir(Endpoint::Client, cdir, true).unwrap();
-    let client = Arc::new(Tls::new_client(a, &ccreds, Some("localhost")).unwrap());
-    let server = Arc::new(Tls::new_server(b, &pki.server_creds(true), None).unwrap());
+    let client = Tls::new_client(a, &ccreds, Some("localhost")).unwrap();
+    let server = Tls::new_server(b, &pki.server_creds(true), None).unwrap();
     let ctx = AioContext::new().unwrap();
-    let (cr, sr) = handshake_tasks(&ctx, &client, &server);
+    let (cr, sr) = handshake_tasks(&ctx, client, server);
     let se = sr.unwrap_err();
     assert!(se.contains("No certificate peers"), "{se}");
     // In TLS 1.3 the client has finished its part before the server judges
     // its (empty) certificate: it learns of the refusal on its first read.
+    let client = cr.unwrap();
     assert_eq!(
         client.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
-    assert_eq!(cr, Ok(()));
     let mut buf = [0u8; 1];
     let e = client.read_all(&mut buf).unwrap_err();
     assert!(
@@ -563,11 +593,10 @@ fn io_channel_tls_verify_peer_off_accepts_certless_client() {
     let ccreds = TlsCreds::x509_from_dir(Endpoint::Client, cdir, true).unwrap();
     let screds = pki.server_creds(false);
     assert!(!screds.verify_peer());
-    let client = Arc::new(Tls::new_client(a, &ccreds, Some("localhost")).unwrap());
-    let server = Arc::new(Tls::new_server(b, &screds, None).unwrap());
+    let client = Tls::new_client(a, &ccreds, Some("localhost")).unwrap();
+    let server = Tls::new_server(b, &screds, None).unwrap();
     let ctx = AioContext::new().unwrap();
-    let (cr, sr) = handshake_tasks(&ctx, &client, &server);
-    assert_eq!((cr, sr), (Ok(()), Ok(())));
+    let (client, server) = both_ok(handshake_tasks(&ctx, client, server));
     assert_eq!(server.peer_name(), None);
     ping_pong(&client, &server);
 }
@@ -590,18 +619,17 @@ fn io_channel_tls_verify_peer_off_client_accepts_any_server() {
 fn io_channel_tls_authz_denied() {
     let pki = Pki::new("authz");
     let (a, b) = socket_pair();
-    let client = Arc::new(Tls::new_client(a, &pki.client_creds(), Some("localhost")).unwrap());
+    let client = Tls::new_client(a, &pki.client_creds(), Some("localhost")).unwrap();
     let deny: Arc<dyn corio::io::tls::Authz> = Arc::new(|dn: &str| dn.contains("CN=admin"));
-    let server = Arc::new(Tls::new_server(b, &pki.server_creds(true), Some(deny)).unwrap());
+    let server = Tls::new_server(b, &pki.server_creds(true), Some(deny)).unwrap();
     let ctx = AioContext::new().unwrap();
-    let (cr, sr) = handshake_tasks(&ctx, &client, &server);
+    let (cr, sr) = handshake_tasks(&ctx, client, server);
     assert_eq!(
         sr.unwrap_err(),
         "TLS x509 authz check for C=UK,CN=qemu is denied"
     );
-    assert_eq!(cr, Ok(()));
-    // The refused server goes away without close_notify.
-    drop(server);
+    // The refused server went away (with its task) without close_notify.
+    let client = cr.unwrap();
     let mut buf = [0u8; 1];
     let e = client.read_all(&mut buf).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
@@ -611,10 +639,10 @@ fn io_channel_tls_authz_denied() {
 fn io_channel_tls_handshake_peer_hangs_up() {
     let pki = Pki::new("hangup");
     let (a, b) = socket_pair();
-    let client = Arc::new(Tls::new_client(a, &pki.client_creds(), Some("localhost")).unwrap());
+    let client = Tls::new_client(a, &pki.client_creds(), Some("localhost")).unwrap();
     drop(b);
     let ctx = AioContext::new().unwrap();
-    let out = start_task(&client, &ctx);
+    let out = start_task(client, &ctx);
     poll_until(&ctx, "the handshake completion", || {
         out.lock().unwrap().is_some()
     });
@@ -693,7 +721,7 @@ fn blocking_pair(pki: &Pki) -> (Arc<Tls>, Arc<Tls>) {
     let (c, s) = tcp_pair();
     c.set_blocking(true).unwrap();
     s.set_blocking(true).unwrap();
-    let (client, server) = good_pair(pki, c, s);
+    let (client, server) = good_pair_arc(pki, c, s);
     let (cr, sr) = handshake_threads(&client, &server);
     assert_eq!((cr, sr), (Ok(()), Ok(())));
     (client, server)
@@ -779,8 +807,7 @@ fn io_channel_tls_write_would_block_retry() {
     let (a, b) = socket_pair();
     let (client, server) = good_pair(&pki, a, b);
     let ctx = AioContext::new().unwrap();
-    let (cr, sr) = handshake_tasks(&ctx, &client, &server);
-    assert_eq!((cr, sr), (Ok(()), Ok(())));
+    let (client, server) = both_ok(handshake_tasks(&ctx, client, server));
     let chunk = pattern(48 * 1024, 9);
     // Write until the socket is full; the last write accepted and
     // encrypted data, but reports WouldBlock.
@@ -1240,4 +1267,83 @@ fn io_channel_tls_crl_revoked_client() {
         let e = e.to_string();
         assert!(e.contains("does not accept our certificate"), "{name}: {e}");
     }
+}
+
+// ----- a WebSocket over TLS (QEMU's VNC wss path) -----
+
+/// `tests/io_channel_websock.rs`'s upgrade request.
+const GOOD_REQUEST: &str = "GET / HTTP/1.1\r\n\
+    Host: localhost\r\n\
+    Upgrade: websocket\r\n\
+    Connection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+/// A masked client frame (payloads under 126 bytes).
+fn frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![b0, 0x80 | payload.len() as u8];
+    f.extend(mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// The TLS handshake as a task whose completion owns the channel and
+/// wraps it in a WebSocket channel, whose own handshake task then answers
+/// a client speaking TLS: a frame's payload comes back through both
+/// layers.
+#[test]
+fn io_channel_tls_websock_over_tls_task() {
+    let pki = Pki::new("wss");
+    let (a, b) = tcp_pair();
+    let server = Tls::new_server(b, &pki.server_creds(true), Some(qemu_authz())).unwrap();
+    let client = Tls::new_client(a, &pki.client_creds(), Some("localhost")).unwrap();
+    let payload = b"hello through wss";
+
+    let client = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        client.handshake_sync()?;
+        client.write_all(GOOD_REQUEST.as_bytes())?;
+        let mut reply = Vec::new();
+        while !reply.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            client.read_all(&mut byte)?;
+            reply.push(byte[0]);
+        }
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 101 "), "{reply}");
+        client.write_all(&frame(0x82, payload, [7, 1, 9, 3]))?;
+        let mut head = [0u8; 2];
+        client.read_all(&mut head)?;
+        assert_eq!(head[0], 0x82, "a final binary frame");
+        let mut echo = vec![0u8; usize::from(head[1])];
+        client.read_all(&mut echo)?;
+        client.bye()?;
+        Ok(echo)
+    });
+
+    let ctx = AioContext::new().unwrap();
+    let ws_out = Arc::new(Mutex::new(None));
+    let (o, c2) = (ws_out.clone(), ctx.clone());
+    server.handshake(
+        move |r| {
+            let tls = r.expect("the TLS handshake");
+            assert!(tls.is_handshake_complete());
+            WebsockChannel::new_server(tls).handshake(
+                move |r| *o.lock().unwrap() = Some(r.map_err(|e| e.to_string())),
+                Some(&c2),
+            );
+        },
+        Some(&ctx),
+    );
+    poll_until(&ctx, "the TLS and then the WebSocket handshake", || {
+        ws_out.lock().unwrap().is_some()
+    });
+    let ws = ws_out.lock().unwrap().take().unwrap().unwrap();
+    let mut got = vec![0u8; payload.len()];
+    ws.read_all(&mut got).unwrap();
+    assert_eq!(got, payload);
+    ws.write_all(&got).unwrap();
+    ws.flush().unwrap();
+    let echo = join_bounded(client, "TLS WebSocket client").unwrap();
+    assert_eq!(echo, payload);
 }

@@ -15,8 +15,10 @@
 //!    optional [`Authz`] check on the client's distinguished name) or
 //!    [`TlsChannel::new_client`] (with the host name to check).
 //! 3. Handshake: [`TlsChannel::handshake`] as a QIOTask whose completion
-//!    runs in a context (QEMU's `qio_channel_tls_handshake`), or
-//!    [`TlsChannel::handshake_sync`] in a coroutine or a thread.
+//!    runs in a context and receives the channel (QEMU's
+//!    `qio_channel_tls_handshake`), or [`TlsChannel::handshake_sync`] in a
+//!    coroutine or a thread. Both report failures as an [`io::Error`]
+//!    carrying a [`TlsError`] ([`TlsError::from_io`]).
 //! 4. Use it; [`TlsChannel::bye`] or [`shutdown`](Channel::shutdown) sends
 //!    `close_notify`, which the peer reads as a clean end of stream. A
 //!    stream cut without it reads as an error, never as a short EOF.

@@ -9,9 +9,9 @@ use rustls::{AlertDescription, CertificateError};
 /// Why TLS credentials could not be loaded, a handshake failed, or a TLS
 /// record was refused (QEMU reports these through `Error **errp`).
 ///
-/// Inside [`io::Error`]s (from reads and writes on a
+/// Inside [`io::Error`]s (from handshakes, reads and writes on a
 /// [`TlsChannel`](super::TlsChannel)) a `TlsError` is the inner error:
-/// `err.get_ref().and_then(|e| e.downcast_ref::<TlsError>())`.
+/// [`TlsError::from_io`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
@@ -73,6 +73,24 @@ pub enum TlsError {
 }
 
 impl TlsError {
+    /// The `TlsError` inside `e`, if it carries one (errors from
+    /// [`TlsChannel::handshake`](super::TlsChannel::handshake),
+    /// [`handshake_sync`](super::TlsChannel::handshake_sync) and reads of a
+    /// channel whose peer sent a bad record).
+    ///
+    /// ```
+    /// use corio::io::tls::TlsError;
+    /// use std::io;
+    ///
+    /// let e: io::Error = TlsError::Denied("C=UK,CN=qemu".into()).into();
+    /// assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+    /// assert!(matches!(TlsError::from_io(&e), Some(TlsError::Denied(dn)) if dn == "C=UK,CN=qemu"));
+    /// assert!(TlsError::from_io(&io::Error::other("plain")).is_none());
+    /// ```
+    pub fn from_io(e: &io::Error) -> Option<&TlsError> {
+        e.get_ref()?.downcast_ref()
+    }
+
     /// A rustls error met while handshaking, with a sentence QEMU users
     /// would recognise. `hostname` is the name a client checked.
     pub(crate) fn handshake(e: rustls::Error, hostname: Option<&str>) -> TlsError {

@@ -192,14 +192,18 @@ impl<C: Channel> TlsChannel<C> {
     /// Any; in a coroutine it sleeps in the coroutine's context.
     ///
     /// # Errors
-    /// [`TlsError::Handshake`] with the reason (a certificate not signed
-    /// by the CA: "certificate verify failed: The certificate hasn't got a
-    /// known issuer"; a wrong host name: "Certificate does not match the
-    /// hostname"; no client certificate where one is required: "No
-    /// certificate peers"; an alert from the peer); [`TlsError::Denied`]
-    /// from the authz check; [`TlsError::Io`] if the master fails or the
-    /// peer hangs up; [`TlsError::Config`] if another handshake is running.
-    pub fn handshake_sync(&self) -> Result<(), TlsError> {
+    /// An [`io::Error`] carrying the [`TlsError`]
+    /// ([`TlsError::from_io`]): [`TlsError::Handshake`] with the reason (a
+    /// certificate not signed by the CA: "certificate verify failed: The
+    /// certificate hasn't got a known issuer"; a wrong host name:
+    /// "Certificate does not match the hostname"; no client certificate
+    /// where one is required: "No certificate peers"; an alert from the
+    /// peer), kind [`InvalidData`](io::ErrorKind::InvalidData);
+    /// [`TlsError::Denied`] from the authz check, kind
+    /// [`PermissionDenied`](io::ErrorKind::PermissionDenied);
+    /// [`TlsError::Io`] if the master fails or the peer hangs up, with the
+    /// master's kind; [`TlsError::Config`] if another handshake is running.
+    pub fn handshake_sync(&self) -> io::Result<()> {
         self.begin()?;
         let _running = Running(&self.session.handshaking);
         trace::qio_channel_tls_handshake_start(self.ptr());
@@ -215,42 +219,101 @@ impl<C: Channel> TlsChannel<C> {
                         };
                         self.fail(&e);
                         trace::qio_channel_tls_handshake_fail(self.ptr());
-                        return Err(e);
+                        return Err(e.into());
                     }
                 }
                 Err(e) => {
                     trace::qio_channel_tls_handshake_fail(self.ptr());
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         }
     }
 }
 
+/// The handshake QIOTask: its source is the channel, until the completion
+/// takes it.
+type HandshakeTask<C> = Task<Option<TlsChannel<C>>>;
+
+/// The channel of a running handshake task.
+fn channel<C: Channel>(task: &HandshakeTask<C>) -> &TlsChannel<C> {
+    let ch = task.source().as_ref();
+    ch.expect("the handshake task has its channel until it completes")
+}
+
 impl<C: Channel + 'static> TlsChannel<C> {
     /// Starts the handshake as a QIOTask (QEMU's
     /// `qio_channel_tls_handshake`): each step runs in `ctx` (the main
     /// loop's context when `None`) when the master is ready for it, and
-    /// `completion` runs there once it ends, with the error in the task
-    /// (`task.propagate_error()`, a [`TlsError`] inside) and the channel as
-    /// its source.
+    /// `completion` runs there once it ends, with the channel, or with the
+    /// error; the channel is then dropped, which closes the master. The
+    /// completion owns the channel: it may keep it, move it on, or wrap it
+    /// (QEMU's VNC server wraps it in a WebSocket channel,
+    /// [`WebsockChannel::new_server`](crate::io::WebsockChannel::new_server)).
     ///
     /// Unlike QEMU, which runs the first step (and, if the handshake fails
     /// at once, the completion) in the caller's thread, every step and the
     /// completion run in `ctx`'s thread: the caller may be anywhere.
     ///
     /// # Thread context
-    /// Any thread; `completion` runs on `ctx`'s home thread.
+    /// Any thread; `completion` runs on `ctx`'s home thread. If `ctx` is
+    /// dropped first, the completion is dropped unrun.
+    ///
+    /// # Errors
+    /// Given to `completion`: an [`io::Error`] carrying the [`TlsError`],
+    /// as from [`handshake_sync`](Self::handshake_sync).
+    ///
+    /// # Examples
+    ///
+    /// A client whose peer hangs up at once (a handshake that succeeds is
+    /// in the tests: it needs certificates):
+    ///
+    /// ```
+    /// use corio::io::tls::{Endpoint, TlsChannel, TlsCreds, TlsError, X509Pem};
+    /// use corio::io::SocketChannel;
+    /// use corio::AioContext;
+    /// use std::sync::mpsc;
+    ///
+    /// // verify-peer off: no CA needed to build the client.
+    /// let creds = TlsCreds::x509_from_pem(Endpoint::Client, &X509Pem::default(), false)?;
+    /// let (a, b) = SocketChannel::pair()?;
+    /// drop(b);
+    /// let ctx = AioContext::new()?;
+    /// let (tx, rx) = mpsc::channel();
+    /// TlsChannel::new_client(a, &creds, None)?
+    ///     .handshake(move |r| tx.send(r.map(|_tls| ())).unwrap(), Some(&ctx));
+    /// // The completion may already have run: look before blocking.
+    /// let result = loop {
+    ///     if let Ok(r) = rx.try_recv() {
+    ///         break r;
+    ///     }
+    ///     ctx.poll(true);
+    /// };
+    /// let err = result.unwrap_err();
+    /// assert!(matches!(TlsError::from_io(&err), Some(TlsError::Io { .. })), "{err}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn handshake(
-        self: &Arc<Self>,
-        completion: impl FnOnce(&mut Task<Arc<TlsChannel<C>>>) + Send + 'static,
+        self,
+        completion: impl FnOnce(io::Result<TlsChannel<C>>) + Send + 'static,
         ctx: Option<&AioContext>,
     ) {
         let ctx = ctx.cloned().unwrap_or_else(main_context);
-        let mut task = Task::new(self.clone(), completion);
         trace::qio_channel_tls_handshake_start(self.ptr());
-        if let Err(e) = self.begin() {
-            task.set_error(e);
+        let begun = self.begin();
+        let mut task = Task::new(Some(self), move |t: &mut HandshakeTask<C>| {
+            let ch = t.source_mut().take();
+            let r = match t.propagate_error() {
+                Ok(()) => ch.ok_or_else(|| io::Error::other("TLS handshake lost its channel")),
+                Err(e) => Err(match e.downcast::<io::Error>() {
+                    Ok(e) => *e,
+                    Err(e) => io::Error::other(e),
+                }),
+            };
+            completion(r);
+        });
+        if let Err(e) = begun {
+            task.set_error(io::Error::from(e));
             let run = move || task.complete();
             if ctx.in_home_thread() {
                 run();
@@ -267,50 +330,52 @@ impl<C: Channel + 'static> TlsChannel<C> {
         }
     }
 
+    /// Ends the handshake task, with `err` if it failed.
+    fn handshake_end(mut task: HandshakeTask<C>, err: Option<TlsError>) {
+        let ioc = channel(&task);
+        drop(Running(&ioc.session.handshaking));
+        if let Some(e) = err {
+            trace::qio_channel_tls_handshake_fail(ioc.ptr());
+            task.set_error(io::Error::from(e));
+        }
+        task.complete();
+    }
+
     /// One step of the task (QEMU's `qio_channel_tls_handshake_task`): ends
     /// the task, or watches the master for what the next step needs.
     ///
     /// # Thread context
     /// `ctx`'s home thread.
-    fn handshake_task(mut task: Task<Arc<TlsChannel<C>>>, ctx: AioContext) {
-        let ioc = task.source().clone();
-        let end = |mut task: Task<Arc<TlsChannel<C>>>, err: Option<TlsError>| {
-            if let Some(e) = err {
-                trace::qio_channel_tls_handshake_fail(ioc.ptr());
-                task.set_error(e);
-            }
-            drop(Running(&ioc.session.handshaking));
-            task.complete();
+    fn handshake_task(task: HandshakeTask<C>, ctx: AioContext) {
+        let ioc = channel(&task);
+        let cond = match ioc.handshake_step() {
+            Ok(Step::Done) => return Self::handshake_end(task, None),
+            Err(e) => return Self::handshake_end(task, Some(e)),
+            Ok(Step::Want(cond)) => cond,
         };
-        match ioc.handshake_step() {
-            Ok(Step::Done) => end(task, None),
-            Err(e) => end(task, Some(e)),
-            Ok(Step::Want(cond)) => {
-                trace::qio_channel_tls_handshake_pending(ioc.ptr(), status(cond));
-                // The watch owns the task until it fires; if the watch
-                // cannot be added, the task comes back here to fail.
-                let slot = Arc::new(Mutex::new(None));
-                let s2 = slot.clone();
-                let c2 = ctx.clone();
-                let func: WatchFunc = Box::new(move |_cond| {
-                    if let Some(t) = lock(&s2).take() {
-                        Self::handshake_task(t, c2.clone());
-                    }
-                    false
-                });
-                *lock(&slot) = Some(task);
-                let watched = cond | events::HUP | events::ERR | events::NVAL;
-                if let Err(e) = ioc.master.add_watch(watched, func, None, Some(&ctx)) {
-                    if let Some(t) = lock(&slot).take() {
-                        task = t;
-                        let e = TlsError::Io {
-                            what: "watching the master",
-                            source: e,
-                        };
-                        ioc.fail(&e);
-                        end(task, Some(e));
-                    }
-                }
+        trace::qio_channel_tls_handshake_pending(ioc.ptr(), status(cond));
+        // The watch owns the task from here until it fires. It cannot fire
+        // before the task is in its slot: it dispatches on this thread
+        // (ctx's home thread), from the event loop or a bottom half.
+        let slot = Arc::new(Mutex::new(None));
+        let s2 = slot.clone();
+        let c2 = ctx.clone();
+        let func: WatchFunc = Box::new(move |_cond| {
+            if let Some(t) = lock(&s2).take() {
+                Self::handshake_task(t, c2.clone());
+            }
+            false
+        });
+        let watched = cond | events::HUP | events::ERR | events::NVAL;
+        match ioc.master.add_watch(watched, func, None, Some(&ctx)) {
+            Ok(_) => *lock(&slot) = Some(task),
+            Err(e) => {
+                let e = TlsError::Io {
+                    what: "watching the master",
+                    source: e,
+                };
+                ioc.fail(&e);
+                Self::handshake_end(task, Some(e));
             }
         }
     }
