@@ -10,8 +10,9 @@
 //!   no barrier. A round is short (tens of µs of work per thread) next to a
 //!   thread wakeup, so how much the threads overlap, and so how much they
 //!   contend, varies from run to run;
-//! * `mutex_five_threads_sustained`: 20000 sections per thread, all threads
-//!   released together by a barrier: the contended steady state.
+//! * `mutex_five_threads_sustained`: 200000 sections per thread, all
+//!   threads released together by a barrier: long enough (tens of ms per
+//!   round at the least) for the contended steady state to dominate.
 //!
 //! `cargo bench -p corio --bench co_mutex -- --warm-up-time 1 --measurement-time 3`
 
@@ -26,7 +27,7 @@ const THREADS: usize = 5;
 /// Critical sections per thread per criterion iteration, short rounds.
 const PER_THREAD: u64 = 2000;
 /// The same for sustained rounds.
-const PER_THREAD_SUSTAINED: u64 = 20_000;
+const PER_THREAD_SUSTAINED: u64 = 200_000;
 
 fn corio_round(threads: &[IoThread], m: &Arc<CoMutex<u64>>, per: u64, sync: bool) -> Duration {
     let (tx, rx) = mpsc::channel();
