@@ -2,8 +2,9 @@
 //! `util/qemu-coroutine-sleep.c`.
 //!
 //! * [`CoQueue`]: a condition-variable-like queue of sleeping coroutines;
-//! * [`CoMutex`]: a fair mutex whose waiters sleep (yield) instead of
-//!   blocking their thread; usable from coroutines on many threads at once;
+//! * [`CoMutex`]: a mutex whose waiters sleep (yield) instead of blocking
+//!   their thread, served oldest first, with newcomers barging for at most
+//!   500 µs; usable from coroutines on many threads at once;
 //! * [`CoRwLock`]: a fair reader-writer lock with upgrade and downgrade;
 //! * [`co_sleep_ns`] and [`CoSleep`]: sleeping on a timer, or until woken.
 //!

@@ -87,7 +87,11 @@ const SPIN_LIMIT: u32 = 1000;
 /// A mutex for coroutines (QEMU's `CoMutex`): a locker that finds it held
 /// yields until the holder hands it over, instead of blocking its thread.
 ///
-/// * Fair: waiters get the mutex in the order they queued, by handoff.
+/// * Fair among waiters, with bounded barging: queued waiters get the
+///   mutex oldest first; a running locker may take it ahead of the woken
+///   waiter, but only until the oldest waiter has waited 500 µs, after
+///   which unlocks hand it over as QEMU's do (see the module
+///   documentation for why).
 /// * Multi-threaded: coroutines on any number of IOThreads may share one
 ///   (`CoMutex<T>` is `Send + Sync` when `T: Send`); a waiter always resumes
 ///   in its own home context, never on the unlocker's thread.
