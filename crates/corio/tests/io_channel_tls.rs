@@ -1347,3 +1347,38 @@ fn io_channel_tls_websock_over_tls_task() {
     let echo = join_bounded(client, "TLS WebSocket client").unwrap();
     assert_eq!(echo, payload);
 }
+
+/// The pending-input probe never blocks: while a reader thread sits in a
+/// blocking read of the master (holding the read side), another thread's
+/// `io_has_pending_input` and an `IN` watch added in its context (whose
+/// registration probes at once) return, reporting nothing pending; the
+/// reader then gets the data that comes.
+#[test]
+fn io_channel_tls_pending_probe_does_not_block() {
+    let pki = Pki::new("probe-nonblocking");
+    let (client, server) = blocking_pair(&pki);
+    let s = server.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 5];
+        s.read_all(&mut buf).map(|()| buf)
+    });
+    // Give the reader time to enter the master's read (the test passes
+    // either way once fixed; this makes it catch a blocking probe).
+    std::thread::sleep(Duration::from_millis(100));
+    let (tx, rx) = mpsc::channel();
+    let s = server.clone();
+    let prober = std::thread::spawn(move || {
+        let pending = s.io_has_pending_input();
+        let ctx = AioContext::new().unwrap();
+        let watch = s.add_watch(corio::io::events::IN, Box::new(|_| false), None, Some(&ctx));
+        let _ = tx.send((pending, watch.is_ok()));
+    });
+    let probed = rx.recv_timeout(DEADLINE / 4);
+    // Unblock the reader whatever happened, so that no thread is left.
+    client.write_all(b"hello").unwrap();
+    let (pending, watched) = probed.expect("the probe blocked behind the reader");
+    assert!(!pending, "nothing was pending");
+    assert!(watched);
+    join_bounded(prober, "prober");
+    assert_eq!(&join_bounded(reader, "reader").unwrap(), b"hello");
+}

@@ -85,7 +85,7 @@ use std::io::{self, IoSlice, IoSliceMut, Write};
 use std::net::Shutdown;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -571,10 +571,21 @@ impl<C: Channel> TlsChannel<C> {
 /// error or the peer's close_notify waiting to be reported, or ciphertext
 /// staged here and not yet handed to rustls: a read returns at once,
 /// whatever the master's fd says.
+///
+/// Never blocks: a watch probes this from its event loop, and a reader
+/// holds `rd` across a read of the master, which blocks on a blocking
+/// master until data comes. While a reader holds it, the answer is "not
+/// pending": that reader reports what it finds. `conn` is only held for
+/// rustls calls, never across the master's I/O, so waiting for it is
+/// short.
 fn has_pending_input(session: &Session) -> bool {
-    let staged = {
-        let rd = lock(&session.rd);
-        rd.start < rd.end
+    let staged = match session.rd.try_lock() {
+        Ok(rd) => rd.start < rd.end,
+        Err(TryLockError::Poisoned(e)) => {
+            let rd = e.into_inner();
+            rd.start < rd.end
+        }
+        Err(TryLockError::WouldBlock) => return false,
     };
     let mut conn = lock(&session.conn);
     if conn.state != State::Ready {
@@ -743,13 +754,19 @@ impl<C: Channel> Channel for TlsChannel<C> {
     /// record error or the peer's close_notify waiting to be reported, or
     /// ciphertext staged here and not yet handed to rustls: a read returns
     /// at once, whatever the master's fd says.
+    ///
+    /// Also the master's own pending input (TLS over a channel that
+    /// buffers); never blocks.
     fn io_has_pending_input(&self) -> bool {
-        has_pending_input(&self.session)
+        has_pending_input(&self.session) || self.master.io_has_pending_input()
     }
 
     fn pending_input_probe(&self) -> Option<PendingProbe> {
         let session = self.session.clone();
-        Some(Arc::new(move || has_pending_input(&session)))
+        let master = self.master.pending_input_probe();
+        Some(Arc::new(move || {
+            has_pending_input(&session) || master.as_ref().is_some_and(|m| m())
+        }))
     }
 
     /// Shuts down the master as asked (QEMU's `qio_channel_tls_shutdown`);
