@@ -4,7 +4,7 @@
 //! * `round_trip`: one `enter` + `yield_now` of a coroutine that yields in a
 //!   loop, vs a corosensei coroutine resumed around `Yielder::suspend` in a
 //!   loop (target: ≤ 1.3x);
-//! * `lifecycle`: create + enter + terminate with the stack pool, vs
+//! * `lifecycle`: create + enter + terminate with the coroutine-object pool, vs
 //!   corosensei `with_stack` + `into_stack` on one reused stack (target: ≤ 2x);
 //! * `nesting`: a chain of 1000 coroutines, each creating and entering the
 //!   next; reported per level (throughput: one element per level).
