@@ -1382,3 +1382,63 @@ fn io_channel_tls_pending_probe_does_not_block() {
     join_bounded(prober, "prober");
     assert_eq!(&join_bounded(reader, "reader").unwrap(), b"hello");
 }
+
+/// An `IN` watch on a WebSocket over TLS hears input the TLS layer holds:
+/// 60 frames of 1000 bytes sent in one burst arrive as several TLS records;
+/// a WebSocket read takes one record's plaintext from the TLS channel, so
+/// the socket goes quiet while the TLS layer still holds the rest, long
+/// before the watch, reading 700 bytes per call, has taken everything.
+#[test]
+fn io_channel_tls_websock_over_tls_watch_hears_tls_input() {
+    let pki = Pki::new("wss-watch");
+    let (a, b) = tcp_pair();
+    let server = Tls::new_server(b, &pki.server_creds(true), Some(qemu_authz())).unwrap();
+    let client = Tls::new_client(a, &pki.client_creds(), Some("localhost")).unwrap();
+    let frames: Vec<Vec<u8>> = (0..60u8).map(|i| pattern(1000, i)).collect();
+    let expect: Vec<u8> = frames.concat();
+    let client = std::thread::spawn(move || -> std::io::Result<Tls> {
+        client.handshake_sync()?;
+        let mut burst = GOOD_REQUEST.as_bytes().to_vec();
+        let mask = [4u8, 3, 2, 1];
+        for f in &frames {
+            // A masked binary frame with a 16-bit length.
+            burst.extend([0x82, 0x80 | 126]);
+            burst.extend((f.len() as u16).to_be_bytes());
+            burst.extend(mask);
+            burst.extend(f.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        }
+        client.write_all(&burst)?;
+        Ok(client) // kept open: no EOF to wake anyone
+    });
+    server.handshake_sync().unwrap();
+    let ws = Arc::new(WebsockChannel::new_server(server));
+    ws.handshake_sync().unwrap();
+    ws.set_blocking(false).unwrap();
+    let ctx = AioContext::new().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(Mutex::new(false));
+    let (w, g, d, total) = (ws.clone(), got.clone(), done.clone(), expect.len());
+    ws.add_watch(
+        corio::io::events::IN,
+        Box::new(move |_| {
+            let mut buf = [0u8; 700];
+            match w.readv(&mut [std::io::IoSliceMut::new(&mut buf)]) {
+                Ok(k) => g.lock().unwrap().extend_from_slice(&buf[..k]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("websock read: {e}"),
+            }
+            g.lock().unwrap().len() < total
+        }),
+        Some(Box::new(move || *d.lock().unwrap() = true)),
+        Some(&ctx),
+    )
+    .unwrap();
+    poll_until(&ctx, "the watch reading every frame", || {
+        *done.lock().unwrap()
+    });
+    assert!(
+        *got.lock().unwrap() == expect,
+        "frames read through the watch differ"
+    );
+    drop(join_bounded(client, "TLS WebSocket client").unwrap());
+}
