@@ -1,0 +1,155 @@
+//! A WebSocket over TLS, QEMU's VNC wss path (ui/vnc-ws.c over
+//! io/channel-tls.c): the WebSocket handshake started from the TLS
+//! handshake's completion, frames through both layers, and an `IN` watch
+//! that hears what the TLS layer holds.
+//!
+//! Every test generates its own PKI with rcgen (see `tls_helpers`).
+
+mod io_channel_helpers;
+mod tls_helpers;
+
+use std::sync::{Arc, Mutex};
+
+use corio::io::{Channel, WebsockChannel};
+use corio::AioContext;
+use io_channel_helpers::{join_bounded, pattern};
+use tls_helpers::{poll_until, qemu_authz, tcp_pair, Pki, Tls};
+
+// ----- a WebSocket over TLS (QEMU's VNC wss path) -----
+
+/// `tests/io_channel_websock.rs`'s upgrade request.
+const GOOD_REQUEST: &str = "GET / HTTP/1.1\r\n\
+    Host: localhost\r\n\
+    Upgrade: websocket\r\n\
+    Connection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+/// A masked client frame (payloads under 126 bytes).
+fn frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![b0, 0x80 | payload.len() as u8];
+    f.extend(mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// The TLS handshake as a task whose completion owns the channel and
+/// wraps it in a WebSocket channel, whose own handshake task then answers
+/// a client speaking TLS: a frame's payload comes back through both
+/// layers.
+#[test]
+fn io_channel_tls_websock_over_tls_task() {
+    let pki = Pki::new("wss");
+    let (a, b) = tcp_pair();
+    let server = Tls::new_server(b, &pki.server_creds(true), Some(qemu_authz())).unwrap();
+    let client = Tls::new_client(a, &pki.client_creds(), Some("localhost")).unwrap();
+    let payload = b"hello through wss";
+
+    let client = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        client.handshake_sync()?;
+        client.write_all(GOOD_REQUEST.as_bytes())?;
+        let mut reply = Vec::new();
+        while !reply.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            client.read_all(&mut byte)?;
+            reply.push(byte[0]);
+        }
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 101 "), "{reply}");
+        client.write_all(&frame(0x82, payload, [7, 1, 9, 3]))?;
+        let mut head = [0u8; 2];
+        client.read_all(&mut head)?;
+        assert_eq!(head[0], 0x82, "a final binary frame");
+        let mut echo = vec![0u8; usize::from(head[1])];
+        client.read_all(&mut echo)?;
+        client.bye()?;
+        Ok(echo)
+    });
+
+    let ctx = AioContext::new().unwrap();
+    let ws_out = Arc::new(Mutex::new(None));
+    let (o, c2) = (ws_out.clone(), ctx.clone());
+    server.handshake(
+        move |r| {
+            let tls = r.expect("the TLS handshake");
+            assert!(tls.is_handshake_complete());
+            WebsockChannel::new_server(tls).handshake(
+                move |r| *o.lock().unwrap() = Some(r.map_err(|e| e.to_string())),
+                Some(&c2),
+            );
+        },
+        Some(&ctx),
+    );
+    poll_until(&ctx, "the TLS and then the WebSocket handshake", || {
+        ws_out.lock().unwrap().is_some()
+    });
+    let ws = ws_out.lock().unwrap().take().unwrap().unwrap();
+    let mut got = vec![0u8; payload.len()];
+    ws.read_all(&mut got).unwrap();
+    assert_eq!(got, payload);
+    ws.write_all(&got).unwrap();
+    ws.flush().unwrap();
+    let echo = join_bounded(client, "TLS WebSocket client").unwrap();
+    assert_eq!(echo, payload);
+}
+
+/// An `IN` watch on a WebSocket over TLS hears input the TLS layer holds:
+/// 60 frames of 1000 bytes sent in one burst arrive as several TLS records;
+/// a WebSocket read takes one record's plaintext from the TLS channel, so
+/// the socket goes quiet while the TLS layer still holds the rest, long
+/// before the watch, reading 700 bytes per call, has taken everything.
+#[test]
+fn io_channel_tls_websock_over_tls_watch_hears_tls_input() {
+    let pki = Pki::new("wss-watch");
+    let (a, b) = tcp_pair();
+    let server = Tls::new_server(b, &pki.server_creds(true), Some(qemu_authz())).unwrap();
+    let client = Tls::new_client(a, &pki.client_creds(), Some("localhost")).unwrap();
+    let frames: Vec<Vec<u8>> = (0..60u8).map(|i| pattern(1000, i)).collect();
+    let expect: Vec<u8> = frames.concat();
+    let client = std::thread::spawn(move || -> std::io::Result<Tls> {
+        client.handshake_sync()?;
+        let mut burst = GOOD_REQUEST.as_bytes().to_vec();
+        let mask = [4u8, 3, 2, 1];
+        for f in &frames {
+            // A masked binary frame with a 16-bit length.
+            burst.extend([0x82, 0x80 | 126]);
+            burst.extend((f.len() as u16).to_be_bytes());
+            burst.extend(mask);
+            burst.extend(f.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        }
+        client.write_all(&burst)?;
+        Ok(client) // kept open: no EOF to wake anyone
+    });
+    server.handshake_sync().unwrap();
+    let ws = Arc::new(WebsockChannel::new_server(server));
+    ws.handshake_sync().unwrap();
+    ws.set_blocking(false).unwrap();
+    let ctx = AioContext::new().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(Mutex::new(false));
+    let (w, g, d, total) = (ws.clone(), got.clone(), done.clone(), expect.len());
+    ws.add_watch(
+        corio::io::events::IN,
+        Box::new(move |_| {
+            let mut buf = [0u8; 700];
+            match w.readv(&mut [std::io::IoSliceMut::new(&mut buf)]) {
+                Ok(k) => g.lock().unwrap().extend_from_slice(&buf[..k]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("websock read: {e}"),
+            }
+            g.lock().unwrap().len() < total
+        }),
+        Some(Box::new(move || *d.lock().unwrap() = true)),
+        Some(&ctx),
+    )
+    .unwrap();
+    poll_until(&ctx, "the watch reading every frame", || {
+        *done.lock().unwrap()
+    });
+    assert!(
+        *got.lock().unwrap() == expect,
+        "frames read through the watch differ"
+    );
+    drop(join_bounded(client, "TLS WebSocket client").unwrap());
+}
