@@ -517,3 +517,51 @@ fn co_sleep_wakeable() {
     assert!(!s.is_sleeping());
     s.wake(); // nobody sleeps: nothing happens
 }
+
+/// The barging window is bounded even when the woken waiter cannot run:
+/// here it lives on the holder's own thread, so it runs only when the
+/// holder yields, and the holder relocks in a loop without yielding. Once
+/// the waiter has waited the bound (500 µs), an unlock hands it the mutex,
+/// the holder's next lock queues and yields, and the waiter gets in long
+/// before the loop's end (which takes far longer than 500 µs).
+#[test]
+fn co_mutex_barging_bounded_for_a_waiter_on_the_holders_thread() {
+    const ROUNDS: u32 = 200_000;
+    let ctx = AioContext::new().unwrap();
+    let m = Rc::new(CoMutex::new(()));
+    let round = Rc::new(Cell::new(0u32));
+    let waiter_got_it_at = Rc::new(Cell::new(None));
+    let (m1, r1) = (m.clone(), round.clone());
+    let holder = Coroutine::new(move || {
+        let mut g = m1.lock();
+        yield_now(); // let the waiter queue
+        for i in 1..=ROUNDS {
+            r1.set(i);
+            drop(g);
+            g = m1.lock();
+        }
+        drop(g);
+    });
+    let (m2, r2, w2) = (m.clone(), round.clone(), waiter_got_it_at.clone());
+    let waiter = Coroutine::new(move || {
+        let _g = m2.lock();
+        w2.set(Some(r2.get()));
+    });
+    holder.enter();
+    waiter.enter(); // queues behind the holder
+    holder.enter();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !(holder.is_terminated() && waiter.is_terminated()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "coroutines never finished"
+        );
+        ctx.poll(false);
+    }
+    let at = waiter_got_it_at.get().expect("the waiter got the mutex");
+    assert!(
+        at < ROUNDS,
+        "the waiter got the mutex only after all {ROUNDS} rounds"
+    );
+    assert!(!m.is_locked());
+}

@@ -435,8 +435,20 @@ struct Core<W> {
     /// change only under `slow`, but with a compare-exchange too, since
     /// lockers and the holder may change `LOCKED` meanwhile.
     state: StateWord,
+    /// When the waiter now woken (`WOKEN`) first queued, in µs since
+    /// [`epoch`], plus one; written by `wake_oldest` before it sets
+    /// `WOKEN`. A hint only (`Relaxed`): it lets an unlock that finds
+    /// `WOKEN` set see, without taking `slow`, whether that waiter starves;
+    /// `grant_woken` then decides under `slow`.
+    woken_at: StateWord,
     /// The waiters. Never held across a yield.
     slow: SlowMutex<Slow<W>>,
+}
+
+/// The origin of [`Core::woken_at`].
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 struct Slow<W> {
@@ -469,6 +481,7 @@ impl<W: Clone> Core<W> {
     const fn new() -> Self {
         Core {
             state: StateWord::new(0),
+            woken_at: StateWord::new(0),
             slow: SlowMutex::new(Slow {
                 waiters: VecDeque::new(),
                 woken: None,
@@ -481,6 +494,7 @@ impl<W: Clone> Core<W> {
     fn new() -> Self {
         Core {
             state: StateWord::new(0),
+            woken_at: StateWord::new(0),
             slow: SlowMutex::new(Slow {
                 waiters: VecDeque::new(),
                 woken: None,
@@ -539,24 +553,26 @@ impl<W: Clone> Core<W> {
     /// once it holds the mutex. `wait` must return only after the `W` made by
     /// `waker` was woken; it is called with `slow` unlocked.
     fn lock_slow(&self, id: usize, waker: impl FnOnce() -> W, mut wait: impl FnMut()) {
+        // Made before QUEUED is set: nothing that can fail (a waker may
+        // panic) may come between setting QUEUED and queueing our record.
+        let waker = waker();
+        let since = Instant::now();
         let mut slow = lock_slow_state(&self.slow);
         if self.take_or_mark_queued(0, true) {
             return;
         }
-        slow.waiters.push_back(Waiter {
-            waker: waker(),
-            id,
-            since: Instant::now(),
-        });
+        slow.waiters.push_back(Waiter { waker, id, since });
         loop {
             drop(slow);
             wait();
             slow = lock_slow_state(&self.slow);
-            let me = slow
-                .woken
-                .take()
-                .expect("CoMutex: a waiter resumed without being woken");
-            assert_eq!(me.id, id, "CoMutex: resumed a waiter that was not woken");
+            // Checked before taking the record, so that a misuse leaves the
+            // woken waiter's record (and WOKEN) for that waiter.
+            match &slow.woken {
+                None => panic!("CoMutex: a waiter resumed without being woken"),
+                Some(w) => assert_eq!(w.id, id, "CoMutex: resumed a waiter that was not woken"),
+            }
+            let me = slow.woken.take().expect("checked above");
             let left = !slow.waiters.is_empty();
             if std::mem::take(&mut slow.granted) {
                 // Handed over: LOCKED was kept for us. `slow` orders the
@@ -577,11 +593,23 @@ impl<W: Clone> Core<W> {
     /// Unlocks; returns the waiter to wake, which the caller must wake after
     /// this returns (no lock held). `starving` says whether the oldest
     /// waiter, queued at the given instant, must be handed the mutex.
-    fn release(&self, starving: impl FnOnce(&Instant) -> bool) -> Option<W> {
+    fn release(&self, starving: impl Fn(&Instant) -> bool) -> Option<W> {
         let mut s = LOCKED;
         loop {
             if s & (QUEUED | WOKEN) == QUEUED {
                 return Some(self.wake_oldest(starving));
+            }
+            // A waiter is on its way but has not run: if it starves (its
+            // thread is busy, or it is the holder's own thread, which runs
+            // it only when the holder yields), hand it the mutex instead of
+            // releasing, so that a holder relocking in a loop cannot keep
+            // it past the bound.
+            if s & WOKEN != 0 && self.woken_starves(&starving) {
+                if self.grant_woken() {
+                    return None;
+                }
+                s = self.state.load(Relaxed);
+                continue;
             }
             // Release: publishes the critical section to the next holder,
             // which takes the word with Acquire (`try_take`,
@@ -597,8 +625,33 @@ impl<W: Clone> Core<W> {
         }
     }
 
+    /// Whether the woken waiter, by the `woken_at` hint, must be handed
+    /// the mutex.
+    fn woken_starves(&self, starving: &impl Fn(&Instant) -> bool) -> bool {
+        match self.woken_at.load(Relaxed) {
+            0 => false,
+            at => starving(&(epoch() + Duration::from_micros(at as u64 - 1))),
+        }
+    }
+
+    /// Turns the pending wakeup into a handoff: the caller holds the mutex
+    /// and keeps `LOCKED` set for the woken waiter, which finds `granted`
+    /// when it runs. Returns false if that waiter already ran (took its
+    /// record): then the caller releases as usual.
     #[cold]
-    fn wake_oldest(&self, starving: impl FnOnce(&Instant) -> bool) -> W {
+    fn grant_woken(&self) -> bool {
+        let mut slow = lock_slow_state(&self.slow);
+        if slow.woken.is_none() || slow.granted {
+            return false;
+        }
+        // `slow` orders our critical section before the waiter, which reads
+        // `granted` under it, as in `wake_oldest`'s handoff.
+        slow.granted = true;
+        true
+    }
+
+    #[cold]
+    fn wake_oldest(&self, starving: impl Fn(&Instant) -> bool) -> W {
         let mut slow = lock_slow_state(&self.slow);
         // QUEUED was set when we looked, and only `slow` holders clear it:
         // the waiter that set it is in the queue (it pushed before it
@@ -609,6 +662,8 @@ impl<W: Clone> Core<W> {
             .expect("CoMutex: QUEUED without a waiter");
         let grant = starving(&w.since);
         let last = slow.waiters.is_empty();
+        let at = w.since.saturating_duration_since(epoch()).as_micros() as usize;
+        self.woken_at.store(at.saturating_add(1), Relaxed);
         let mut s = self.state.load(Relaxed);
         loop {
             let mut next = s | WOKEN;
