@@ -146,6 +146,9 @@ pub(crate) struct CoInner {
     caller: Cell<*const CoInner>,
     /// One of the [`state`] values.
     state: Cell<u8>,
+    /// Terminated and still holding its stack, counted in its home
+    /// thread's `kept_stacks` (at most [`KEEP_STACKS`] per thread).
+    holds_stack: Cell<bool>,
     /// Coroutines woken while this one ran; entered when it yields or ends.
     wakeup: RefCell<VecDeque<Arc<CoInner>>>,
 }
@@ -175,6 +178,11 @@ unsafe impl crate::aio::queue::Linked for CoInner {
 
 impl Drop for CoInner {
     fn drop(&mut self) {
+        if *self.holds_stack.get_mut() && *self.home_thread.get_mut() == tls::thread_token() {
+            // Dropped elsewhere, its home thread's count stays one high
+            // until that thread exits: it then keeps one stack fewer.
+            tls::kept_stack_released();
+        }
         let Some(mut raw) = self.raw.get_mut().take() else {
             return;
         };
@@ -402,6 +410,7 @@ impl Coroutine {
                 yielder: Cell::new(ptr::null()),
                 caller: Cell::new(ptr::null()),
                 state: Cell::new(0),
+                holds_stack: Cell::new(false),
                 wakeup: RefCell::new(VecDeque::new()),
             })),
         }
@@ -497,6 +506,9 @@ where
     // reference (checked by `Arc::get_mut` in `release`): nothing else can
     // borrow `raw`, and the finished coroutine in it is not running.
     let raw = unsafe { &mut *co.raw.get() };
+    if co.holds_stack.replace(false) {
+        tls::kept_stack_released();
+    }
     let stack = match raw.take() {
         Some(done) => stack::keep_if_fits(done.into_stack()),
         None => stack::take(),
@@ -707,10 +719,12 @@ fn enter_one(co: &CoInner) -> bool {
         co.caller.set(from);
         co.state.set(state::RUNNING);
         st.current.set(co);
+        // Armed before the trace call: a `tracing` subscriber that panics
+        // must not leave this coroutine current.
+        let guard = UnwindGuard { co, from };
         if trace::event::qemu_aio_coroutine_enter.enabled() {
             enter_traced(from, co);
         }
-        let guard = UnwindGuard { co, from };
         let result = raw.resume(());
         // Normal return: restore inline; the guard only acts on a panic.
         std::mem::forget(guard);
@@ -718,6 +732,7 @@ fn enter_one(co: &CoInner) -> bool {
         let wakeups = co.state.get() & state::WAKEUPS != 0;
         if let corosensei::CoroutineResult::Return(()) = result {
             terminated(co);
+            keep_or_give_stack(co, st);
         } else {
             co.state.set(0);
         }
@@ -787,14 +802,47 @@ fn unwound(co: &CoInner, from: *const CoInner) {
     // SAFETY: home thread, and the switch has returned: no other borrow.
     if unsafe { &*co.raw.get() }.as_ref().is_some_and(RawCo::done) {
         terminated(co);
+        tls::with_state(|st| keep_or_give_stack(co, st));
     } else {
         co.state.set(0);
     }
 }
 
+/// How many terminated coroutines per thread keep their stack until their
+/// last handle drops; beyond that, a terminating coroutine gives its stack
+/// back at once, so that code keeping many finished coroutines' handles
+/// does not keep as many stacks mapped (QEMU frees the stack at
+/// termination too, when its pool is full).
+const KEEP_STACKS: usize = 64;
+
+/// Keeps a terminated coroutine's stack with it for the object pool (the
+/// common case: its last handle drops soon), unless this thread already has
+/// [`KEEP_STACKS`] such coroutines: then the stack goes back now.
+#[inline(always)]
+fn keep_or_give_stack(co: &CoInner, st: &tls::ThreadState) {
+    let kept = st.kept_stacks.get();
+    if kept < KEEP_STACKS {
+        st.kept_stacks.set(kept + 1);
+        co.holds_stack.set(true);
+    } else {
+        give_stack_now(co);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn give_stack_now(co: &CoInner) {
+    // SAFETY: called on the home thread after the switch returned (from
+    // `enter_one` or its unwind guard): no borrow of `raw` is alive, and the
+    // finished coroutine never touches its own `raw`.
+    if let Some(done) = unsafe { &mut *co.raw.get() }.take() {
+        stack::give(done.into_stack());
+    }
+}
+
 /// A coroutine returned or panicked. Its stack stays with it (in the
-/// finished corosensei coroutine) until its last handle drops: then both go
-/// to the pool.
+/// finished corosensei coroutine) until its last handle drops, then both go
+/// to the pool; see [`keep_or_give_stack`] for the bound.
 #[inline(always)]
 fn terminated(co: &CoInner) {
     co.state.set(state::TERMINATED);

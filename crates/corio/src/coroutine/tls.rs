@@ -25,6 +25,9 @@ pub(super) struct ThreadState {
     pub(super) current: Cell<*const CoInner>,
     /// This thread's token, 0 until first needed.
     token: Cell<usize>,
+    /// Terminated coroutines of this thread that still hold their stack:
+    /// waiting for their last handle to drop, or pooled with it.
+    pub(super) kept_stacks: Cell<usize>,
 }
 
 impl ThreadState {
@@ -59,9 +62,20 @@ impl ThreadState {
 
 thread_local! {
     static STATE: ThreadState = const {
-        ThreadState { current: Cell::new(ptr::null()), token: Cell::new(0) }
+        ThreadState {
+            current: Cell::new(ptr::null()),
+            token: Cell::new(0),
+            kept_stacks: Cell::new(0),
+        }
     };
     static CURRENT_CTX: RefCell<Option<AioContext>> = const { RefCell::new(None) };
+}
+
+/// One terminated coroutine of this thread gave up the stack it kept (it
+/// was reused, or dropped on this thread). Quiet during thread exit.
+#[inline(never)]
+pub(super) fn kept_stack_released() {
+    let _ = STATE.try_with(|s| s.kept_stacks.set(s.kept_stacks.get().saturating_sub(1)));
 }
 
 /// The switch functions' access to the thread's state.
