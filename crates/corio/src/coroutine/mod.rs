@@ -639,7 +639,11 @@ fn yield_to_no_one() -> ! {
 /// `qemu_aio_coroutine_enter`).
 #[inline(never)]
 pub(crate) fn enter(co: &CoInner) {
-    if enter_one(co) {
+    let wakeups = enter_one(co);
+    if co.state.get() == state::TERMINATED && !co.holds_stack.get() {
+        keep_or_give_stack(co);
+    }
+    if wakeups {
         run_wakeups(co);
     }
 }
@@ -666,7 +670,11 @@ fn run_wakeups(co: &CoInner) {
     }
     let mut pending = Pending(std::mem::take(&mut *co.wakeup.borrow_mut()));
     while let Some(next) = pending.0.pop_front() {
-        if enter_one(&next) {
+        let wakeups = enter_one(&next);
+        if next.state.get() == state::TERMINATED && !next.holds_stack.get() {
+            keep_or_give_stack(&next);
+        }
+        if wakeups {
             let mut queued = next.wakeup.borrow_mut();
             while let Some(w) = queued.pop_back() {
                 pending.0.push_front(w);
@@ -732,7 +740,6 @@ fn enter_one(co: &CoInner) -> bool {
         let wakeups = co.state.get() & state::WAKEUPS != 0;
         if let corosensei::CoroutineResult::Return(()) = result {
             terminated(co);
-            keep_or_give_stack(co, st);
         } else {
             co.state.set(0);
         }
@@ -802,7 +809,7 @@ fn unwound(co: &CoInner, from: *const CoInner) {
     // SAFETY: home thread, and the switch has returned: no other borrow.
     if unsafe { &*co.raw.get() }.as_ref().is_some_and(RawCo::done) {
         terminated(co);
-        tls::with_state(|st| keep_or_give_stack(co, st));
+        keep_or_give_stack(co);
     } else {
         co.state.set(0);
     }
@@ -817,12 +824,12 @@ const KEEP_STACKS: usize = 64;
 
 /// Keeps a terminated coroutine's stack with it for the object pool (the
 /// common case: its last handle drops soon), unless this thread already has
-/// [`KEEP_STACKS`] such coroutines: then the stack goes back now.
-#[inline(always)]
-fn keep_or_give_stack(co: &CoInner, st: &tls::ThreadState) {
-    let kept = st.kept_stacks.get();
-    if kept < KEEP_STACKS {
-        st.kept_stacks.set(kept + 1);
+/// [`KEEP_STACKS`] such coroutines: then the stack goes back now. Called
+/// after `enter_one` returns, off the resume/yield path.
+#[cold]
+#[inline(never)]
+fn keep_or_give_stack(co: &CoInner) {
+    if tls::keep_stack_slot(KEEP_STACKS) {
         co.holds_stack.set(true);
     } else {
         give_stack_now(co);

@@ -71,6 +71,22 @@ thread_local! {
     static CURRENT_CTX: RefCell<Option<AioContext>> = const { RefCell::new(None) };
 }
 
+/// Counts one more terminated coroutine keeping its stack, if fewer than
+/// `max` do; returns whether it may.
+#[inline(never)]
+pub(super) fn keep_stack_slot(max: usize) -> bool {
+    STATE
+        .try_with(|s| {
+            let kept = s.kept_stacks.get();
+            let ok = kept < max;
+            if ok {
+                s.kept_stacks.set(kept + 1);
+            }
+            ok
+        })
+        .unwrap_or(false)
+}
+
 /// One terminated coroutine of this thread gave up the stack it kept (it
 /// was reused, or dropped on this thread). Quiet during thread exit.
 #[inline(never)]
