@@ -33,10 +33,10 @@ extern "C" fn on_sigusr1(_: libc::c_int) {
 fn install_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        // `sa_flags` deliberately lacks SA_RESTART, so that blocked calls
+        // fail with EINTR.
         // SAFETY: a zeroed `sigaction` is a valid "no flags, empty mask"
-        // value; the handler only touches an atomic, which is
-        // async-signal-safe; `sa_flags` deliberately lacks SA_RESTART so
-        // that blocked calls fail with EINTR.
+        // value; the handler only touches an atomic (async-signal-safe).
         let r = unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_sigusr1 as *const () as libc::sighandler_t;

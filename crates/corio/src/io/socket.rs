@@ -517,13 +517,14 @@ fn socket_get_fd(name: &str) -> io::Result<(OwnedFd, AddressFamily)> {
         }
         Err(e) => return Err(with_context(e.into(), format!("File descriptor '{name}'"))),
     };
-    // SAFETY: `raw` is open (fcntl succeeded), a socket, and was inherited
-    // across exec: it lacks FD_CLOEXEC, which every descriptor opened by
-    // this process's Rust code carries, and it is not a standard stream.
+    // `raw` is open (fcntl succeeded), a socket, and was inherited across
+    // exec: it lacks FD_CLOEXEC, which every descriptor opened by this
+    // process's Rust code carries, and it is not a standard stream.
     // Inherited descriptors belong to no object in this process until one
     // adopts them; this is that adoption, as QEMU's socket_get_fd takes the
     // number over. Setting FD_CLOEXEC at once marks it adopted: a second
     // `fd:N` for the same number is refused above.
+    // SAFETY: an open, inherited, not yet adopted descriptor (above).
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     rustix::io::fcntl_setfd(&fd, flags | rustix::io::FdFlags::CLOEXEC)
         .map_err(|e| with_context(e.into(), format!("File descriptor '{name}'")))?;
