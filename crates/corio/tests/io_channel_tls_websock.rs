@@ -12,27 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use corio::io::{Channel, WebsockChannel};
 use corio::AioContext;
-use io_channel_helpers::{join_bounded, pattern};
+use io_channel_helpers::{frame, join_bounded, pattern, GOOD_REQUEST};
 use tls_helpers::{poll_until, qemu_authz, tcp_pair, Pki, Tls};
 
 // ----- a WebSocket over TLS (QEMU's VNC wss path) -----
-
-/// `tests/io_channel_websock.rs`'s upgrade request.
-const GOOD_REQUEST: &str = "GET / HTTP/1.1\r\n\
-    Host: localhost\r\n\
-    Upgrade: websocket\r\n\
-    Connection: Upgrade\r\n\
-    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-    Sec-WebSocket-Version: 13\r\n\r\n";
-
-/// A masked client frame (payloads under 126 bytes).
-fn frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mut f = vec![b0, 0x80 | payload.len() as u8];
-    f.extend(mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
 
 /// The TLS handshake as a task whose completion owns the channel and
 /// wraps it in a WebSocket channel, whose own handshake task then answers
@@ -110,13 +93,8 @@ fn io_channel_tls_websock_over_tls_watch_hears_tls_input() {
     let client = std::thread::spawn(move || -> std::io::Result<Tls> {
         client.handshake_sync()?;
         let mut burst = GOOD_REQUEST.as_bytes().to_vec();
-        let mask = [4u8, 3, 2, 1];
         for f in &frames {
-            // A masked binary frame with a 16-bit length.
-            burst.extend([0x82, 0x80 | 126]);
-            burst.extend((f.len() as u16).to_be_bytes());
-            burst.extend(mask);
-            burst.extend(f.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            burst.extend(frame(0x82, f, [4, 3, 2, 1]));
         }
         client.write_all(&burst)?;
         Ok(client) // kept open: no EOF to wake anyone

@@ -23,7 +23,7 @@ use corio::io::address::SocketAddress;
 use corio::io::websock::WebsockError;
 use corio::io::{Channel, SocketChannel, WebsockChannel};
 use corio::{AioContext, Coroutine, IoThread};
-use io_channel_helpers::{join_bounded, pattern};
+use io_channel_helpers::{frame, join_bounded, pattern, GOOD_REQUEST};
 use tungstenite::client::ClientRequestBuilder;
 use tungstenite::{Bytes, Message, WebSocket};
 
@@ -32,13 +32,6 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Message sizes around the 7-, 16- and 64-bit length forms, and 1 MiB.
 const SIZES: [usize; 6] = [1, 125, 126, 65535, 65536, 1 << 20];
-
-const GOOD_REQUEST: &str = "GET / HTTP/1.1\r\n\
-    Host: localhost\r\n\
-    Upgrade: websocket\r\n\
-    Connection: Upgrade\r\n\
-    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-    Sec-WebSocket-Version: 13\r\n\r\n";
 
 fn listen() -> (SocketChannel, u16) {
     let l = SocketChannel::listen_sync(&SocketAddress::inet("127.0.0.1", 0), 16).unwrap();
@@ -676,21 +669,6 @@ fn raw_client(port: u16) -> TcpStream {
         String::from_utf8_lossy(&reply)
     );
     s
-}
-
-/// A masked client frame.
-fn frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![b0];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n => {
-            f.push(0x80 | 126);
-            f.extend((n as u16).to_be_bytes());
-        }
-    }
-    f.extend(mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
 }
 
 #[test]

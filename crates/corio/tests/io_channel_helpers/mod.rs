@@ -59,3 +59,26 @@ pub fn join_bounded<T>(h: std::thread::JoinHandle<T>, what: &str) -> T {
     h.join()
         .unwrap_or_else(|_| panic!("{what} thread panicked"))
 }
+
+/// A well-formed WebSocket upgrade request (RFC 6455's example key).
+pub const GOOD_REQUEST: &str = "GET / HTTP/1.1\r\n\
+    Host: localhost\r\n\
+    Upgrade: websocket\r\n\
+    Connection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+/// A masked client WebSocket frame (7- or 16-bit length forms).
+pub fn frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![b0];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend(u16::try_from(n).expect("a 16-bit length").to_be_bytes());
+        }
+    }
+    f.extend(mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}

@@ -352,9 +352,7 @@ fn build(
                 .with_safe_default_protocol_versions()
                 .map_err(config_err)?;
             let builder = if verify_peer {
-                let roots = roots.ok_or_else(|| {
-                    config_err(format!("verify-peer needs the CA certificate ({CA_CERT})"))
-                })?;
+                let roots = roots.ok_or_else(no_ca_for_verify_peer)?;
                 // GnuTLS's semantics (verify-high.c checks each
                 // certificate of the chain against the CRLs of its issuer):
                 // a certificate that no CRL covers is not revoked. webpki's
@@ -382,9 +380,7 @@ fn build(
                 .with_safe_default_protocol_versions()
                 .map_err(config_err)?;
             let builder = if verify_peer {
-                let roots = roots.ok_or_else(|| {
-                    config_err(format!("verify-peer needs the CA certificate ({CA_CERT})"))
-                })?;
+                let roots = roots.ok_or_else(no_ca_for_verify_peer)?;
                 let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                     .build()
                     .map_err(|e| config_err(format!("Cannot verify server certificates: {e}")))?;
@@ -419,4 +415,9 @@ fn build(
             config,
         }),
     })
+}
+
+/// verify-peer without `ca-cert.pem`.
+fn no_ca_for_verify_peer() -> TlsError {
+    config_err(format!("verify-peer needs the CA certificate ({CA_CERT})"))
 }
