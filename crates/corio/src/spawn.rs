@@ -118,8 +118,10 @@ struct Slot<T> {
     result: Option<Result<T, JoinError>>,
     /// Set with `result`, never cleared (the result may have been taken).
     finished: bool,
-    /// The coroutine, from its creation until it finishes (for `abort`).
-    co: Option<CoHandle>,
+    /// The coroutine, from its creation until it finishes (for `abort`),
+    /// and the context that spawned it and keeps it in its registry (its
+    /// home, unless it migrated since).
+    co: Option<(CoHandle, AioContext)>,
     waiter: Option<Waiter>,
 }
 
@@ -147,8 +149,8 @@ impl<T> JoinState<T> {
             (slot.waiter.take(), slot.co.take())
         };
         self.done.notify_all();
-        if let Some(co) = co {
-            co.context().disown(co.as_ptr());
+        if let Some((co, owner)) = co {
+            owner.disown(co.as_ptr());
         }
         match waiter {
             Some(Waiter::Co(h)) => h.wake(),
@@ -266,7 +268,7 @@ impl<T> JoinHandle<T> {
             if slot.finished {
                 return;
             }
-            slot.co.clone()
+            slot.co.as_ref().map(|(co, _)| co.clone())
         };
         if let Some(co) = co {
             cancel_at_home(co);
@@ -324,7 +326,7 @@ fn start<T: 'static>(
     let co = Coroutine::new(move || finisher.run(f));
     co.set_home_context(ctx);
     let handle = co.handle();
-    slot.co = Some(handle.clone());
+    slot.co = Some((handle.clone(), ctx.clone()));
     drop(slot);
     ctx.adopt(&handle);
     if enter_now {

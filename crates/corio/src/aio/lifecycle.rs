@@ -20,9 +20,24 @@ impl AioContext {
 
     /// Forgets a spawned coroutine that finished. The handle drops after
     /// the home-state borrow ends (dropping it may recycle the coroutine).
+    ///
+    /// # Thread context
+    /// Any thread: one that migrated finishes elsewhere, and its entry is
+    /// removed from a bottom half here.
     pub(crate) fn disown(&self, co: *const ()) {
-        let old = self.shared.local().owned.remove(&(co as usize));
-        drop(old);
+        let key = co as usize;
+        if self.in_home_thread() {
+            let old = self.shared.local().owned.remove(&key);
+            drop(old);
+        } else {
+            let ctx = self.downgrade();
+            self.bh_schedule_oneshot(move || {
+                if let Some(ctx) = ctx.upgrade() {
+                    let old = ctx.shared.local().owned.remove(&key);
+                    drop(old);
+                }
+            });
+        }
     }
 
     /// Number of spawned coroutines that have not finished.
@@ -68,7 +83,10 @@ impl AioContext {
             let owned: Vec<CoHandle> = self.shared.local().owned.values().cloned().collect();
             let mut cancelled = 0;
             for co in &owned {
-                if coroutine::cancel(&co.inner) != coroutine::Cancel::Running {
+                if !co.is_home() {
+                    // It migrated to another context: not ours to end.
+                    self.shared.local().owned.remove(&(co.as_ptr() as usize));
+                } else if coroutine::cancel(&co.inner) != coroutine::Cancel::Running {
                     cancelled += 1;
                 }
             }

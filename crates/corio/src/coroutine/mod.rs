@@ -158,6 +158,10 @@ pub(crate) struct CoInner {
     cancelled: Cell<bool>,
     /// Coroutines woken while this one ran; entered when it yields or ends.
     wakeup: RefCell<VecDeque<Arc<CoInner>>>,
+    /// Set by `co_reschedule_self` (with `WAKEUPS`, so that the enterer
+    /// looks after the switch): once the coroutine has yielded, its enterer
+    /// hands it to this context.
+    migrate_to: Cell<Option<AioContext>>,
 }
 
 // SAFETY: the fields that are not thread-safe (`raw`, `yielder`, `caller`,
@@ -420,6 +424,7 @@ impl Coroutine {
                 holds_stack: Cell::new(false),
                 cancelled: Cell::new(false),
                 wakeup: RefCell::new(VecDeque::new()),
+                migrate_to: Cell::new(None),
             })),
         }
     }
@@ -686,6 +691,8 @@ fn run_wakeups(co: &CoInner) {
         }
     }
     let mut pending = Pending(std::mem::take(&mut *co.wakeup.borrow_mut()));
+    // Last use of `co` here: once migrated, another thread owns it.
+    migrate_if_asked(co);
     while let Some(next) = pending.0.pop_front() {
         let wakeups = enter_one(&next);
         if next.state.get() == state::TERMINATED && !next.holds_stack.get() {
@@ -696,9 +703,54 @@ fn run_wakeups(co: &CoInner) {
             while let Some(w) = queued.pop_back() {
                 pending.0.push_front(w);
             }
+            drop(queued);
+            migrate_if_asked(&next);
         }
         release(next);
     }
+}
+
+/// Asks the enterer to move the running coroutine to `ctx` once it has
+/// yielded (the second half of `co_reschedule_self`): no bottom half and
+/// no allocation, one push onto `ctx`'s queue from `migrate_if_asked`.
+///
+/// # Safety
+/// As `AioContext::co_schedule_migrate`; the caller then yields at once.
+pub(crate) unsafe fn request_migration(ctx: &AioContext) {
+    let me = tls::current_co();
+    assert!(!me.is_null(), "co_reschedule_self outside a coroutine");
+    // SAFETY: the running coroutine is live (its enterer holds it).
+    let me = unsafe { &*me };
+    me.migrate_to.set(Some(ctx.clone()));
+    me.state.set(me.state.get() | state::WAKEUPS);
+}
+
+/// After `co` yielded: if it asked to migrate, claims it and pushes it onto
+/// the target context's queue. Called on the home thread with `co` idle.
+#[inline]
+fn migrate_if_asked(co: &CoInner) {
+    if let Some(target) = co.migrate_to.take() {
+        migrate_now(co, target);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn migrate_now(co: &CoInner, target: AioContext) {
+    if co.state.get() != 0 {
+        // It returned (or panicked) instead of yielding: nothing to move.
+        return;
+    }
+    co.mark_scheduled(Scheduler::AioCoSchedule);
+    co.set_home(&target);
+    // SAFETY: every `CoInner` lives in an `Arc` (created by
+    // `Coroutine::new`), and the enterer holds one for the whole switch, so
+    // the count is at least 1: taking one more reference is sound.
+    let arc = unsafe {
+        Arc::increment_strong_count(co);
+        Arc::from_raw(co as *const CoInner)
+    };
+    target.push_scheduled(arc);
 }
 
 /// Hands queued wakeups to this thread's context instead of entering them
