@@ -185,6 +185,10 @@ impl Client {
                             }
                             Ok(k) => got += k,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                                self.buf.truncate(start + got);
+                                return None;
+                            }
                             Err(e) => panic!("reading from the server: {e}"),
                         }
                     }
@@ -361,6 +365,22 @@ impl Client {
         out.extend_from_slice(payload);
         self.send(&out);
         cookie
+    }
+
+    /// Sends a request unless the server has hung up; the cookie if sent.
+    pub fn try_request(&mut self, command: Command, offset: u64, payload: &[u8]) -> Option<u64> {
+        let cookie = self.cookie();
+        let mut out = Vec::new();
+        Request {
+            cookie,
+            command,
+            flags: CmdFlags::empty(),
+            offset,
+            length: payload.len() as u64,
+        }
+        .encode(self.mode, &mut out);
+        out.extend_from_slice(payload);
+        self.s.write_all(&out).ok().map(|()| cookie)
     }
 
     /// The next reply message (a simple READ's data is not included:
