@@ -45,6 +45,7 @@
 
 mod bh;
 mod fd;
+mod lifecycle;
 pub(crate) mod queue;
 mod sys;
 mod timer;
@@ -131,6 +132,9 @@ struct Local {
     timers: Vec<Arc<TimerInner>>,
     /// Adaptive busy polling (QEMU's `poll-max-ns`, `poll-grow`, `poll-shrink`).
     poll: PollParams,
+    /// Coroutines spawned here ([`AioContext::spawn`]) that have not
+    /// finished, by address: [`AioContext::shutdown`] cancels them.
+    owned: HashMap<usize, CoHandle>,
 }
 
 /// Adaptive polling state: a blocking poll first spins for `ns` looking for
@@ -236,6 +240,7 @@ impl AioContext {
                     bh_queue: VecDeque::new(),
                     timers: Vec::new(),
                     poll: PollParams::default(),
+                    owned: HashMap::new(),
                 }),
                 thread_pool: std::sync::OnceLock::new(),
             }

@@ -49,8 +49,11 @@
 //! assert!(co.is_terminated());
 //! ```
 
+mod cancel;
 mod stack;
 pub(crate) mod tls;
+
+pub(crate) use cancel::{cancel, cancelling, Cancel};
 
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
@@ -149,6 +152,10 @@ pub(crate) struct CoInner {
     /// Terminated and still holding its stack, counted in its home
     /// thread's `kept_stacks` (at most [`KEEP_STACKS`] per thread).
     holds_stack: Cell<bool>,
+    /// Terminated by [`cancel`] rather than by returning: a wakeup that was
+    /// already on its way (queued, or registered with an fd handler or a
+    /// lock) finds it terminated and is dropped instead of panicking.
+    cancelled: Cell<bool>,
     /// Coroutines woken while this one ran; entered when it yields or ends.
     wakeup: RefCell<VecDeque<Arc<CoInner>>>,
 }
@@ -411,6 +418,7 @@ impl Coroutine {
                 caller: Cell::new(ptr::null()),
                 state: Cell::new(0),
                 holds_stack: Cell::new(false),
+                cancelled: Cell::new(false),
                 wakeup: RefCell::new(VecDeque::new()),
             })),
         }
@@ -490,6 +498,14 @@ impl Coroutine {
         Arc::as_ptr(&self.inner).cast()
     }
 
+    /// Makes `ctx` the coroutine's home context. `ctx` must belong to the
+    /// coroutine's home thread (checked): this changes where wakes go, not
+    /// the thread.
+    pub(crate) fn set_home_context(&self, ctx: &AioContext) {
+        assert_eq!(ctx.home_token(), self.inner.home_token());
+        *self.inner.home.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
+    }
+
     /// Whether both handles name the same coroutine.
     pub fn ptr_eq(&self, other: &Coroutine) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
@@ -515,6 +531,7 @@ where
     };
     *raw = Some(RawCo::with_stack(stack, body));
     co.state.set(0);
+    co.cancelled.set(false);
 }
 
 impl fmt::Debug for Coroutine {
@@ -715,8 +732,8 @@ fn enter_one(co: &CoInner) -> bool {
         let refused = (co.home_thread.load(Relaxed) ^ st.token_if_any())
             | co.scheduled.load(Relaxed) as usize
             | co.state.get() as usize;
-        if refused != 0 {
-            enter_refused(co, st);
+        if refused != 0 && enter_refused(co, st) {
+            return false;
         }
         // SAFETY: home thread and idle (checked above): no other borrow of
         // `raw` exists, and the coroutine never touches its own `raw`.
@@ -761,21 +778,25 @@ fn enter_traced(from: *const CoInner, co: &CoInner) {
     );
 }
 
-/// `enter_one`'s checks failed: panics with QEMU's message, or returns if
-/// the only problem was that this thread had no token yet and it is the
-/// coroutine's home.
+/// `enter_one`'s checks failed: panics with QEMU's message, or returns
+/// `false` if the only problem was that this thread had no token yet and it
+/// is the coroutine's home, or `true` (skip the enter) if the coroutine was
+/// cancelled: the wakeup was on its way when [`cancel`] unwound it.
 #[cold]
 #[inline(never)]
-fn enter_refused(co: &CoInner, st: &tls::ThreadState) {
+fn enter_refused(co: &CoInner, st: &tls::ThreadState) -> bool {
     if co.home_thread.load(Relaxed) != st.token() {
         wrong_thread();
+    }
+    if co.state.get() == state::TERMINATED && co.cancelled.get() {
+        return true;
     }
     let sched = co.scheduled.load(Relaxed);
     if sched != 0 {
         already_scheduled(sched);
     }
     match co.state.get() {
-        0 => {}
+        0 => false,
         state::TERMINATED => entered_after_termination(),
         _ => reentered(),
     }
