@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use corio::io::address::SocketAddress;
 use corio::io::{Channel, NetListener, SocketChannel};
-use corio::{AioContext, Coroutine, IoThread};
+use corio::{AioContext, IoThread};
 
 pub mod export;
 mod handshake;
@@ -174,13 +174,11 @@ impl Shared {
         lock(&self.socks).push((id, sock.clone()));
         self.update_watch();
         let shared = self.clone();
-        target.bh_schedule_oneshot(move || {
-            Coroutine::new(move || {
-                session::run_client(sock, shared.clone());
-                shared.closed(id);
-            })
-            .enter();
-        });
+        // Detached: the client's coroutine reports its own end (closed).
+        drop(target.spawn(move || {
+            session::run_client(sock, shared.clone());
+            shared.closed(id);
+        }));
     }
 
     /// A client is gone (any thread): account for it in the main context.
