@@ -1018,20 +1018,14 @@ impl Eq for AioContext {}
 /// # Panics
 /// Outside a coroutine.
 pub unsafe fn co_reschedule_self(ctx: &AioContext) {
-    let me = crate::Coroutine::current().expect("co_reschedule_self outside a coroutine");
-    let old = me.context();
-    // Contexts, not threads, as QEMU compares them: a move between two
-    // contexts of one thread still changes where later wakes go.
-    if old == *ctx {
-        return;
-    }
-    drop(me);
     // The enterer pushes us onto `ctx`'s queue once we have yielded (QEMU
     // uses a oneshot bottom half on the old context for the same reason:
-    // the other thread must not enter us before we have left).
+    // the other thread must not enter us before we have left). `ctx` stays
+    // borrowed until we are resumed there, which the hand-over relies on.
     // SAFETY: the caller of `co_reschedule_self` vouched for the stack.
-    unsafe { crate::coroutine::request_migration(ctx) };
-    crate::coroutine::yield_now();
+    if unsafe { crate::coroutine::request_migration(ctx) } {
+        crate::coroutine::yield_now();
+    }
 }
 
 #[cfg(all(test, not(loom)))]

@@ -160,8 +160,12 @@ pub(crate) struct CoInner {
     wakeup: RefCell<VecDeque<Arc<CoInner>>>,
     /// Set by `co_reschedule_self` (with `WAKEUPS`, so that the enterer
     /// looks after the switch): once the coroutine has yielded, its enterer
-    /// hands it to this context.
-    migrate_to: Cell<Option<AioContext>>,
+    /// hands it to this context. Not an owned handle: it points at the
+    /// `&AioContext` that `co_reschedule_self` borrowed, which outlives the
+    /// hand-over because that call returns only once the coroutine has been
+    /// resumed, after the push (saves two contended reference-count updates
+    /// per hop).
+    migrate_to: Cell<*const AioContext>,
 }
 
 // SAFETY: the fields that are not thread-safe (`raw`, `yielder`, `caller`,
@@ -424,7 +428,7 @@ impl Coroutine {
                 holds_stack: Cell::new(false),
                 cancelled: Cell::new(false),
                 wakeup: RefCell::new(VecDeque::new()),
-                migrate_to: Cell::new(None),
+                migrate_to: Cell::new(ptr::null()),
             })),
         }
     }
@@ -716,33 +720,43 @@ fn run_wakeups(co: &CoInner) {
 ///
 /// # Safety
 /// As `AioContext::co_schedule_migrate`; the caller then yields at once.
-pub(crate) unsafe fn request_migration(ctx: &AioContext) {
+pub(crate) unsafe fn request_migration(ctx: &AioContext) -> bool {
     let me = tls::current_co();
     assert!(!me.is_null(), "co_reschedule_self outside a coroutine");
     // SAFETY: the running coroutine is live (its enterer holds it).
     let me = unsafe { &*me };
-    me.migrate_to.set(Some(ctx.clone()));
+    // Contexts, not threads, as QEMU compares them: a move between two
+    // contexts of one thread still changes where later wakes go. Another
+    // thread's context cannot be the home: no lock needed to tell.
+    if ctx.home_token() == me.home_token() && home_context(me) == *ctx {
+        return false;
+    }
+    me.migrate_to.set(ctx);
     me.state.set(me.state.get() | state::WAKEUPS);
+    true
 }
 
 /// After `co` yielded: if it asked to migrate, claims it and pushes it onto
 /// the target context's queue. Called on the home thread with `co` idle.
 #[inline]
 fn migrate_if_asked(co: &CoInner) {
-    if let Some(target) = co.migrate_to.take() {
-        migrate_now(co, target);
+    let target = co.migrate_to.replace(ptr::null());
+    // Only a coroutine that yielded (state idle) still has the
+    // `co_reschedule_self` frame that `target` borrows from; one that
+    // terminated instead (a panic before the switch) is not moved.
+    if !target.is_null() && co.state.get() == 0 {
+        // SAFETY: `request_migration` stored a reference that the yielded
+        // coroutine's `co_reschedule_self` frame still borrows; the
+        // coroutine is suspended until the push below hands it over.
+        migrate_now(co, unsafe { &*target });
     }
 }
 
 #[cold]
 #[inline(never)]
-fn migrate_now(co: &CoInner, target: AioContext) {
-    if co.state.get() != 0 {
-        // It returned (or panicked) instead of yielding: nothing to move.
-        return;
-    }
+fn migrate_now(co: &CoInner, target: &AioContext) {
     co.mark_scheduled(Scheduler::AioCoSchedule);
-    co.set_home(&target);
+    co.set_home(target);
     // SAFETY: every `CoInner` lives in an `Arc` (created by
     // `Coroutine::new`), and the enterer holds one for the whole switch, so
     // the count is at least 1: taking one more reference is sound.
