@@ -27,7 +27,30 @@
 //! recursively", entering one that is scheduled panics with "Co-routine was
 //! already scheduled in '...'", and yielding outside a coroutine panics with
 //! "Co-routine is yielding to no one". A panic inside a coroutine reaches the
-//! `enter` that resumed it; the coroutine is then terminated.
+//! `enter` that resumed it; the coroutine is then terminated. A wake of a
+//! coroutine whose earlier wake has not run yet (queued behind the running
+//! coroutine, or in a context's queue) panics with "Co-routine was already
+//! scheduled in 'aio_co_wake'" (or `'aio_co_schedule'`), from any thread,
+//! rather than resuming it twice.
+//!
+//! # Lifetime
+//!
+//! A coroutine lives while a handle to it does ([`Coroutine`], [`CoHandle`],
+//! including the ones that wait lists, channels and context queues hold).
+//! When the last one drops:
+//!
+//! * a terminated coroutine's object and stack go back to the pool;
+//! * a never-entered one drops its closure on its home thread (sent home
+//!   through its home context if the last handle dropped elsewhere; leaked
+//!   if it cannot get there);
+//! * a suspended one dropped on its home thread is unwound from its yield
+//!   point: its destructors run as if it had been cancelled; dropped on
+//!   another thread it is leaked (its stack may hold values that are not
+//!   `Send`), as QEMU leaks an abandoned coroutine.
+//!
+//! Coroutines started with [`AioContext::spawn`] are also owned by their
+//! context until they finish, and can be cancelled
+//! ([`JoinHandle::abort`](crate::JoinHandle::abort), [`AioContext::shutdown`]).
 //!
 //! # Examples
 //!
@@ -63,7 +86,7 @@ use std::mem::ManuallyDrop;
 use std::ptr;
 use std::sync::atomic::{
     AtomicU8, AtomicUsize,
-    Ordering::{Acquire, Relaxed, Release},
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 use std::sync::{Arc, Mutex};
 
@@ -89,12 +112,16 @@ pub(crate) enum Scheduler {
     /// A coroutine sleeping in `sync::CoSleep`: a wakeup from anyone else
     /// panics, as QEMU's `qemu_co_sleep` does.
     CoSleep = 2,
+    /// Queued on the running coroutine's wakeup list by a wake on the same
+    /// thread: a second wake before it runs panics (QEMU aborts the same way).
+    AioCoWake = 3,
 }
 
 fn scheduler_name(code: u8) -> &'static str {
     match code {
         1 => "aio_co_schedule",
         2 => "qemu_co_sleep",
+        3 => "aio_co_wake",
         _ => "?",
     }
 }
@@ -201,13 +228,25 @@ impl Drop for CoInner {
         let Some(mut raw) = self.raw.get_mut().take() else {
             return;
         };
+        let at_home = *self.home_thread.get_mut() == tls::thread_token();
         if raw.done() {
             stack::give(raw.into_stack());
         } else if !raw.started() {
             // Never entered: dropping drops the closure; nothing runs as
-            // this coroutine (its yielder does not exist yet).
-            drop(raw);
-        } else if *self.home_thread.get_mut() == tls::thread_token() {
+            // this coroutine (its yielder does not exist yet). The closure
+            // need not be `Send`: off its home thread it is sent home and
+            // dropped there (or leaked if it cannot get there).
+            if at_home {
+                drop(raw);
+            } else {
+                let home = self
+                    .home
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                send_home(raw, *self.home_thread.get_mut(), home);
+            }
+        } else if at_home {
             // Suspended and unreachable: unwind its stack (running its
             // destructors) as the running coroutine, then reuse the stack.
             // `current()` refuses to hand out this dying coroutine (its
@@ -231,6 +270,41 @@ impl Drop for CoInner {
             // thread: leak it, as QEMU leaks an abandoned coroutine.
             std::mem::forget(raw);
         }
+    }
+}
+
+/// A never-entered coroutine (its closure inside) on its way back to its
+/// home thread, the only one where the closure may be dropped.
+struct HomeBound {
+    raw: ManuallyDrop<RawCo>,
+    home_thread: usize,
+}
+
+// SAFETY: the coroutine inside is never used off its home thread: it is only
+// moved (its bytes copied, nothing read through them) until `Drop` runs, and
+// `Drop` drops it only on the home thread, leaking it anywhere else.
+unsafe impl Send for HomeBound {}
+
+impl Drop for HomeBound {
+    fn drop(&mut self) {
+        if tls::thread_token() == self.home_thread {
+            // SAFETY: dropped once, here, on its home thread.
+            unsafe { ManuallyDrop::drop(&mut self.raw) };
+        }
+    }
+}
+
+/// Drops a never-entered coroutine from a bottom half of its home context;
+/// leaks it if it has no context (or the bottom half never runs there).
+#[cold]
+fn send_home(raw: RawCo, home_thread: usize, home: Option<AioContext>) {
+    let bound = HomeBound {
+        raw: ManuallyDrop::new(raw),
+        home_thread,
+    };
+    match home {
+        Some(ctx) => ctx.bh_schedule_oneshot(move || drop(bound)),
+        None => std::mem::forget(bound),
     }
 }
 
@@ -698,6 +772,8 @@ fn run_wakeups(co: &CoInner) {
     // Last use of `co` here: once migrated, another thread owns it.
     migrate_if_asked(co);
     while let Some(next) = pending.0.pop_front() {
+        // Release: as in `enter_scheduled` (pairs with `mark_scheduled`).
+        next.scheduled.store(0, Release);
         let wakeups = enter_one(&next);
         if next.state.get() == state::TERMINATED && !next.holds_stack.get() {
             keep_or_give_stack(&next);
@@ -775,11 +851,18 @@ fn reschedule_wakeups(list: VecDeque<Arc<CoInner>>) {
         return;
     }
     for co in list {
-        // Claim it without panicking (this may run while unwinding); one
-        // that someone else scheduled meanwhile is already on its way.
+        // The wake list's claim (`AioCoWake`, taken by `wake_local`) becomes
+        // a co_schedule claim without panicking (this may run while
+        // unwinding). AcqRel: as `mark_scheduled`'s Acquire, and the Release
+        // of a clear, since the claim changes hands.
         if co
             .scheduled
-            .compare_exchange(0, Scheduler::AioCoSchedule as u8, Acquire, Relaxed)
+            .compare_exchange(
+                Scheduler::AioCoWake as u8,
+                Scheduler::AioCoSchedule as u8,
+                AcqRel,
+                Relaxed,
+            )
             .is_ok()
         {
             home_context(&co).push_scheduled(co);
@@ -988,6 +1071,10 @@ fn wake_local(co: &Arc<CoInner>) {
             !ptr::eq(cur, Arc::as_ptr(co)),
             "a coroutine cannot wake itself"
         );
+        // Claimed like a co_schedule: a second wake (from this thread or
+        // another) before the first has entered it panics with QEMU's
+        // "already scheduled" instead of resuming it twice.
+        co.mark_scheduled(Scheduler::AioCoWake);
         // SAFETY: the running coroutine is live and on this thread.
         let cur = unsafe { &*cur };
         cur.wakeup.borrow_mut().push_back(co.clone());

@@ -1,0 +1,131 @@
+//! Regression tests for defects a review of the coroutine core found: a
+//! never-entered closure dropped off its home thread, and a queued double
+//! wake that resumed a coroutine twice.
+
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corio::{coroutine, AioContext, Coroutine};
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
+}
+
+/// Records the name of the thread that drops it.
+struct DroppedOn(Arc<Mutex<Option<String>>>);
+impl Drop for DroppedOn {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() = std::thread::current().name().map(str::to_owned);
+    }
+}
+
+/// A coroutine created and dropped on thread A, never entered, whose last
+/// handle drops on thread B: its closure (not `Send`) is dropped on A.
+#[test]
+fn never_entered_closure_dropped_on_home_thread() {
+    let dropped = Arc::new(Mutex::new(None));
+    let (h_tx, h_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let d = dropped.clone();
+    let a = std::thread::Builder::new()
+        .name("home-a".into())
+        .spawn(move || {
+            let ctx = AioContext::new().unwrap();
+            let guard = DroppedOn(d.clone());
+            let not_send = Rc::new(());
+            let co = Coroutine::new(move || {
+                let _keep = (&guard, &not_send);
+            });
+            h_tx.send(co.handle()).unwrap();
+            drop(co);
+            go_rx.recv().unwrap(); // B has dropped the last handle
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while d.lock().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "the closure never came home");
+                ctx.poll(false);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .unwrap();
+    let h = h_rx.recv().unwrap();
+    std::thread::Builder::new()
+        .name("b".into())
+        .spawn(move || drop(h))
+        .unwrap()
+        .join()
+        .unwrap();
+    go_tx.send(()).unwrap();
+    a.join().unwrap();
+    assert_eq!(dropped.lock().unwrap().as_deref(), Some("home-a"));
+}
+
+/// Waking a suspended coroutine twice from another coroutine on the same
+/// thread panics (QEMU's "already scheduled") instead of resuming it twice;
+/// it is still resumed once.
+#[test]
+fn double_wake_same_thread_panics() {
+    let ctx = AioContext::new().unwrap();
+    let resumed = Rc::new(Cell::new(0));
+    let r = resumed.clone();
+    let b = Coroutine::new(move || {
+        coroutine::yield_now();
+        r.set(r.get() + 1);
+    });
+    b.enter();
+    let b2 = b.clone();
+    let a = Coroutine::new(move || {
+        b2.wake();
+        b2.wake();
+    });
+    let err = catch_unwind(AssertUnwindSafe(|| a.enter())).expect_err("second wake must panic");
+    assert!(
+        panic_text(&*err).contains("Co-routine was already scheduled in 'aio_co_wake'"),
+        "{}",
+        panic_text(&*err)
+    );
+    // The first wake is not lost: it runs from the context.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.is_terminated() {
+        assert!(Instant::now() < deadline, "the queued wake was lost");
+        ctx.poll(false);
+    }
+    assert_eq!(resumed.get(), 1);
+}
+
+/// The same from another thread: a cross-thread wake of a coroutine whose
+/// local wake is still queued panics in the waker's thread.
+#[test]
+fn double_wake_other_thread_panics() {
+    let _ctx = AioContext::new().unwrap();
+    let resumed = Rc::new(Cell::new(0));
+    let r = resumed.clone();
+    let b = Coroutine::new(move || {
+        coroutine::yield_now();
+        r.set(r.get() + 1);
+    });
+    b.enter();
+    let b2 = b.clone();
+    let remote = Rc::new(Cell::new(String::new()));
+    let rem = remote.clone();
+    let a = Coroutine::new(move || {
+        b2.wake(); // queued behind `a`
+        let h = b2.handle();
+        let e = std::thread::spawn(move || h.wake())
+            .join()
+            .expect_err("the remote wake must panic");
+        rem.set(panic_text(&*e));
+    });
+    a.enter(); // b runs when a ends
+    assert!(remote
+        .take()
+        .contains("Co-routine was already scheduled in 'aio_co_wake'"),);
+    assert!(b.is_terminated());
+    assert_eq!(resumed.get(), 1);
+}
