@@ -129,3 +129,29 @@ fn double_wake_other_thread_panics() {
     assert!(b.is_terminated());
     assert_eq!(resumed.get(), 1);
 }
+
+/// A bottom half run by a poll nested on a coroutine's stack cannot migrate
+/// that coroutine: the poll's frames would go on running on another thread.
+#[test]
+fn migration_refused_inside_nested_poll() {
+    let ctx = AioContext::new().unwrap();
+    let other = corio::IoThread::new().unwrap();
+    let target = other.context().clone();
+    let inner = ctx.clone();
+    let co = Coroutine::new(move || {
+        let target = target.clone();
+        inner.bh_schedule_oneshot(move || {
+            // SAFETY: the coroutine holds only Send values; the call is
+            // refused anyway.
+            unsafe { corio::co_reschedule_self(&target) };
+        });
+        inner.poll(false);
+    });
+    let err = catch_unwind(AssertUnwindSafe(|| co.enter())).expect_err("must be refused");
+    assert!(
+        panic_text(&*err).contains("inside AioContext::poll"),
+        "{}",
+        panic_text(&*err)
+    );
+    other.join();
+}

@@ -457,6 +457,9 @@ impl AioContext {
     pub fn poll(&self, blocking: bool) -> bool {
         let s = &*self.shared;
         let mut local = s.local();
+        // A coroutine whose stack holds this frame must not migrate until
+        // it returns: the home-thread state below is this thread's.
+        let _frame = coroutine::PollFrame::enter();
         let adaptive = blocking && local.poll.max_ns > 0;
         let block_start = if adaptive {
             Clock::Realtime.now_ns()

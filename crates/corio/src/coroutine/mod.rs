@@ -193,6 +193,10 @@ pub(crate) struct CoInner {
     /// resumed, after the push (saves two contended reference-count updates
     /// per hop).
     migrate_to: Cell<*const AioContext>,
+    /// How many `AioContext::poll` calls are in progress on this coroutine's
+    /// stack: while any is, the coroutine must not migrate (those frames use
+    /// their context's home-thread state), see [`PollFrame`].
+    polls: Cell<u32>,
 }
 
 // SAFETY: the fields that are not thread-safe (`raw`, `yielder`, `caller`,
@@ -503,6 +507,7 @@ impl Coroutine {
                 cancelled: Cell::new(false),
                 wakeup: RefCell::new(VecDeque::new()),
                 migrate_to: Cell::new(ptr::null()),
+                polls: Cell::new(0),
             })),
         }
     }
@@ -807,9 +812,45 @@ pub(crate) unsafe fn request_migration(ctx: &AioContext) -> bool {
     if ctx.home_token() == me.home_token() && home_context(me) == *ctx {
         return false;
     }
+    assert!(
+        me.polls.get() == 0,
+        "co_reschedule_self: the coroutine is inside AioContext::poll (a callback of a poll \
+         running on its own stack); it cannot leave its thread before that poll returns"
+    );
     me.migrate_to.set(ctx);
     me.state.set(me.state.get() | state::WAKEUPS);
     true
+}
+
+/// Marks an `AioContext::poll` in progress on the running coroutine's stack
+/// (if any) for as long as it lives: such a coroutine refuses to migrate,
+/// since the poll's frames would go on running on another thread.
+pub(crate) struct PollFrame(*const CoInner);
+
+impl PollFrame {
+    #[inline]
+    pub(crate) fn enter() -> PollFrame {
+        let co = tls::current_co();
+        if !co.is_null() {
+            // SAFETY: the running coroutine is live while it runs, and this
+            // frame is on its stack.
+            let c = unsafe { &*co };
+            c.polls.set(c.polls.get() + 1);
+        }
+        PollFrame(co)
+    }
+}
+
+impl Drop for PollFrame {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: as in `enter`: the frame lives on the coroutine's
+            // stack, so the coroutine is live while it drops.
+            let c = unsafe { &*self.0 };
+            c.polls.set(c.polls.get() - 1);
+        }
+    }
 }
 
 /// After `co` yielded: if it asked to migrate, claims it and pushes it onto
