@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use corio::io::tls::{Endpoint, TlsCreds};
-use corio_nbd::server::TlsConfig;
+use corio_nbd::server::{PskCreds, ServerCreds, TlsConfig};
 
 /// An object the server knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,15 @@ pub enum Object {
         endpoint: Endpoint,
         /// `verify-peer` (QEMU's default: on).
         verify_peer: bool,
+    },
+    /// `tls-creds-psk`.
+    TlsPsk {
+        /// Directory with `keys.psk` (`username:hexkey` lines).
+        dir: String,
+        /// `endpoint=server` or `client`.
+        endpoint: Endpoint,
+        /// The user a client presents (QEMU's default: `qemu`).
+        username: Option<String>,
     },
     /// `authz-simple,identity=DN`.
     AuthzSimple {
@@ -53,6 +62,14 @@ fn on_off(key: &str, v: &str) -> Result<bool, String> {
     }
 }
 
+fn endpoint(kind: &str, v: Option<String>) -> Result<Endpoint, String> {
+    match v.as_deref() {
+        None | Some("client") => Ok(Endpoint::Client),
+        Some("server") => Ok(Endpoint::Server),
+        Some(e) => Err(format!("--object {kind}: invalid endpoint '{e}'")),
+    }
+}
+
 /// Parses one `--object` argument into its id and object.
 ///
 /// # Errors
@@ -72,11 +89,7 @@ pub fn parse(spec: &str) -> Result<(String, Object), String> {
     let obj = match kind {
         "tls-creds-x509" => {
             let dir = take("dir").ok_or_else(|| format!("--object {kind}: 'dir' is missing"))?;
-            let endpoint = match take("endpoint").as_deref() {
-                None | Some("client") => Endpoint::Client,
-                Some("server") => Endpoint::Server,
-                Some(e) => return Err(format!("--object {kind}: invalid endpoint '{e}'")),
-            };
+            let endpoint = endpoint(kind, take("endpoint"))?;
             let verify_peer = match take("verify-peer") {
                 Some(v) => on_off("verify-peer", &v)?,
                 None => true,
@@ -92,11 +105,17 @@ pub fn parse(spec: &str) -> Result<(String, Object), String> {
                 .ok_or_else(|| format!("--object {kind}: 'identity' is missing"))?,
         },
         "tls-creds-psk" => {
-            return Err(
-                "--object tls-creds-psk: PSK credentials are not supported by this build \
-                 (use tls-creds-x509)"
-                    .into(),
-            )
+            let dir = take("dir").ok_or_else(|| format!("--object {kind}: 'dir' is missing"))?;
+            let endpoint = endpoint(kind, take("endpoint"))?;
+            // Accepted as QEMU does; a PSK has no peer certificate to verify.
+            if let Some(v) = take("verify-peer") {
+                on_off("verify-peer", &v)?;
+            }
+            Object::TlsPsk {
+                dir,
+                endpoint,
+                username: take("username"),
+            }
         }
         other => return Err(format!("--object: unsupported object type '{other}'")),
     };
@@ -104,6 +123,14 @@ pub fn parse(spec: &str) -> Result<(String, Object), String> {
         return Err(format!("--object {kind}: unknown parameter '{k}'"));
     }
     Ok((id, obj))
+}
+
+fn server_endpoint(e: Endpoint) -> Result<(), String> {
+    if e == Endpoint::Server {
+        Ok(())
+    } else {
+        Err("Expecting TLS credentials with a server endpoint".into())
+    }
 }
 
 /// The TLS configuration `--tls-creds ID` and `--tls-authz ID` name.
@@ -119,19 +146,27 @@ pub fn tls_config(
     let Some(obj) = objects.get(creds) else {
         return Err(format!("No TLS credentials with id '{creds}'"));
     };
-    let Object::TlsX509 {
-        dir,
-        endpoint,
-        verify_peer,
-    } = obj
-    else {
-        return Err(format!("Object '{creds}' is not TLS credentials"));
+    let id = creds;
+    let creds = match obj {
+        Object::TlsX509 {
+            dir,
+            endpoint,
+            verify_peer,
+        } => {
+            server_endpoint(*endpoint)?;
+            let c = TlsCreds::x509_from_dir(Endpoint::Server, dir, *verify_peer)
+                .map_err(|e| format!("TLS credentials '{id}': {e}"))?;
+            ServerCreds::X509(c)
+        }
+        Object::TlsPsk { dir, endpoint, .. } => {
+            server_endpoint(*endpoint)?;
+            let c = PskCreds::from_dir(dir).map_err(|e| format!("TLS credentials '{id}': {e}"))?;
+            ServerCreds::Psk(c)
+        }
+        Object::AuthzSimple { .. } => {
+            return Err(format!("Object '{id}' is not TLS credentials"));
+        }
     };
-    if *endpoint != Endpoint::Server {
-        return Err("Expecting TLS credentials with a server endpoint".into());
-    }
-    let creds = TlsCreds::x509_from_dir(Endpoint::Server, dir, *verify_peer)
-        .map_err(|e| format!("TLS credentials '{creds}': {e}"))?;
     let authz = match authz {
         None => None,
         Some(id) => match objects.get(id) {
@@ -171,6 +206,15 @@ mod tests {
             }
         );
         assert!(parse("tls-creds-x509,dir=/d").unwrap_err().contains("'id'"));
+        let (_, o) = parse("tls-creds-psk,id=p,dir=/k,endpoint=client,username=alice").unwrap();
+        assert_eq!(
+            o,
+            Object::TlsPsk {
+                dir: "/k".into(),
+                endpoint: Endpoint::Client,
+                username: Some("alice".into())
+            }
+        );
         assert!(parse("secret,id=s,data=x").unwrap_err().contains("secret"));
         assert!(parse("authz-simple,id=a,identity=x,bogus=1")
             .unwrap_err()
