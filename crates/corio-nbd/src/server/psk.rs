@@ -169,6 +169,24 @@ fn server_context(
     Ok(b.build())
 }
 
+fn client_context(user: Vec<u8>, key: Vec<u8>) -> Result<SslContext, openssl::error::ErrorStack> {
+    let mut b = SslContextBuilder::new(SslMethod::tls_client())?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    b.set_cipher_list("ECDHE-PSK:DHE-PSK:PSK:!aNULL:!eNULL")?;
+    b.set_mode(SslMode::ACCEPT_MOVING_WRITE_BUFFER | SslMode::ENABLE_PARTIAL_WRITE);
+    b.set_psk_client_callback(move |_ssl, _hint, identity, psk| {
+        // The identity is a C string: it and its NUL must fit.
+        if user.len() >= identity.len() || key.len() > psk.len() {
+            return Ok(0);
+        }
+        identity[..user.len()].copy_from_slice(&user);
+        identity[user.len()] = 0;
+        psk[..key.len()].copy_from_slice(&key);
+        Ok(key.len())
+    });
+    Ok(b.build())
+}
+
 /// Where the server callback leaves the identity it accepted.
 fn identity_index() -> Result<Index<Ssl, String>, openssl::error::ErrorStack> {
     static INDEX: OnceLock<Index<Ssl, String>> = OnceLock::new();
@@ -242,10 +260,11 @@ fn map_err(e: openssl::ssl::Error, what: &str) -> io::Error {
     }
 }
 
-/// A TLS channel keyed by a pre-shared key, server side (see the module
+/// A TLS channel keyed by a pre-shared key, either side (see the module
 /// documentation for its wait contract).
 pub struct PskChannel {
     base: ChannelBase,
+    server: bool,
     sock: Arc<SocketChannel>,
     /// Shared with the pending-input probe that `IN` watches keep.
     stream: Arc<Mutex<SslStream<SockIo>>>,
@@ -274,12 +293,42 @@ impl PskChannel {
         let stream = SslStream::new(ssl, io).map_err(io::Error::other)?;
         Ok(PskChannel {
             base: ChannelBase::new(),
+            server: true,
             sock,
             stream: Arc::new(Mutex::new(stream)),
         })
     }
 
-    /// Runs the server handshake, yielding the calling coroutine (or
+    /// Wraps a connected socket for a client handshake as `user` with
+    /// `key` (qemu's `tls-creds-psk,endpoint=client,username=USER`).
+    ///
+    /// # Errors
+    /// If the key is empty or too long, or OpenSSL cannot make the session.
+    pub fn new_client(sock: Arc<SocketChannel>, user: &str, key: &[u8]) -> io::Result<PskChannel> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a pre-shared key must be 1 to 512 bytes",
+            ));
+        }
+        let ctx =
+            client_context(user.as_bytes().to_vec(), key.to_vec()).map_err(io::Error::other)?;
+        let ssl = Ssl::new(&ctx).map_err(io::Error::other)?;
+        let io = SockIo {
+            sock: sock.clone(),
+            out: Vec::new(),
+            reading: false,
+        };
+        let stream = SslStream::new(ssl, io).map_err(io::Error::other)?;
+        Ok(PskChannel {
+            base: ChannelBase::new(),
+            server: false,
+            sock,
+            stream: Arc::new(Mutex::new(stream)),
+        })
+    }
+
+    /// Runs the handshake, yielding the calling coroutine (or
     /// waiting in poll(2) outside one) while the socket would block.
     ///
     /// # Errors
@@ -287,7 +336,11 @@ impl PskChannel {
     /// verify), no shared protocol, or the connection failing.
     pub fn handshake_sync(&self) -> io::Result<()> {
         loop {
-            let r = lock(&self.stream).accept();
+            let r = if self.server {
+                lock(&self.stream).accept()
+            } else {
+                lock(&self.stream).connect()
+            };
             let cond = match r {
                 Ok(()) => return Ok(()),
                 Err(e) if e.code() == ErrorCode::WANT_READ => events::IN,

@@ -42,7 +42,7 @@ impl std::fmt::Debug for TlsConfig {
 /// A client socket shared between the TLS layer that owns its master and
 /// the server, which keeps a handle to shut it down (handshake timeout,
 /// server shutdown).
-pub(crate) struct SharedSocket(pub(crate) Arc<SocketChannel>);
+pub struct SharedSocket(pub Arc<SocketChannel>);
 
 impl Channel for SharedSocket {
     fn base(&self) -> &ChannelBase {

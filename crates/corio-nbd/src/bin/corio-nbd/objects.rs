@@ -125,6 +125,64 @@ pub fn parse(spec: &str) -> Result<(String, Object), String> {
     Ok((id, obj))
 }
 
+/// What a client (`-L`) needs for TLS.
+pub enum ClientTls {
+    /// x509: trust anchors (and maybe a client certificate).
+    X509(TlsCreds),
+    /// PSK: the user and its key from `DIR/keys.psk`.
+    Psk {
+        /// The identity sent (`username=`, QEMU's default `qemu`).
+        user: String,
+        /// Its key.
+        key: Vec<u8>,
+    },
+}
+
+/// The client credentials `--tls-creds ID` names (`-L`).
+///
+/// # Errors
+/// An unknown id, server credentials, or credentials that do not load.
+pub fn client_tls(objects: &HashMap<String, Object>, id: &str) -> Result<ClientTls, String> {
+    let (endpoint, tls) = match objects.get(id) {
+        Some(Object::TlsX509 {
+            dir,
+            endpoint,
+            verify_peer,
+        }) => {
+            let c = TlsCreds::x509_from_dir(Endpoint::Client, dir, *verify_peer)
+                .map_err(|e| format!("TLS credentials '{id}': {e}"));
+            (endpoint, c.map(ClientTls::X509))
+        }
+        Some(Object::TlsPsk {
+            dir,
+            endpoint,
+            username,
+        }) => {
+            let user = username.clone().unwrap_or_else(|| "qemu".into());
+            let path = std::path::Path::new(dir).join(corio_nbd::server::psk::PSK_FILE);
+            let keys = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read PSK file {}: {e}", path.display()))
+                .and_then(|t| {
+                    corio_nbd::server::psk::parse_keys(&t)
+                        .map_err(|e| format!("{}: {e}", path.display()))
+                });
+            let tls = keys.and_then(|mut k| {
+                let key = k.remove(&user).ok_or_else(|| {
+                    format!("Username '{user}' not found in PSK file {}", path.display())
+                })?;
+                Ok(ClientTls::Psk { user, key })
+            });
+            (endpoint, tls)
+        }
+        Some(_) => return Err(format!("Object '{id}' is not TLS credentials")),
+        None => return Err(format!("No TLS credentials with id '{id}'")),
+    };
+    if *endpoint != Endpoint::Client {
+        return Err("Expecting TLS credentials with a client endpoint".into());
+    }
+    tls
+}
+
 fn server_endpoint(e: Endpoint) -> Result<(), String> {
     if e == Endpoint::Server {
         Ok(())
