@@ -41,13 +41,15 @@ use corio::{AioContext, IoThread};
 
 pub mod export;
 mod handshake;
+pub mod psk;
 mod reply;
 mod request;
 pub mod session;
 pub mod tls;
 
 pub use export::{DetectZeroes, Discard, Export};
-pub use tls::TlsConfig;
+pub use psk::PskCreds;
+pub use tls::{ServerCreds, TlsConfig};
 
 use crate::proto::Limits;
 

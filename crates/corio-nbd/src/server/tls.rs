@@ -9,13 +9,24 @@ use std::sync::Arc;
 use corio::io::tls::{Authz, TlsChannel, TlsCreds};
 use corio::io::{Channel, ChannelBase, ReadFlags, SocketChannel};
 
+use super::psk::{PskChannel, PskCreds};
+
+/// Server credentials of either kind.
+#[derive(Clone, Debug)]
+pub enum ServerCreds {
+    /// `--object tls-creds-x509,endpoint=server,...`: corio's rustls channel.
+    X509(TlsCreds),
+    /// `--object tls-creds-psk,endpoint=server,...`: OpenSSL ([`super::psk`]).
+    Psk(PskCreds),
+}
+
 /// TLS for every client (qemu-nbd's `--tls-creds`, with `--tls-authz`).
 #[derive(Clone)]
 pub struct TlsConfig {
-    /// Server credentials (`--object tls-creds-x509,endpoint=server,...`).
-    pub creds: TlsCreds,
-    /// Who may connect, by certificate DN (`--tls-authz`); needs
-    /// `verify-peer=on` in the credentials.
+    /// Server credentials.
+    pub creds: ServerCreds,
+    /// Who may connect (`--tls-authz`): with x509, by certificate DN (needs
+    /// `verify-peer=on` in the credentials); with PSK, by user name, as qemu.
     pub authz: Option<Arc<dyn Authz>>,
 }
 
@@ -31,7 +42,7 @@ impl std::fmt::Debug for TlsConfig {
 /// A client socket shared between the TLS layer that owns its master and
 /// the server, which keeps a handle to shut it down (handshake timeout,
 /// server shutdown).
-pub(crate) struct SharedSocket(pub(crate) Arc<SocketChannel>);
+pub struct SharedSocket(pub Arc<SocketChannel>);
 
 impl Channel for SharedSocket {
     fn base(&self) -> &ChannelBase {
@@ -76,8 +87,26 @@ impl Channel for SharedSocket {
 /// If the credentials do not fit, the peer fails the handshake, or
 /// `--tls-authz` refuses its certificate.
 pub(crate) fn upgrade(sock: &Arc<SocketChannel>, cfg: &TlsConfig) -> io::Result<Arc<dyn Channel>> {
-    let tls = TlsChannel::new_server(SharedSocket(sock.clone()), &cfg.creds, cfg.authz.clone())
-        .map_err(io::Error::other)?;
-    tls.handshake_sync()?;
-    Ok(Arc::new(tls))
+    match &cfg.creds {
+        ServerCreds::X509(creds) => {
+            let tls = TlsChannel::new_server(SharedSocket(sock.clone()), creds, cfg.authz.clone())
+                .map_err(io::Error::other)?;
+            tls.handshake_sync()?;
+            Ok(Arc::new(tls))
+        }
+        ServerCreds::Psk(creds) => {
+            let tls = PskChannel::new_server(sock.clone(), creds)?;
+            tls.handshake_sync()?;
+            if let Some(authz) = &cfg.authz {
+                let user = tls.identity().unwrap_or_default();
+                if !authz.is_allowed(&user) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("TLS-PSK user '{user}' is not authorized"),
+                    ));
+                }
+            }
+            Ok(Arc::new(tls))
+        }
+    }
 }

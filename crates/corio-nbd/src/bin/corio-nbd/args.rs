@@ -104,15 +104,27 @@ pub struct Args {
     pub handshake_limit: u64,
 
     /// Define an object: tls-creds-x509,id=ID,dir=DIR,endpoint=server
-    /// [,verify-peer=on|off] or authz-simple,id=ID,identity=DN.
+    /// [,verify-peer=on|off], tls-creds-psk,id=ID,dir=DIR,endpoint=server
+    /// (DIR/keys.psk: username:hexkey lines) or authz-simple,id=ID,identity=DN.
     #[arg(long = "object", value_name = "SPEC")]
     pub object: Vec<String>,
 
-    /// Require TLS with the credentials object ID.
+    /// Client mode: connect to the server (-k, or -b and -p) and list its
+    /// exports, in qemu-nbd's layout.
+    #[arg(short = 'L', long = "list")]
+    pub list: bool,
+
+    /// With -L: the host name the server's certificate must carry
+    /// [default: the -b host, else localhost].
+    #[arg(long = "tls-hostname", value_name = "NAME")]
+    pub tls_hostname: Option<String>,
+
+    /// Require TLS with the credentials object ID (with -L: use them).
     #[arg(long = "tls-creds", value_name = "ID")]
     pub tls_creds: Option<String>,
 
-    /// Let in only the client certificate the authz object ID names.
+    /// Let in only the client the authz object ID names (its certificate's
+    /// DN with x509, its user name with PSK).
     #[arg(long = "tls-authz", value_name = "ID", requires = "tls_creds")]
     pub tls_authz: Option<String>,
 

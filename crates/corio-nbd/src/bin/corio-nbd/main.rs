@@ -2,6 +2,7 @@
 //! line. A thin layer over `corio_nbd::server`.
 
 mod args;
+mod list;
 mod objects;
 
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ use args::Args;
 const PROG: &str = "corio-nbd";
 /// Names the pipe a `--fork` parent waits on for "listening".
 const READY_ENV: &str = "CORIO_NBD_READY_FD";
-const DEFAULT_PORT: u16 = 10809;
+pub(crate) const DEFAULT_PORT: u16 = 10809;
 const DEFAULT_MEMORY_SIZE: u64 = 1 << 30;
 
 fn main() -> ExitCode {
@@ -52,6 +53,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    if args.list {
+        return list::run(&args);
+    }
     if args.fork {
         return fork_and_wait();
     }

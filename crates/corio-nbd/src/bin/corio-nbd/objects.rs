@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use corio::io::tls::{Endpoint, TlsCreds};
-use corio_nbd::server::TlsConfig;
+use corio_nbd::server::{PskCreds, ServerCreds, TlsConfig};
 
 /// An object the server knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,15 @@ pub enum Object {
         endpoint: Endpoint,
         /// `verify-peer` (QEMU's default: on).
         verify_peer: bool,
+    },
+    /// `tls-creds-psk`.
+    TlsPsk {
+        /// Directory with `keys.psk` (`username:hexkey` lines).
+        dir: String,
+        /// `endpoint=server` or `client`.
+        endpoint: Endpoint,
+        /// The user a client presents (QEMU's default: `qemu`).
+        username: Option<String>,
     },
     /// `authz-simple,identity=DN`.
     AuthzSimple {
@@ -53,6 +62,14 @@ fn on_off(key: &str, v: &str) -> Result<bool, String> {
     }
 }
 
+fn endpoint(kind: &str, v: Option<String>) -> Result<Endpoint, String> {
+    match v.as_deref() {
+        None | Some("client") => Ok(Endpoint::Client),
+        Some("server") => Ok(Endpoint::Server),
+        Some(e) => Err(format!("--object {kind}: invalid endpoint '{e}'")),
+    }
+}
+
 /// Parses one `--object` argument into its id and object.
 ///
 /// # Errors
@@ -72,11 +89,7 @@ pub fn parse(spec: &str) -> Result<(String, Object), String> {
     let obj = match kind {
         "tls-creds-x509" => {
             let dir = take("dir").ok_or_else(|| format!("--object {kind}: 'dir' is missing"))?;
-            let endpoint = match take("endpoint").as_deref() {
-                None | Some("client") => Endpoint::Client,
-                Some("server") => Endpoint::Server,
-                Some(e) => return Err(format!("--object {kind}: invalid endpoint '{e}'")),
-            };
+            let endpoint = endpoint(kind, take("endpoint"))?;
             let verify_peer = match take("verify-peer") {
                 Some(v) => on_off("verify-peer", &v)?,
                 None => true,
@@ -92,11 +105,17 @@ pub fn parse(spec: &str) -> Result<(String, Object), String> {
                 .ok_or_else(|| format!("--object {kind}: 'identity' is missing"))?,
         },
         "tls-creds-psk" => {
-            return Err(
-                "--object tls-creds-psk: PSK credentials are not supported by this build \
-                 (use tls-creds-x509)"
-                    .into(),
-            )
+            let dir = take("dir").ok_or_else(|| format!("--object {kind}: 'dir' is missing"))?;
+            let endpoint = endpoint(kind, take("endpoint"))?;
+            // Accepted as QEMU does; a PSK has no peer certificate to verify.
+            if let Some(v) = take("verify-peer") {
+                on_off("verify-peer", &v)?;
+            }
+            Object::TlsPsk {
+                dir,
+                endpoint,
+                username: take("username"),
+            }
         }
         other => return Err(format!("--object: unsupported object type '{other}'")),
     };
@@ -104,6 +123,72 @@ pub fn parse(spec: &str) -> Result<(String, Object), String> {
         return Err(format!("--object {kind}: unknown parameter '{k}'"));
     }
     Ok((id, obj))
+}
+
+/// What a client (`-L`) needs for TLS.
+pub enum ClientTls {
+    /// x509: trust anchors (and maybe a client certificate).
+    X509(TlsCreds),
+    /// PSK: the user and its key from `DIR/keys.psk`.
+    Psk {
+        /// The identity sent (`username=`, QEMU's default `qemu`).
+        user: String,
+        /// Its key.
+        key: Vec<u8>,
+    },
+}
+
+/// The client credentials `--tls-creds ID` names (`-L`).
+///
+/// # Errors
+/// An unknown id, server credentials, or credentials that do not load.
+pub fn client_tls(objects: &HashMap<String, Object>, id: &str) -> Result<ClientTls, String> {
+    let (endpoint, tls) = match objects.get(id) {
+        Some(Object::TlsX509 {
+            dir,
+            endpoint,
+            verify_peer,
+        }) => {
+            let c = TlsCreds::x509_from_dir(Endpoint::Client, dir, *verify_peer)
+                .map_err(|e| format!("TLS credentials '{id}': {e}"));
+            (endpoint, c.map(ClientTls::X509))
+        }
+        Some(Object::TlsPsk {
+            dir,
+            endpoint,
+            username,
+        }) => {
+            let user = username.clone().unwrap_or_else(|| "qemu".into());
+            let path = std::path::Path::new(dir).join(corio_nbd::server::psk::PSK_FILE);
+            let keys = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read PSK file {}: {e}", path.display()))
+                .and_then(|t| {
+                    corio_nbd::server::psk::parse_keys(&t)
+                        .map_err(|e| format!("{}: {e}", path.display()))
+                });
+            let tls = keys.and_then(|mut k| {
+                let key = k.remove(&user).ok_or_else(|| {
+                    format!("Username '{user}' not found in PSK file {}", path.display())
+                })?;
+                Ok(ClientTls::Psk { user, key })
+            });
+            (endpoint, tls)
+        }
+        Some(_) => return Err(format!("Object '{id}' is not TLS credentials")),
+        None => return Err(format!("No TLS credentials with id '{id}'")),
+    };
+    if *endpoint != Endpoint::Client {
+        return Err("Expecting TLS credentials with a client endpoint".into());
+    }
+    tls
+}
+
+fn server_endpoint(e: Endpoint) -> Result<(), String> {
+    if e == Endpoint::Server {
+        Ok(())
+    } else {
+        Err("Expecting TLS credentials with a server endpoint".into())
+    }
 }
 
 /// The TLS configuration `--tls-creds ID` and `--tls-authz ID` name.
@@ -119,19 +204,27 @@ pub fn tls_config(
     let Some(obj) = objects.get(creds) else {
         return Err(format!("No TLS credentials with id '{creds}'"));
     };
-    let Object::TlsX509 {
-        dir,
-        endpoint,
-        verify_peer,
-    } = obj
-    else {
-        return Err(format!("Object '{creds}' is not TLS credentials"));
+    let id = creds;
+    let creds = match obj {
+        Object::TlsX509 {
+            dir,
+            endpoint,
+            verify_peer,
+        } => {
+            server_endpoint(*endpoint)?;
+            let c = TlsCreds::x509_from_dir(Endpoint::Server, dir, *verify_peer)
+                .map_err(|e| format!("TLS credentials '{id}': {e}"))?;
+            ServerCreds::X509(c)
+        }
+        Object::TlsPsk { dir, endpoint, .. } => {
+            server_endpoint(*endpoint)?;
+            let c = PskCreds::from_dir(dir).map_err(|e| format!("TLS credentials '{id}': {e}"))?;
+            ServerCreds::Psk(c)
+        }
+        Object::AuthzSimple { .. } => {
+            return Err(format!("Object '{id}' is not TLS credentials"));
+        }
     };
-    if *endpoint != Endpoint::Server {
-        return Err("Expecting TLS credentials with a server endpoint".into());
-    }
-    let creds = TlsCreds::x509_from_dir(Endpoint::Server, dir, *verify_peer)
-        .map_err(|e| format!("TLS credentials '{creds}': {e}"))?;
     let authz = match authz {
         None => None,
         Some(id) => match objects.get(id) {
@@ -171,6 +264,15 @@ mod tests {
             }
         );
         assert!(parse("tls-creds-x509,dir=/d").unwrap_err().contains("'id'"));
+        let (_, o) = parse("tls-creds-psk,id=p,dir=/k,endpoint=client,username=alice").unwrap();
+        assert_eq!(
+            o,
+            Object::TlsPsk {
+                dir: "/k".into(),
+                endpoint: Endpoint::Client,
+                username: Some("alice".into())
+            }
+        );
         assert!(parse("secret,id=s,data=x").unwrap_err().contains("secret"));
         assert!(parse("authz-simple,id=a,identity=x,bogus=1")
             .unwrap_err()
