@@ -6,7 +6,7 @@
 //! A wakeup that was already on its way when the coroutine was cancelled (it
 //! sat in a co_schedule queue, a lock's wait list, a channel's fd handler)
 //! finds it terminated and cancelled, and is dropped without entering it:
-//! see `enter_refused`.
+//! see `cancelled_wakeup`.
 
 use std::ptr;
 

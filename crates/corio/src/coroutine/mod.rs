@@ -760,7 +760,9 @@ pub(crate) fn enter_scheduled(co: Arc<CoInner>) {
     // thread's last use of the queue link `next` (taking the batch) happens
     // before the next scheduler writes `next` in its push.
     co.scheduled.store(0, Release);
-    enter(&co);
+    if !cancelled_wakeup(&co) {
+        enter(&co);
+    }
     release(co);
 }
 
@@ -779,6 +781,10 @@ fn run_wakeups(co: &CoInner) {
     while let Some(next) = pending.0.pop_front() {
         // Release: as in `enter_scheduled` (pairs with `mark_scheduled`).
         next.scheduled.store(0, Release);
+        if cancelled_wakeup(&next) {
+            release(next);
+            continue;
+        }
         let wakeups = enter_one(&next);
         if next.state.get() == state::TERMINATED && !next.holds_stack.get() {
             keep_or_give_stack(&next);
@@ -922,8 +928,8 @@ fn enter_one(co: &CoInner) -> bool {
         let refused = (co.home_thread.load(Relaxed) ^ st.token_if_any())
             | co.scheduled.load(Relaxed) as usize
             | co.state.get() as usize;
-        if refused != 0 && enter_refused(co, st) {
-            return false;
+        if refused != 0 {
+            enter_refused(co, st);
         }
         // SAFETY: home thread and idle (checked above): no other borrow of
         // `raw` exists, and the coroutine never touches its own `raw`.
@@ -968,28 +974,33 @@ fn enter_traced(from: *const CoInner, co: &CoInner) {
     );
 }
 
-/// `enter_one`'s checks failed: panics with QEMU's message, or returns
-/// `false` if the only problem was that this thread had no token yet and it
-/// is the coroutine's home, or `true` (skip the enter) if the coroutine was
-/// cancelled: the wakeup was on its way when [`cancel`] unwound it.
+/// `enter_one`'s checks failed: panics with QEMU's message, or returns if
+/// the only problem was that this thread had no token yet and it is the
+/// coroutine's home.
 #[cold]
 #[inline(never)]
-fn enter_refused(co: &CoInner, st: &tls::ThreadState) -> bool {
+fn enter_refused(co: &CoInner, st: &tls::ThreadState) {
     if co.home_thread.load(Relaxed) != st.token() {
         wrong_thread();
-    }
-    if co.state.get() == state::TERMINATED && co.cancelled.get() {
-        return true;
     }
     let sched = co.scheduled.load(Relaxed);
     if sched != 0 {
         already_scheduled(sched);
     }
     match co.state.get() {
-        0 => false,
+        0 => {}
         state::TERMINATED => entered_after_termination(),
         _ => reentered(),
     }
+}
+
+/// Whether a wakeup that reaches `co` must be dropped: it was on its way
+/// (queued, or held by an fd handler or a wait list) when [`cancel`]
+/// unwound the coroutine. Checked by the wake paths, not by
+/// `Coroutine::enter`, which still panics on a terminated coroutine.
+#[inline]
+fn cancelled_wakeup(co: &CoInner) -> bool {
+    co.state.get() == state::TERMINATED && co.cancelled.get()
 }
 
 /// Restores the caller's state if the coroutine panicked (the panic then
@@ -1105,6 +1116,9 @@ fn wrong_thread() -> ! {
 /// QEMU's `aio_co_wake` on the home thread.
 fn wake_local(co: &Arc<CoInner>) {
     let cur = tls::current_co();
+    if cancelled_wakeup(co) {
+        return;
+    }
     if cur.is_null() {
         enter(co);
     } else {
