@@ -155,3 +155,98 @@ fn migration_refused_inside_nested_poll() {
     );
     other.join();
 }
+
+/// A destructor that waits while its coroutine is being dropped cannot be
+/// resumed: the process aborts (a panic during unwinding), but first says
+/// which coroutine and why, instead of "CoMutex::lock outside a coroutine".
+/// Runs in a child process, since it aborts.
+#[test]
+fn waiting_destructor_of_dropped_coroutine_says_why() {
+    if std::env::var_os("CORIO_REVIEW_CHILD").is_some() {
+        let _ctx = AioContext::new().unwrap();
+        let m = Rc::new(corio::sync::CoMutex::new(()));
+        let m1 = m.clone();
+        // Holds the mutex and stays suspended.
+        let holder = Coroutine::new(move || {
+            let _g = m1.lock();
+            coroutine::yield_now();
+        });
+        holder.enter();
+        struct LockOnDrop(Rc<corio::sync::CoMutex<()>>);
+        impl Drop for LockOnDrop {
+            fn drop(&mut self) {
+                drop(self.0.lock());
+            }
+        }
+        let m2 = m.clone();
+        let victim = Coroutine::new(move || {
+            let _d = LockOnDrop(m2);
+            coroutine::yield_now();
+        });
+        victim.enter();
+        drop(victim); // last handle: unwound here, its destructor waits
+        unreachable!("the process aborts above");
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "waiting_destructor_of_dropped_coroutine_says_why",
+            "--nocapture",
+        ])
+        .env("CORIO_REVIEW_CHILD", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("CoMutex::lock: coroutine") && err.contains("is being dropped"),
+        "{err}"
+    );
+}
+
+/// The same for a cancelled spawned coroutine: the message says so.
+#[test]
+fn waiting_destructor_of_cancelled_coroutine_says_why() {
+    if std::env::var_os("CORIO_REVIEW_CHILD").is_some() {
+        let ctx = AioContext::new().unwrap();
+        let m = Arc::new(corio::sync::CoMutex::new(()));
+        let m1 = m.clone();
+        let holder = ctx.spawn(move || {
+            let _g = m1.lock();
+            let q = corio::sync::CoQueue::new();
+            q.wait();
+        });
+        struct LockOnDrop(Arc<corio::sync::CoMutex<()>>);
+        impl Drop for LockOnDrop {
+            fn drop(&mut self) {
+                drop(self.0.lock());
+            }
+        }
+        let m2 = m.clone();
+        let victim = ctx.spawn(move || {
+            let _d = LockOnDrop(m2);
+            corio::sync::CoQueue::new().wait();
+        });
+        for _ in 0..10 {
+            ctx.poll(false);
+        }
+        victim.abort();
+        drop(holder);
+        unreachable!("the process aborts above");
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "waiting_destructor_of_cancelled_coroutine_says_why",
+            "--nocapture",
+        ])
+        .env("CORIO_REVIEW_CHILD", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("CoMutex::lock: coroutine") && err.contains("is being cancelled"),
+        "{err}"
+    );
+}

@@ -48,6 +48,13 @@
 //!   another thread it is leaked (its stack may hold values that are not
 //!   `Send`), as QEMU leaks an abandoned coroutine.
 //!
+//! The destructors that run while a coroutine is unwound this way (dropped
+//! or cancelled) must not wait: nothing will ever resume the coroutine. A
+//! coroutine lock, a sleep or `submit_co` called from such a destructor
+//! panics naming the coroutine; since that panic happens during unwinding,
+//! the process then aborts. Release resources without waiting (drop a
+//! guard, close a channel, `try_lock`).
+//!
 //! Coroutines started with [`AioContext::spawn`] are also owned by their
 //! context until they finish, and can be cancelled
 //! ([`JoinHandle::abort`](crate::JoinHandle::abort), [`AioContext::shutdown`]).
@@ -681,6 +688,32 @@ impl fmt::Debug for CoHandle {
         f.debug_struct("CoHandle")
             .field("ptr", &self.as_ptr())
             .finish()
+    }
+}
+
+/// The running coroutine, for a primitive (`what`) that is about to make
+/// it wait.
+///
+/// # Panics
+/// Outside a coroutine ("`what`: not in a coroutine"), and in a coroutine
+/// whose last handle dropped and whose stack is being unwound (a destructor
+/// running then cannot wait: nothing could ever resume it).
+pub(crate) fn current_for(what: &str) -> Coroutine {
+    match Coroutine::current() {
+        Some(_) if cancelling() => panic!(
+            "{what}: coroutine {:p} is being cancelled (its stack unwinds) and a destructor \
+             tried to wait; destructors that run while a coroutine is dropped or cancelled \
+             must not wait",
+            tls::current_co()
+        ),
+        Some(co) => co,
+        None if in_coroutine() => panic!(
+            "{what}: coroutine {:p} is being dropped (its stack unwinds because its last \
+             handle went away) and a destructor tried to wait; destructors that run while \
+             a coroutine is dropped or cancelled must not wait",
+            tls::current_co()
+        ),
+        None => panic!("{what}: not in a coroutine"),
     }
 }
 
