@@ -23,7 +23,9 @@ fn main_loop() -> ThreadId {
         std::thread::Builder::new()
             .name("main-loop".to_owned())
             .spawn(move || {
-                let ctx = corio::main_loop::main_context();
+                // Explicitly: the main loop is never bound implicitly from a
+                // thread other than the process's main thread.
+                let ctx = corio::main_loop::init();
                 assert!(ctx.in_home_thread(), "nobody bound the main context before");
                 tx.send(std::thread::current().id()).unwrap();
                 loop {
@@ -112,7 +114,7 @@ fn thread_complete() {
     let main = main_loop();
     let (tx, rx) = mpsc::channel();
     let task = Task::new(Source(4), move |t| {
-        let worker: ThreadId = t.take_result().unwrap();
+        let worker: ThreadId = t.take_result().unwrap().unwrap();
         tx.send((worker, std::thread::current().id(), t.has_error()))
             .unwrap();
     });
@@ -153,7 +155,7 @@ fn four_workers_distinct_threads_completions_on_main_loop() {
     for i in 0..4u32 {
         let tx = tx.clone();
         let task = Task::new(Source(i), move |t: &mut Task<Source>| {
-            let worker: ThreadId = t.take_result().unwrap();
+            let worker: ThreadId = t.take_result().unwrap().unwrap();
             tx.send((t.source().0, worker, std::thread::current().id()))
                 .unwrap();
         });
@@ -187,7 +189,7 @@ fn wait_thread_completes_synchronously() {
     let on = Arc::new(Mutex::new(None));
     let (c, o) = (calls.clone(), on.clone());
     let task = Task::new(Source(6), move |t| {
-        assert_eq!(t.result::<u32>(), Some(&99));
+        assert_eq!(t.result::<u32>(), Ok(Some(&99)));
         c.fetch_add(1, SeqCst);
         *o.lock().unwrap() = Some(std::thread::current().id());
     });
@@ -269,4 +271,23 @@ fn context_dropped_before_completion() {
     }
     assert_eq!(freed.load(SeqCst), 1);
     assert!(!completed.load(SeqCst));
+}
+
+/// A result asked for as the wrong type is an error naming both types, and
+/// stays stored; no result at all is `Ok(None)` (it used to be `None` for
+/// both).
+#[test]
+fn result_of_wrong_type_is_an_error() {
+    let (tx, rx) = mpsc::channel();
+    let task = Task::new(Source(9), move |t| {
+        assert_eq!(t.take_result::<u32>(), Ok(None));
+        t.set_result(5u64);
+        let err = t.take_result::<u32>().unwrap_err();
+        assert_eq!((err.expected, err.stored), ("u32", "u64"));
+        assert!(err.to_string().contains("u64"), "{err}");
+        assert!(t.result::<String>().is_err());
+        tx.send(t.take_result::<u64>()).unwrap();
+    });
+    task.complete();
+    assert_eq!(rx.recv().unwrap(), Ok(Some(5)));
 }

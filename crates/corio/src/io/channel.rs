@@ -16,10 +16,46 @@
 //!   outside a coroutine, block in poll(2) ([`wait`](Channel::wait), QEMU's
 //!   `qio_channel_wait`).
 //!
-//! Channels also implement [`std::io::Read`] and [`std::io::Write`] with the
-//! same yielding logic, so synchronous code (a codec, `std::io::copy`) runs
-//! unchanged inside a coroutine while the thread's [`AioContext`] serves
-//! others.
+//! Channels also implement [`std::io::Read`] and [`std::io::Write`]: inside
+//! a coroutine they yield as the `_all` functions do, so synchronous code (a
+//! codec, `std::io::copy`) runs unchanged inside a coroutine while the
+//! thread's [`AioContext`] serves others; outside a coroutine they follow the
+//! channel's mode (a non-blocking channel returns
+//! [`io::ErrorKind::WouldBlock`], as `std`'s own sockets do).
+//!
+//! # Blocking mode and coroutines
+//!
+//! QEMU's `qio_channel_set_blocking` contract: a channel starts in blocking
+//! mode, in which an operation waits until it can proceed; in non-blocking
+//! mode it fails with [`io::ErrorKind::WouldBlock`] instead. corio keeps the
+//! contract and decides *who* waits:
+//!
+//! * **outside a coroutine** the calling thread waits, in the system call;
+//! * **inside a coroutine** the *coroutine* waits: the channel does its I/O
+//!   without blocking (`MSG_DONTWAIT` on sockets, a readiness check on
+//!   pipes) and, when it would block, yields until the fd is ready
+//!   ([`yield_for`](Channel::yield_for)), so its [`AioContext`] goes on
+//!   serving every other coroutine and handler of the thread.
+//!
+//! So a coroutine that never calls `set_blocking(false)` on the socket it got
+//! from [`SocketChannel::accept`](crate::io::SocketChannel::accept),
+//! [`NetListener`](crate::io::NetListener)'s callback or a `connect_*` does
+//! not stall its IoThread. QEMU's coroutine users (its NBD server) switch
+//! their channels to non-blocking mode; here that is optional, and it still
+//! changes one thing: the single-call operations
+//! ([`readv_full`](Channel::readv_full), [`writev_full`](Channel::writev_full))
+//! then return `WouldBlock` to the coroutine rather than yield, for callers
+//! that run their own wait loop. What stays blocking inside a coroutine:
+//! [`SocketChannel::connect_sync`](crate::io::SocketChannel::connect_sync)
+//! (use [`connect_async`](crate::io::SocketChannel::connect_async) or the
+//! thread pool), writes to a pipe larger than the room it has, and regular
+//! files (the kernel reports them always ready: offload slow storage to the
+//! [`ThreadPool`](crate::ThreadPool)).
+//!
+//! One channel direction serves one coroutine at a time: two coroutines that
+//! write the same channel concurrently must take turns (a
+//! [`CoMutex`](crate::sync::CoMutex)), as QEMU's NBD server does with its
+//! `send_lock`.
 //!
 //! # Examples
 //!
@@ -55,7 +91,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::Shutdown;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::aio::{events, AioContext, FdCallback};
@@ -103,6 +139,10 @@ pub struct ChannelBase {
     waiters: Arc<Mutex<Waiters>>,
     /// The channel's watches, ended when it closes.
     watches: WatchList,
+    /// QEMU's blocking flag, inverted so that the default (`false`) is
+    /// blocking mode; set by [`Channel::set_blocking`], read by the I/O
+    /// paths (a plain flag: no ordering with anything else).
+    nonblocking: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +165,19 @@ impl ChannelBase {
     /// A base with no name, no features and no waiters.
     pub fn new() -> ChannelBase {
         ChannelBase::default()
+    }
+
+    /// Whether the channel is in blocking mode (the default): see
+    /// [`Channel::set_blocking`].
+    pub fn is_blocking(&self) -> bool {
+        !self.nonblocking.load(Relaxed)
+    }
+
+    /// Records the mode without touching any fd. [`Channel::set_blocking`]
+    /// calls it; a channel that wraps another calls it at creation so that
+    /// it starts in its master's mode.
+    pub fn record_blocking(&self, enabled: bool) {
+        self.nonblocking.store(!enabled, Relaxed);
     }
 
     /// Ends the channel's watches (their callbacks get `NVAL` if they asked
@@ -169,6 +222,12 @@ fn unsupported(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, what.to_string())
 }
 
+/// Whether an operation on `ch` that would block should yield the calling
+/// coroutine: blocking mode, inside a coroutine.
+fn yields_when_blocked<C: Channel + ?Sized>(ch: &C) -> bool {
+    ch.is_blocking() && coroutine::in_coroutine()
+}
+
 /// The error for a stream that ends in the middle of a transfer.
 fn unexpected_eof() -> io::Error {
     io::Error::new(
@@ -189,9 +248,15 @@ pub trait Channel: Send + Sync {
     /// One read into `iov` (QEMU's `io_readv`). Received file descriptors,
     /// if `fds` is given, are appended to it. Returns 0 at end of stream.
     ///
+    /// Inside a coroutine an implementation must not block the thread on an
+    /// fd that is not ready, whatever the mode: it returns `WouldBlock`
+    /// instead, and [`readv_full`](Channel::readv_full) yields when the
+    /// channel is in blocking mode (see the module documentation).
+    ///
     /// # Errors
     /// [`io::ErrorKind::WouldBlock`] in non-blocking mode when nothing is
-    /// there; any I/O error. `EINTR` is retried by the implementation.
+    /// there, or in a coroutine; any I/O error. `EINTR` is retried by the
+    /// implementation.
     fn io_readv(
         &self,
         iov: &mut [IoSliceMut<'_>],
@@ -200,6 +265,8 @@ pub trait Channel: Send + Sync {
     ) -> io::Result<usize>;
 
     /// One write from `iov`, passing `fds` along (QEMU's `io_writev`).
+    /// Inside a coroutine, as [`io_readv`](Channel::io_readv): never block
+    /// the thread.
     ///
     /// # Errors
     /// As [`io_readv`](Channel::io_readv).
@@ -294,16 +361,22 @@ pub trait Channel: Send + Sync {
         lock(&self.base().name).clone()
     }
 
-    /// One read, with fds (QEMU's `qio_channel_readv_full`).
+    /// One read, with fds (QEMU's `qio_channel_readv_full`). In blocking
+    /// mode inside a coroutine, the coroutine yields until there is
+    /// something to read (see the module documentation).
     ///
     /// # Errors
     /// [`io::ErrorKind::Unsupported`] if fds are asked of a channel without
     /// [`Feature::FdPass`], or a peek of one without [`Feature::ReadMsgPeek`];
     /// otherwise as [`io_readv`](Channel::io_readv).
+    ///
+    /// # Panics
+    /// In blocking mode inside a coroutine, if another coroutine already
+    /// waits to read this channel ([`yield_for`](Channel::yield_for)).
     fn readv_full(
         &self,
         iov: &mut [IoSliceMut<'_>],
-        fds: Option<&mut Vec<OwnedFd>>,
+        mut fds: Option<&mut Vec<OwnedFd>>,
         flags: ReadFlags,
     ) -> io::Result<usize> {
         if fds.is_some() && !self.has_feature(Feature::FdPass) {
@@ -314,14 +387,27 @@ pub trait Channel: Send + Sync {
         if flags.peek && !self.has_feature(Feature::ReadMsgPeek) {
             return Err(unsupported("Channel does not support peek read"));
         }
-        self.io_readv(iov, fds, flags)
+        loop {
+            match self.io_readv(iov, fds.as_deref_mut(), flags) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && yields_when_blocked(self) => {
+                    self.yield_for(events::IN)?
+                }
+                r => return r,
+            }
+        }
     }
 
-    /// One write, with fds (QEMU's `qio_channel_writev_full`).
+    /// One write, with fds (QEMU's `qio_channel_writev_full`). In blocking
+    /// mode inside a coroutine, the coroutine yields until the channel takes
+    /// some bytes (see the module documentation).
     ///
     /// # Errors
     /// [`io::ErrorKind::Unsupported`] for fds without [`Feature::FdPass`];
     /// otherwise as [`io_writev`](Channel::io_writev).
+    ///
+    /// # Panics
+    /// In blocking mode inside a coroutine, if another coroutine already
+    /// waits to write this channel ([`yield_for`](Channel::yield_for)).
     fn writev_full(&self, iov: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
         if !fds.is_empty() && !self.has_feature(Feature::FdPass) {
             return Err(unsupported(
@@ -334,7 +420,20 @@ pub trait Channel: Send + Sync {
                 format!("at most {MAX_FDS} fds may be passed at once"),
             ));
         }
-        self.io_writev(iov, fds)
+        loop {
+            match self.io_writev(iov, fds) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && yields_when_blocked(self) => {
+                    self.yield_for(events::OUT)?
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Whether the channel is in blocking mode (QEMU's channels start so):
+    /// see [`set_blocking`](Channel::set_blocking).
+    fn is_blocking(&self) -> bool {
+        self.base().is_blocking()
     }
 
     /// One read (QEMU's `qio_channel_readv`).
@@ -482,12 +581,19 @@ pub trait Channel: Send + Sync {
         self.writev_full_all(&mut [IoSlice::new(buf)], &[])
     }
 
-    /// Switches blocking mode (QEMU's `qio_channel_set_blocking`).
+    /// Switches blocking mode (QEMU's `qio_channel_set_blocking`). Channels
+    /// start in blocking mode. In blocking mode a thread waits in the system
+    /// call and a coroutine yields to its context until the operation can
+    /// proceed; in non-blocking mode the single-call operations fail with
+    /// [`io::ErrorKind::WouldBlock`] (the `_all` functions still wait). See
+    /// the module documentation.
     ///
     /// # Errors
-    /// If the fd refuses.
+    /// If the fd refuses; the mode is then unchanged.
     fn set_blocking(&self, enabled: bool) -> io::Result<()> {
-        self.io_set_blocking(enabled)
+        self.io_set_blocking(enabled)?;
+        self.base().record_blocking(enabled);
+        Ok(())
     }
 
     /// TCP_NODELAY off (`enabled`) or on (QEMU's `qio_channel_set_delay`);
@@ -698,30 +804,42 @@ pub trait Channel: Send + Sync {
     }
 }
 
-/// `std::io::Read::read` for channels: one read, yielding or waiting while
-/// the channel would block.
+/// `std::io::Read::read` for channels: one read. Inside a coroutine it
+/// yields while the channel would block, whatever the mode; outside, a
+/// non-blocking channel returns [`io::ErrorKind::WouldBlock`] and a blocking
+/// one waits in the system call.
 ///
 /// # Errors
 /// As [`Channel::readv`].
+///
+/// # Panics
+/// Inside a coroutine, if another coroutine already waits to read `ch`.
 pub fn std_read<C: Channel + ?Sized>(ch: &C, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match ch.readv(&mut [IoSliceMut::new(buf)]) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ch.wait_io(events::IN)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && coroutine::in_coroutine() => {
+                ch.yield_for(events::IN)?
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             r => return r,
         }
     }
 }
 
-/// `std::io::Write::write` for channels: one write, yielding or waiting
-/// while the channel would block.
+/// `std::io::Write::write` for channels: one write, with the rules of
+/// [`std_read`].
 ///
 /// # Errors
 /// As [`Channel::writev`].
+///
+/// # Panics
+/// Inside a coroutine, if another coroutine already waits to write `ch`.
 pub fn std_write<C: Channel + ?Sized>(ch: &C, buf: &[u8]) -> io::Result<usize> {
     loop {
         match ch.writev(&[IoSlice::new(buf)]) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ch.wait_io(events::OUT)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && coroutine::in_coroutine() => {
+                ch.yield_for(events::OUT)?
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             r => return r,
         }

@@ -120,6 +120,32 @@ impl FileChannel {
     }
 }
 
+/// POSIX's PIPE_BUF on Linux: a pipe that polls writable takes this much.
+const PIPE_BUF: usize = 4096;
+
+/// Whether `fd` polls `flags` (or an error) right now.
+fn ready_now(fd: BorrowedFd<'_>, flags: rustix::event::PollFlags) -> bool {
+    let mut pfd = [rustix::event::PollFd::new(&fd, flags)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // An error counts as ready: the read or write then reports it.
+    !matches!(rustix::event::poll(&mut pfd, Some(&zero)), Ok(0))
+}
+
+impl FileChannel {
+    /// Whether I/O must not block the thread although the fd may: inside a
+    /// coroutine, on a blocking pipe or device (regular files always poll
+    /// ready, and a non-blocking fd answers `EAGAIN` itself). See
+    /// [`crate::io::channel`].
+    fn must_not_block(&self) -> bool {
+        self.is_blocking()
+            && !self.has_feature(Feature::Seekable)
+            && crate::coroutine::in_coroutine()
+    }
+}
+
 impl AsFd for FileChannel {
     /// # Panics
     /// If the channel was closed.
@@ -146,11 +172,27 @@ impl Channel for FileChannel {
         _flags: ReadFlags,
     ) -> io::Result<usize> {
         let fd = self.fd()?;
+        if self.must_not_block() && !ready_now(fd, rustix::event::PollFlags::IN) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         retry(|| rustix::io::readv(fd, iov))
     }
 
     fn io_writev(&self, iov: &[IoSlice<'_>], _fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
         let fd = self.fd()?;
+        if self.must_not_block() {
+            if !ready_now(fd, rustix::event::PollFlags::OUT) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            // A writable pipe has room for PIPE_BUF bytes at least: no more,
+            // so that the write cannot block.
+            let first = iov
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            let n = first.len().min(PIPE_BUF);
+            return retry(|| rustix::io::write(fd, &first[..n]));
+        }
         retry(|| rustix::io::writev(fd, iov))
     }
 

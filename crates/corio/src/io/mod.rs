@@ -12,10 +12,12 @@ pub mod tls;
 pub mod watch;
 pub mod websock;
 
+pub use address::{InetSocketAddress, SocketAddress, UnixSocketAddress};
 pub use channel::{Channel, ChannelBase, Feature, ReadFlags};
 pub use file::FileChannel;
 pub use net_listener::NetListener;
 pub use socket::SocketChannel;
+pub use task::{Task, TaskError, TaskThread, WorkerPanicked, WrongResultType};
 pub use tls::TlsChannel;
 pub use watch::{events, WatchHandle};
 pub use websock::WebsockChannel;

@@ -4,9 +4,13 @@
 //!
 //! # Examples
 //!
+//! The callback runs in the listener's context, so it must not block: it
+//! starts a coroutine for the client, which yields while it waits for bytes
+//! and lets the context serve everyone else (see [`crate::io::channel`]).
+//!
 //! ```
 //! use corio::io::{address::SocketAddress, Channel, NetListener, SocketChannel};
-//! use corio::AioContext;
+//! use corio::{AioContext, Coroutine};
 //! use std::sync::{Arc, Mutex};
 //!
 //! let ctx = AioContext::new().unwrap();
@@ -19,14 +23,20 @@
 //! let g = got.clone();
 //! listener.set_client_func(
 //!     Some(Box::new(move |_l, client: SocketChannel| {
-//!         let mut buf = [0u8; 5];
-//!         client.read_all(&mut buf).unwrap();
-//!         g.lock().unwrap().extend_from_slice(&buf);
+//!         let g = g.clone();
+//!         Coroutine::new(move || {
+//!             let mut buf = [0u8; 5];
+//!             client.read_all(&mut buf).unwrap(); // yields until the bytes come
+//!             g.lock().unwrap().extend_from_slice(&buf);
+//!         })
+//!         .enter();
 //!     })),
 //!     None,
 //!     Some(&ctx),
 //! );
 //! let c = SocketChannel::connect_sync(&addr).unwrap();
+//! ctx.poll(true); // accepts: the client's coroutine now waits for bytes
+//! assert!(got.lock().unwrap().is_empty());
 //! c.write_all(b"hello").unwrap();
 //! while got.lock().unwrap().is_empty() {
 //!     ctx.poll(true);
@@ -49,7 +59,10 @@ use crate::aio::AioContext;
 use crate::trace;
 
 /// The accept callback: gets the listener and the new client (QEMU's
-/// `QIONetListenerClientFunc`).
+/// `QIONetListenerClientFunc`). It runs in the listener's context and must
+/// not block: start a coroutine (or spawn one on an IoThread) to serve the
+/// client. The client is in blocking mode, in which a coroutine yields
+/// whenever the socket would block (see [`crate::io::channel`]).
 pub type ClientFunc = Box<dyn FnMut(&NetListener, SocketChannel) + Send>;
 
 /// A set of listening sockets with an accept callback. Cloning gives another

@@ -35,7 +35,8 @@ use rustix::net::{
 use super::address::{InetSocketAddress, SocketAddress, UnixSocketAddress, UNIX_PATH_MAX};
 use super::channel::{impl_std_io, Channel, ChannelBase, Feature, ReadFlags, MAX_FDS};
 use super::task::{Task, TaskThread};
-use crate::aio::AioContext;
+use crate::aio::{events, AioContext};
+use crate::coroutine;
 use crate::trace;
 
 /// A socket channel (QEMU's `QIOChannelSocket`). Closing (or dropping) a
@@ -53,6 +54,20 @@ impl_std_io!(SocketChannel);
 
 fn ebadf() -> io::Error {
     io::Error::from_raw_os_error(rustix::io::Errno::BADF.raw_os_error())
+}
+
+/// Whether `fd` polls readable (or in error) right now.
+fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // An error (EINTR, ENOMEM) counts as ready: accept(2) then reports.
+    !matches!(rustix::event::poll(&mut pfd, Some(&zero)), Ok(0))
 }
 
 fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
@@ -130,7 +145,11 @@ impl SocketChannel {
     }
 
     /// Connects to `addr`, trying each address a host name resolves to
-    /// (QEMU's `qio_channel_socket_connect_sync`). The channel is blocking.
+    /// (QEMU's `qio_channel_socket_connect_sync`). The channel is in
+    /// blocking mode, in which a coroutine yields rather than block its
+    /// thread (see [`crate::io::channel`]); the connect itself blocks the
+    /// calling thread: from a coroutine, prefer
+    /// [`connect_async`](SocketChannel::connect_async).
     ///
     /// # Errors
     /// Resolution or connection failure, naming the address.
@@ -203,6 +222,10 @@ impl SocketChannel {
     /// # Thread context
     /// Any thread; `callback` runs on `ctx`'s home thread.
     ///
+    /// # Panics
+    /// With `ctx` `None`, if no main loop is bound and the caller is not the
+    /// process's main thread ([`crate::main_loop::main_context`]).
+    ///
     /// ```
     /// use corio::io::{address::SocketAddress, SocketChannel};
     /// use corio::AioContext;
@@ -243,6 +266,10 @@ impl SocketChannel {
     ///
     /// # Thread context
     /// Any thread; `callback` runs on `ctx`'s home thread.
+    ///
+    /// # Panics
+    /// With `ctx` `None`, if no main loop is bound and the caller is not the
+    /// process's main thread ([`crate::main_loop::main_context`]).
     pub fn listen_async(
         addr: SocketAddress,
         backlog: i32,
@@ -268,13 +295,25 @@ impl SocketChannel {
 
     /// Accepts a connection (QEMU's `qio_channel_socket_accept`): CLOEXEC,
     /// `EINTR` retried. On a non-blocking listener with no pending client,
-    /// fails with [`io::ErrorKind::WouldBlock`].
+    /// fails with [`io::ErrorKind::WouldBlock`]; on a blocking one, a thread
+    /// waits for a client and a coroutine yields until one comes (see
+    /// [`crate::io::channel`]). The new channel is in blocking mode, so a
+    /// coroutine that serves it yields when it would block.
     ///
     /// # Errors
     /// As accept(2).
+    ///
+    /// # Panics
+    /// In a coroutine, on a blocking listener, if another coroutine already
+    /// waits to accept on it.
     pub fn accept(&self) -> io::Result<SocketChannel> {
         trace::qio_channel_socket_accept(self.ptr());
         let fd = self.fd()?;
+        if self.is_blocking() && coroutine::in_coroutine() {
+            while !readable_now(fd) {
+                self.yield_for(events::IN)?;
+            }
+        }
         match retry(|| rnet::accept_with(fd, SocketFlags::CLOEXEC)) {
             Ok(cfd) => {
                 let ch = SocketChannel::from_fd(cfd, self.family);
@@ -385,8 +424,14 @@ impl Channel for SocketChannel {
         if flags.peek {
             rflags |= RecvFlags::PEEK;
         }
+        // In a coroutine the thread must not block: the caller yields
+        // instead (module documentation of `channel`).
+        let dontwait = coroutine::in_coroutine();
+        if dontwait {
+            rflags |= RecvFlags::DONTWAIT;
+        }
         let Some(fds) = fds else {
-            if flags.peek {
+            if flags.peek || dontwait {
                 let mut none = RecvAncillaryBuffer::default();
                 return retry(|| rnet::recvmsg(fd, iov, &mut none, rflags)).map(|m| m.bytes);
             }
@@ -415,7 +460,11 @@ impl Channel for SocketChannel {
             }
             c
         };
-        retry(|| rnet::sendmsg(fd, iov, &mut control, SendFlags::NOSIGNAL))
+        let mut sflags = SendFlags::NOSIGNAL;
+        if coroutine::in_coroutine() {
+            sflags |= SendFlags::DONTWAIT; // as in `io_readv`
+        }
+        retry(|| rnet::sendmsg(fd, iov, &mut control, sflags))
     }
 
     fn io_set_blocking(&self, enabled: bool) -> io::Result<()> {
@@ -469,6 +518,7 @@ fn task_outcome(t: &mut Task<SocketAddress>) -> io::Result<SocketChannel> {
         });
     }
     t.take_result::<SocketChannel>()
+        .map_err(io::Error::other)?
         .ok_or_else(|| io::Error::other("socket task ended without a channel"))
 }
 

@@ -22,7 +22,7 @@
 //! let ctx = AioContext::new().unwrap();
 //! let (tx, rx) = mpsc::channel();
 //! let task = Task::new("example.com:80", move |t| {
-//!     let addr = t.take_result::<u16>();
+//!     let addr = t.take_result::<u16>().unwrap(); // Err only for a wrong type
 //!     tx.send((t.source().to_string(), addr, t.propagate_error().is_ok())).unwrap();
 //! });
 //! task.run_in_thread(|t| t.set_result(80u16), Some(&ctx)); // worker thread
@@ -47,6 +47,17 @@ use crate::trace;
 /// A task's error: any error that may cross threads.
 pub type TaskError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Asking a task for its result as a type other than the one stored: a bug
+/// in the caller, reported rather than answered with "no result".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("QIOTask result is a {stored}, not the {expected} asked for")]
+pub struct WrongResultType {
+    /// The type asked for.
+    pub expected: &'static str,
+    /// The type stored by [`Task::set_result`].
+    pub stored: &'static str,
+}
+
 /// The error a task gets when its worker panicked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("QIOTask worker panicked: {0}")]
@@ -59,7 +70,8 @@ struct Inner<S: Send + 'static> {
     /// Taken (and dropped after its call) by `complete`.
     completion: Option<Completion<S>>,
     error: Option<TaskError>,
-    result: Option<Box<dyn Any + Send>>,
+    /// The result and its type's name (for [`WrongResultType`]).
+    result: Option<(Box<dyn Any + Send>, &'static str)>,
 }
 
 /// An asynchronous operation on a source object (QEMU's `QIOTask`).
@@ -138,23 +150,47 @@ impl<S: Send + 'static> Task<S> {
     /// Stores the operation's result (QEMU's `qio_task_set_result_pointer`),
     /// replacing any earlier one.
     pub fn set_result<T: Any + Send>(&mut self, result: T) {
-        self.inner.result = Some(Box::new(result));
+        self.inner.result = Some((Box::new(result), std::any::type_name::<T>()));
     }
 
-    /// The stored result, if there is one of type `T` (QEMU's
-    /// `qio_task_get_result_pointer`).
-    pub fn result<T: Any>(&self) -> Option<&T> {
-        self.inner.result.as_ref()?.downcast_ref()
+    /// The stored result (QEMU's `qio_task_get_result_pointer`): `Ok(None)`
+    /// if none was set.
+    ///
+    /// # Errors
+    /// [`WrongResultType`] if the result stored is not a `T`.
+    ///
+    /// ```
+    /// use corio::io::Task;
+    /// let mut t = Task::new((), |_| {});
+    /// assert_eq!(t.result::<u32>(), Ok(None));
+    /// t.set_result(7u32);
+    /// assert_eq!(t.result::<u32>(), Ok(Some(&7)));
+    /// assert!(t.result::<u64>().is_err()); // not silently "no result"
+    /// ```
+    pub fn result<T: Any>(&self) -> Result<Option<&T>, WrongResultType> {
+        match &self.inner.result {
+            None => Ok(None),
+            Some((r, stored)) => r
+                .downcast_ref()
+                .map(Some)
+                .ok_or_else(|| wrong_type::<T>(stored)),
+        }
     }
 
-    /// Takes the stored result if it is a `T`.
-    pub fn take_result<T: Any>(&mut self) -> Option<T> {
-        let r = self.inner.result.take()?;
+    /// Takes the stored result: `Ok(None)` if none was set.
+    ///
+    /// # Errors
+    /// [`WrongResultType`] if the result stored is not a `T`; it then stays
+    /// stored.
+    pub fn take_result<T: Any>(&mut self) -> Result<Option<T>, WrongResultType> {
+        let Some((r, stored)) = self.inner.result.take() else {
+            return Ok(None);
+        };
         match r.downcast::<T>() {
-            Ok(t) => Some(*t),
+            Ok(t) => Ok(Some(*t)),
             Err(r) => {
-                self.inner.result = Some(r);
-                None
+                self.inner.result = Some((r, stored));
+                Err(wrong_type::<T>(stored))
             }
         }
     }
@@ -175,13 +211,17 @@ impl<S: Send + 'static> Task<S> {
     /// completion runs, the completion is dropped unrun.
     ///
     /// The returned handle may be dropped (the usual case) or used to
-    /// [`wait_thread`](TaskThread::wait_thread).
+    /// [`wait_thread`](TaskThread::wait_thread). The completion runs only
+    /// when that context is polled: with `None`, someone must poll the main
+    /// loop ([`crate::main_loop`]).
     ///
     /// # Thread context
     /// Any thread.
     ///
     /// # Panics
-    /// If no thread can be started.
+    /// If no thread can be started; with `ctx` `None`, if no main loop is
+    /// bound and the caller is not the process's main thread (see
+    /// [`main_context`]).
     pub fn run_in_thread(
         self,
         worker: impl FnOnce(&mut Task<S>) + Send + 'static,
@@ -223,6 +263,13 @@ impl<S: Send + 'static> Task<S> {
             })
             .expect("QIOTask: cannot start a worker thread");
         TaskThread { shared }
+    }
+}
+
+fn wrong_type<T>(stored: &'static str) -> WrongResultType {
+    WrongResultType {
+        expected: std::any::type_name::<T>(),
+        stored,
     }
 }
 

@@ -365,6 +365,7 @@ impl<C: Channel> TlsChannel<C> {
             master,
             closed: false,
         };
+        ch.base.record_blocking(ch.master.is_blocking());
         if ch.master.has_feature(Feature::Shutdown) {
             ch.set_feature(Feature::Shutdown);
         }

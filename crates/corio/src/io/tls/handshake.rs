@@ -263,6 +263,10 @@ impl<C: Channel + 'static> TlsChannel<C> {
     /// Given to `completion`: an [`io::Error`] carrying the [`TlsError`],
     /// as from [`handshake_sync`](Self::handshake_sync).
     ///
+    /// # Panics
+    /// With `ctx` `None`, if no main loop is bound and the caller is not the
+    /// process's main thread ([`crate::main_loop::main_context`]).
+    ///
     /// # Examples
     ///
     /// A client whose peer hangs up at once (a handshake that succeeds is

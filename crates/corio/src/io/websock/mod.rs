@@ -219,6 +219,7 @@ impl WebsockChannel {
                 nonblocking: AtomicBool::new(false),
             }),
         };
+        ws.base.record_blocking(ws.inner.master.is_blocking());
         if ws.inner.master.has_feature(Feature::Shutdown) {
             ws.set_feature(Feature::Shutdown);
         }
@@ -244,6 +245,10 @@ impl WebsockChannel {
     /// Given to `completion`: [`WebsockError::Handshake`] for a refused
     /// request, [`io::ErrorKind::UnexpectedEof`] if the client hung up
     /// before the end of its request, or the master's I/O error.
+    ///
+    /// # Panics
+    /// With `ctx` `None`, if no main loop is bound and the caller is not the
+    /// process's main thread ([`crate::main_loop::main_context`]).
     ///
     /// ```
     /// use corio::io::{Channel, SocketChannel, WebsockChannel};
