@@ -45,6 +45,7 @@
 
 mod bh;
 mod fd;
+mod lifecycle;
 pub(crate) mod queue;
 mod sys;
 mod timer;
@@ -131,6 +132,9 @@ struct Local {
     timers: Vec<Arc<TimerInner>>,
     /// Adaptive busy polling (QEMU's `poll-max-ns`, `poll-grow`, `poll-shrink`).
     poll: PollParams,
+    /// Coroutines spawned here ([`AioContext::spawn`]) that have not
+    /// finished, by address: [`AioContext::shutdown`] cancels them.
+    owned: HashMap<usize, CoHandle>,
 }
 
 /// Adaptive polling state: a blocking poll first spins for `ns` looking for
@@ -236,6 +240,7 @@ impl AioContext {
                     bh_queue: VecDeque::new(),
                     timers: Vec::new(),
                     poll: PollParams::default(),
+                    owned: HashMap::new(),
                 }),
                 thread_pool: std::sync::OnceLock::new(),
             }
@@ -879,12 +884,21 @@ impl AioContext {
         trace::aio_co_schedule(self.as_ptr(), Arc::as_ptr(&co).cast());
         // SAFETY: we won the `scheduled` compare-exchange, so the coroutine
         // is in no queue; the Arc is taken back in `co_schedule_bh_cb`.
-        unsafe {
+        let was_empty = unsafe {
             self.shared.co_queue.push(std::ptr::NonNull::new_unchecked(
                 Arc::into_raw(co).cast_mut(),
-            ));
+            ))
+        };
+        // Only the push that found the queue empty schedules the bottom half
+        // (and notifies): a later push lands in a non-empty queue, which a
+        // run of the bottom half scheduled by that first push will take
+        // whole (`co_schedule_bh_cb` always empties the queue, and its
+        // bottom half is marked not pending before it runs). This saves an
+        // atomic read-modify-write and a fence per hop under load. The loom
+        // model `loom_kick_when_empty` in `queue.rs` checks the protocol.
+        if was_empty {
+            self.bh_enqueue(&self.shared.co_bh, SCHEDULED);
         }
-        self.bh_enqueue(&self.shared.co_bh, SCHEDULED);
     }
 
     /// The co_schedule bottom half: takes the whole queue, FIFO, and enters
@@ -1011,15 +1025,12 @@ pub unsafe fn co_reschedule_self(ctx: &AioContext) {
     if old == *ctx {
         return;
     }
-    let handle = me.handle();
     drop(me);
-    let target = ctx.clone();
-    // The oneshot runs on the old home thread after we yielded: the
-    // coroutine is then idle there, as `co_schedule_migrate` requires.
-    old.bh_schedule_oneshot(move || {
-        // SAFETY: the caller of `co_reschedule_self` vouched for the stack.
-        unsafe { target.co_schedule_migrate(&handle) };
-    });
+    // The enterer pushes us onto `ctx`'s queue once we have yielded (QEMU
+    // uses a oneshot bottom half on the old context for the same reason:
+    // the other thread must not enter us before we have left).
+    // SAFETY: the caller of `co_reschedule_self` vouched for the stack.
+    unsafe { crate::coroutine::request_migration(ctx) };
     crate::coroutine::yield_now();
 }
 

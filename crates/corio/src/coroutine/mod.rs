@@ -49,8 +49,11 @@
 //! assert!(co.is_terminated());
 //! ```
 
+mod cancel;
 mod stack;
 pub(crate) mod tls;
+
+pub(crate) use cancel::{cancel, cancelling, Cancel};
 
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
@@ -149,8 +152,16 @@ pub(crate) struct CoInner {
     /// Terminated and still holding its stack, counted in its home
     /// thread's `kept_stacks` (at most [`KEEP_STACKS`] per thread).
     holds_stack: Cell<bool>,
+    /// Terminated by [`cancel`] rather than by returning: a wakeup that was
+    /// already on its way (queued, or registered with an fd handler or a
+    /// lock) finds it terminated and is dropped instead of panicking.
+    cancelled: Cell<bool>,
     /// Coroutines woken while this one ran; entered when it yields or ends.
     wakeup: RefCell<VecDeque<Arc<CoInner>>>,
+    /// Set by `co_reschedule_self` (with `WAKEUPS`, so that the enterer
+    /// looks after the switch): once the coroutine has yielded, its enterer
+    /// hands it to this context.
+    migrate_to: Cell<Option<AioContext>>,
 }
 
 // SAFETY: the fields that are not thread-safe (`raw`, `yielder`, `caller`,
@@ -411,7 +422,9 @@ impl Coroutine {
                 caller: Cell::new(ptr::null()),
                 state: Cell::new(0),
                 holds_stack: Cell::new(false),
+                cancelled: Cell::new(false),
                 wakeup: RefCell::new(VecDeque::new()),
+                migrate_to: Cell::new(None),
             })),
         }
     }
@@ -490,6 +503,14 @@ impl Coroutine {
         Arc::as_ptr(&self.inner).cast()
     }
 
+    /// Makes `ctx` the coroutine's home context. `ctx` must belong to the
+    /// coroutine's home thread (checked): this changes where wakes go, not
+    /// the thread.
+    pub(crate) fn set_home_context(&self, ctx: &AioContext) {
+        assert_eq!(ctx.home_token(), self.inner.home_token());
+        *self.inner.home.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
+    }
+
     /// Whether both handles name the same coroutine.
     pub fn ptr_eq(&self, other: &Coroutine) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
@@ -515,6 +536,7 @@ where
     };
     *raw = Some(RawCo::with_stack(stack, body));
     co.state.set(0);
+    co.cancelled.set(false);
 }
 
 impl fmt::Debug for Coroutine {
@@ -669,6 +691,8 @@ fn run_wakeups(co: &CoInner) {
         }
     }
     let mut pending = Pending(std::mem::take(&mut *co.wakeup.borrow_mut()));
+    // Last use of `co` here: once migrated, another thread owns it.
+    migrate_if_asked(co);
     while let Some(next) = pending.0.pop_front() {
         let wakeups = enter_one(&next);
         if next.state.get() == state::TERMINATED && !next.holds_stack.get() {
@@ -679,9 +703,54 @@ fn run_wakeups(co: &CoInner) {
             while let Some(w) = queued.pop_back() {
                 pending.0.push_front(w);
             }
+            drop(queued);
+            migrate_if_asked(&next);
         }
         release(next);
     }
+}
+
+/// Asks the enterer to move the running coroutine to `ctx` once it has
+/// yielded (the second half of `co_reschedule_self`): no bottom half and
+/// no allocation, one push onto `ctx`'s queue from `migrate_if_asked`.
+///
+/// # Safety
+/// As `AioContext::co_schedule_migrate`; the caller then yields at once.
+pub(crate) unsafe fn request_migration(ctx: &AioContext) {
+    let me = tls::current_co();
+    assert!(!me.is_null(), "co_reschedule_self outside a coroutine");
+    // SAFETY: the running coroutine is live (its enterer holds it).
+    let me = unsafe { &*me };
+    me.migrate_to.set(Some(ctx.clone()));
+    me.state.set(me.state.get() | state::WAKEUPS);
+}
+
+/// After `co` yielded: if it asked to migrate, claims it and pushes it onto
+/// the target context's queue. Called on the home thread with `co` idle.
+#[inline]
+fn migrate_if_asked(co: &CoInner) {
+    if let Some(target) = co.migrate_to.take() {
+        migrate_now(co, target);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn migrate_now(co: &CoInner, target: AioContext) {
+    if co.state.get() != 0 {
+        // It returned (or panicked) instead of yielding: nothing to move.
+        return;
+    }
+    co.mark_scheduled(Scheduler::AioCoSchedule);
+    co.set_home(&target);
+    // SAFETY: every `CoInner` lives in an `Arc` (created by
+    // `Coroutine::new`), and the enterer holds one for the whole switch, so
+    // the count is at least 1: taking one more reference is sound.
+    let arc = unsafe {
+        Arc::increment_strong_count(co);
+        Arc::from_raw(co as *const CoInner)
+    };
+    target.push_scheduled(arc);
 }
 
 /// Hands queued wakeups to this thread's context instead of entering them
@@ -715,8 +784,8 @@ fn enter_one(co: &CoInner) -> bool {
         let refused = (co.home_thread.load(Relaxed) ^ st.token_if_any())
             | co.scheduled.load(Relaxed) as usize
             | co.state.get() as usize;
-        if refused != 0 {
-            enter_refused(co, st);
+        if refused != 0 && enter_refused(co, st) {
+            return false;
         }
         // SAFETY: home thread and idle (checked above): no other borrow of
         // `raw` exists, and the coroutine never touches its own `raw`.
@@ -761,21 +830,25 @@ fn enter_traced(from: *const CoInner, co: &CoInner) {
     );
 }
 
-/// `enter_one`'s checks failed: panics with QEMU's message, or returns if
-/// the only problem was that this thread had no token yet and it is the
-/// coroutine's home.
+/// `enter_one`'s checks failed: panics with QEMU's message, or returns
+/// `false` if the only problem was that this thread had no token yet and it
+/// is the coroutine's home, or `true` (skip the enter) if the coroutine was
+/// cancelled: the wakeup was on its way when [`cancel`] unwound it.
 #[cold]
 #[inline(never)]
-fn enter_refused(co: &CoInner, st: &tls::ThreadState) {
+fn enter_refused(co: &CoInner, st: &tls::ThreadState) -> bool {
     if co.home_thread.load(Relaxed) != st.token() {
         wrong_thread();
+    }
+    if co.state.get() == state::TERMINATED && co.cancelled.get() {
+        return true;
     }
     let sched = co.scheduled.load(Relaxed);
     if sched != 0 {
         already_scheduled(sched);
     }
     match co.state.get() {
-        0 => {}
+        0 => false,
         state::TERMINATED => entered_after_termination(),
         _ => reentered(),
     }
