@@ -188,7 +188,8 @@ fn new_stack(size: usize) -> DefaultStack {
 /// Stacks in this thread's caches (free stacks, and the stacks of pooled
 /// coroutine objects) and in the shared pool (for tests and stats).
 pub fn pooled() -> (usize, usize) {
-    let local = CACHE.try_with(|c| c.borrow().stacks.len()).unwrap_or(0) + super::pool::len();
+    let local =
+        CACHE.try_with(|c| c.borrow().stacks.len()).unwrap_or(0) + super::recycle::pool::len();
     let shared: usize = SHARED
         .lock()
         .unwrap_or_else(|e| e.into_inner())

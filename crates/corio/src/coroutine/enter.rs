@@ -1,0 +1,402 @@
+//! Entering coroutines: the enter/yield switch, the wakeup lists, the
+//! hand-over of a migrating coroutine, and termination (QEMU's
+//! `qemu_aio_coroutine_enter` and `aio_co_wake`).
+
+use super::*;
+
+/// Enters `co`, then the wakeups it queued, depth first (QEMU's
+/// `qemu_aio_coroutine_enter`).
+#[inline(never)]
+pub(crate) fn enter(co: &CoInner) {
+    let wakeups = enter_one(co);
+    if co.state.get() == state::TERMINATED && !co.holds_stack.get() {
+        keep_or_give_stack(co);
+    }
+    if wakeups {
+        run_wakeups(co);
+    }
+}
+
+/// Enters a coroutine taken from a co_schedule queue: clears `scheduled`.
+/// Gives the queue's reference back through the pool.
+pub(crate) fn enter_scheduled(co: Arc<CoInner>) {
+    // Release pairs with the Acquire of the next `mark_scheduled`: this
+    // thread's last use of the queue link `next` (taking the batch) happens
+    // before the next scheduler writes `next` in its push.
+    co.scheduled.store(0, Release);
+    if !cancelled_wakeup(&co) {
+        enter(&co);
+    }
+    release(co);
+}
+
+#[cold]
+pub(super) fn run_wakeups(co: &CoInner) {
+    /// If one of them panics, the rest are not lost: they are rescheduled.
+    struct Pending(VecDeque<Arc<CoInner>>);
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            reschedule_wakeups(std::mem::take(&mut self.0));
+        }
+    }
+    let mut pending = Pending(std::mem::take(&mut *co.wakeup.borrow_mut()));
+    // Last use of `co` here: once migrated, another thread owns it.
+    migrate_if_asked(co);
+    while let Some(next) = pending.0.pop_front() {
+        // Release: as in `enter_scheduled` (pairs with `mark_scheduled`).
+        next.scheduled.store(0, Release);
+        if cancelled_wakeup(&next) {
+            release(next);
+            continue;
+        }
+        let wakeups = enter_one(&next);
+        if next.state.get() == state::TERMINATED && !next.holds_stack.get() {
+            keep_or_give_stack(&next);
+        }
+        if wakeups {
+            let mut queued = next.wakeup.borrow_mut();
+            while let Some(w) = queued.pop_back() {
+                pending.0.push_front(w);
+            }
+            drop(queued);
+            migrate_if_asked(&next);
+        }
+        release(next);
+    }
+}
+
+/// Asks the enterer to move the running coroutine to `ctx` once it has
+/// yielded (the second half of `co_reschedule_self`): no bottom half and
+/// no allocation, one push onto `ctx`'s queue from `migrate_if_asked`.
+///
+/// # Safety
+/// As `AioContext::co_schedule_migrate`; the caller then yields at once.
+pub(crate) unsafe fn request_migration(ctx: &AioContext) -> bool {
+    let me = tls::current_co();
+    assert!(!me.is_null(), "co_reschedule_self outside a coroutine");
+    // SAFETY: the running coroutine is live (its enterer holds it).
+    let me = unsafe { &*me };
+    // Contexts, not threads, as QEMU compares them: a move between two
+    // contexts of one thread still changes where later wakes go. Another
+    // thread's context cannot be the home: no lock needed to tell.
+    if ctx.home_token() == me.home_token() && home_context(me) == *ctx {
+        return false;
+    }
+    assert!(
+        me.polls.get() == 0,
+        "co_reschedule_self: the coroutine is inside AioContext::poll (a callback of a poll \
+         running on its own stack); it cannot leave its thread before that poll returns"
+    );
+    me.migrate_to.set(ctx);
+    me.state.set(me.state.get() | state::WAKEUPS);
+    true
+}
+
+/// Marks an `AioContext::poll` in progress on the running coroutine's stack
+/// (if any) for as long as it lives: such a coroutine refuses to migrate,
+/// since the poll's frames would go on running on another thread.
+pub(crate) struct PollFrame(*const CoInner);
+
+impl PollFrame {
+    #[inline]
+    pub(crate) fn enter() -> PollFrame {
+        let co = tls::current_co();
+        if !co.is_null() {
+            // SAFETY: the running coroutine is live while it runs, and this
+            // frame is on its stack.
+            let c = unsafe { &*co };
+            c.polls.set(c.polls.get() + 1);
+        }
+        PollFrame(co)
+    }
+}
+
+impl Drop for PollFrame {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: as in `enter`: the frame lives on the coroutine's
+            // stack, so the coroutine is live while it drops.
+            let c = unsafe { &*self.0 };
+            c.polls.set(c.polls.get() - 1);
+        }
+    }
+}
+
+/// After `co` yielded: if it asked to migrate, claims it and pushes it onto
+/// the target context's queue. Called on the home thread with `co` idle.
+#[inline]
+pub(super) fn migrate_if_asked(co: &CoInner) {
+    let target = co.migrate_to.replace(ptr::null());
+    // Only a coroutine that yielded (state idle) still has the
+    // `co_reschedule_self` frame that `target` borrows from; one that
+    // terminated instead (a panic before the switch) is not moved.
+    if !target.is_null() && co.state.get() == 0 {
+        // SAFETY: `request_migration` stored a reference that the yielded
+        // coroutine's `co_reschedule_self` frame still borrows; the
+        // coroutine is suspended until the push below hands it over.
+        migrate_now(co, unsafe { &*target });
+    }
+}
+
+#[cold]
+#[inline(never)]
+pub(super) fn migrate_now(co: &CoInner, target: &AioContext) {
+    co.mark_scheduled(Scheduler::AioCoSchedule);
+    co.set_home(target);
+    // SAFETY: every `CoInner` lives in an `Arc` (created by
+    // `Coroutine::new`), and the enterer holds one for the whole switch, so
+    // the count is at least 1: taking one more reference is sound.
+    let arc = unsafe {
+        Arc::increment_strong_count(co);
+        Arc::from_raw(co as *const CoInner)
+    };
+    target.push_scheduled(arc);
+}
+
+/// Hands queued wakeups to this thread's context instead of entering them
+/// now (used when a panic interrupts the wakeup chain).
+#[cold]
+pub(super) fn reschedule_wakeups(list: VecDeque<Arc<CoInner>>) {
+    if list.is_empty() {
+        return;
+    }
+    for co in list {
+        // The wake list's claim (`AioCoWake`, taken by `wake_local`) becomes
+        // a co_schedule claim without panicking (this may run while
+        // unwinding). AcqRel: as `mark_scheduled`'s Acquire, and the Release
+        // of a clear, since the claim changes hands.
+        if co
+            .scheduled
+            .compare_exchange(
+                Scheduler::AioCoWake as u8,
+                Scheduler::AioCoSchedule as u8,
+                AcqRel,
+                Relaxed,
+            )
+            .is_ok()
+        {
+            home_context(&co).push_scheduled(co);
+        }
+    }
+}
+
+/// Runs `co` until it yields or returns. Returns whether it queued wakeups
+/// (left in its `wakeup` list for the caller to run).
+#[inline(always)]
+pub(super) fn enter_one(co: &CoInner) -> bool {
+    tls::with_state(|st| {
+        // Every refusal in one branch: the home thread (a token is never 0,
+        // so a thread that has none yet goes to the slow path, which gives
+        // it one), the schedule claim, and the state (running, terminated).
+        let refused = (co.home_thread.load(Relaxed) ^ st.token_if_any())
+            | co.scheduled.load(Relaxed) as usize
+            | co.state.get() as usize;
+        if refused != 0 {
+            enter_refused(co, st);
+        }
+        // SAFETY: home thread and idle (checked above): no other borrow of
+        // `raw` exists, and the coroutine never touches its own `raw`.
+        let Some(raw) = (unsafe { &mut *co.raw.get() }) else {
+            entered_after_termination();
+        };
+        let from = st.current.get();
+        co.caller.set(from);
+        co.state.set(state::RUNNING);
+        st.current.set(co);
+        // Armed before the trace call: a `tracing` subscriber that panics
+        // must not leave this coroutine current.
+        let guard = UnwindGuard { co, from };
+        if trace::event::qemu_aio_coroutine_enter.enabled() {
+            enter_traced(from, co);
+        }
+        let result = raw.resume(());
+        // Normal return: restore inline; the guard only acts on a panic.
+        std::mem::forget(guard);
+        st.current.set(from);
+        let wakeups = co.state.get() & state::WAKEUPS != 0;
+        if let corosensei::CoroutineResult::Return(()) = result {
+            terminated(co);
+        } else {
+            co.state.set(0);
+        }
+        wakeups
+    })
+}
+
+/// The enter trace event, its arguments computed off the hot path. `ctx` is
+/// the home thread's token (QEMU passes the AioContext; ours is filled on
+/// demand).
+#[cold]
+#[inline(never)]
+pub(super) fn enter_traced(from: *const CoInner, co: &CoInner) {
+    trace::qemu_aio_coroutine_enter(
+        tls::thread_token() as *const (),
+        from.cast(),
+        co as *const CoInner as *const (),
+        ptr::null(),
+    );
+}
+
+/// `enter_one`'s checks failed: panics with QEMU's message, or returns if
+/// the only problem was that this thread had no token yet and it is the
+/// coroutine's home.
+#[cold]
+#[inline(never)]
+pub(super) fn enter_refused(co: &CoInner, st: &tls::ThreadState) {
+    if co.home_thread.load(Relaxed) != st.token() {
+        wrong_thread();
+    }
+    let sched = co.scheduled.load(Relaxed);
+    if sched != 0 {
+        already_scheduled(sched);
+    }
+    match co.state.get() {
+        0 => {}
+        state::TERMINATED => entered_after_termination(),
+        _ => reentered(),
+    }
+}
+
+/// Whether a wakeup that reaches `co` must be dropped: it was on its way
+/// (queued, or held by an fd handler or a wait list) when [`cancel`]
+/// unwound the coroutine. Checked by the wake paths, not by
+/// `Coroutine::enter`, which still panics on a terminated coroutine.
+#[inline]
+pub(super) fn cancelled_wakeup(co: &CoInner) -> bool {
+    co.state.get() == state::TERMINATED && co.cancelled.get()
+}
+
+/// Restores the caller's state if the coroutine panicked (the panic then
+/// continues into the enterer), and marks the dead coroutine terminated.
+pub(super) struct UnwindGuard<'a> {
+    co: &'a CoInner,
+    from: *const CoInner,
+}
+
+impl Drop for UnwindGuard<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        unwound(self.co, self.from);
+    }
+}
+
+/// The unwind guard's work, out of line so that the guard's fields stay in
+/// registers on the hot path.
+#[cold]
+#[inline(never)]
+pub(super) fn unwound(co: &CoInner, from: *const CoInner) {
+    // The enterer's frame: still its thread.
+    tls::with_state(|st| st.current.set(from));
+    // Wakeups it queued before panicking (a lock released while
+    // unwinding hands over to a waiter) must not be lost: they go
+    // through the home context's queue and run from its next poll.
+    reschedule_wakeups(std::mem::take(&mut *co.wakeup.borrow_mut()));
+    // SAFETY: home thread, and the switch has returned: no other borrow.
+    if unsafe { &*co.raw.get() }.as_ref().is_some_and(RawCo::done) {
+        terminated(co);
+        keep_or_give_stack(co);
+    } else {
+        co.state.set(0);
+    }
+}
+
+/// How many terminated coroutines per thread keep their stack until their
+/// last handle drops; beyond that, a terminating coroutine gives its stack
+/// back at once, so that code keeping many finished coroutines' handles
+/// does not keep as many stacks mapped (QEMU frees the stack at
+/// termination too, when its pool is full).
+pub(super) const KEEP_STACKS: usize = 64;
+
+/// Keeps a terminated coroutine's stack with it for the object pool (the
+/// common case: its last handle drops soon), unless this thread already has
+/// [`KEEP_STACKS`] such coroutines: then the stack goes back now. Called
+/// after `enter_one` returns, off the resume/yield path.
+#[cold]
+#[inline(never)]
+pub(super) fn keep_or_give_stack(co: &CoInner) {
+    if tls::keep_stack_slot(KEEP_STACKS) {
+        co.holds_stack.set(true);
+    } else {
+        give_stack_now(co);
+    }
+}
+
+#[cold]
+#[inline(never)]
+pub(super) fn give_stack_now(co: &CoInner) {
+    // SAFETY: called on the home thread after the switch returned (from
+    // `enter_one` or its unwind guard): no borrow of `raw` is alive, and the
+    // finished coroutine never touches its own `raw`.
+    if let Some(done) = unsafe { &mut *co.raw.get() }.take() {
+        stack::give(done.into_stack());
+    }
+}
+
+/// A coroutine returned or panicked. Its stack stays with it (in the
+/// finished corosensei coroutine) until its last handle drops, then both go
+/// to the pool; see [`keep_or_give_stack`] for the bound.
+#[inline(always)]
+pub(super) fn terminated(co: &CoInner) {
+    co.state.set(state::TERMINATED);
+    if trace::event::qemu_coroutine_terminate.enabled() {
+        terminate_traced(co);
+    }
+}
+
+#[cold]
+#[inline(never)]
+pub(super) fn terminate_traced(co: &CoInner) {
+    trace::qemu_coroutine_terminate(co as *const CoInner as *const ());
+}
+
+#[cold]
+#[inline(never)]
+pub(super) fn already_scheduled(code: u8) -> ! {
+    panic!(
+        "Co-routine was already scheduled in '{}'",
+        scheduler_name(code)
+    );
+}
+
+#[cold]
+#[inline(never)]
+pub(super) fn reentered() -> ! {
+    panic!("Co-routine re-entered recursively");
+}
+
+#[cold]
+#[inline(never)]
+pub(super) fn entered_after_termination() -> ! {
+    panic!("Co-routine entered after it terminated");
+}
+
+#[cold]
+#[inline(never)]
+pub(super) fn wrong_thread() -> ! {
+    panic!("coroutine entered on a thread that is not its home context's");
+}
+
+/// QEMU's `aio_co_wake` on the home thread.
+pub(super) fn wake_local(co: &Arc<CoInner>) {
+    let cur = tls::current_co();
+    if cancelled_wakeup(co) {
+        return;
+    }
+    if cur.is_null() {
+        enter(co);
+    } else {
+        assert!(
+            !ptr::eq(cur, Arc::as_ptr(co)),
+            "a coroutine cannot wake itself"
+        );
+        // Claimed like a co_schedule: a second wake (from this thread or
+        // another) before the first has entered it panics with QEMU's
+        // "already scheduled" instead of resuming it twice.
+        co.mark_scheduled(Scheduler::AioCoWake);
+        // SAFETY: the running coroutine is live and on this thread.
+        let cur = unsafe { &*cur };
+        cur.wakeup.borrow_mut().push_back(co.clone());
+        cur.state.set(cur.state.get() | state::WAKEUPS);
+    }
+}
