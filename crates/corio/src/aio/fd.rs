@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use rustix::event::{eventfd, EventfdFlags};
 
+use super::sys::{events, FdMonitor};
+use crate::trace;
+
 /// An fd handler callback. It runs on the context's home thread.
 pub type FdCallback = Box<dyn FnMut() + Send>;
 
@@ -150,5 +153,114 @@ impl AsFd for EventNotifier {
 impl AsRawFd for EventNotifier {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+// ----- fd handlers of a context (QEMU's `aio_set_fd_handler`) -----
+
+impl super::AioContext {
+    /// Sets, replaces or (with both callbacks `None`) removes the handlers of
+    /// `fd` (QEMU's `aio_set_fd_handler`). Handlers are level-triggered:
+    /// `io_read` runs from every poll while `fd` is readable (or hung up, or in
+    /// error), `io_write` while it is writable. A handler may remove or
+    /// replace itself from its own callback.
+    ///
+    /// # Errors
+    /// If the fd monitor refuses the fd.
+    ///
+    /// # Panics
+    /// Outside the home thread.
+    pub fn set_fd_handler(
+        &self,
+        fd: BorrowedFd<'_>,
+        io_read: Option<FdCallback>,
+        io_write: Option<FdCallback>,
+    ) -> io::Result<()> {
+        let node = if io_read.is_none() && io_write.is_none() {
+            None
+        } else {
+            let interest = if io_read.is_some() { events::IN } else { 0 }
+                | if io_write.is_some() { events::OUT } else { 0 };
+            Some((FdNode::new(io_read, io_write), interest))
+        };
+        self.install_fd_node(fd, node)
+    }
+
+    /// Replaces `fd`'s handler node with `node` (interest included), or
+    /// removes it with `None`. The old node is marked deleted so that a
+    /// dispatch already under way skips it; its callbacks drop after the
+    /// home-state borrow ends, since their destructors may use the context.
+    fn install_fd_node(
+        &self,
+        fd: BorrowedFd<'_>,
+        node: Option<(Arc<FdNode>, u32)>,
+    ) -> io::Result<()> {
+        let s = &*self.shared;
+        let raw = fd.as_raw_fd();
+        let mut local = s.local();
+        let old = local.handlers.remove(&raw);
+        if let Some(old) = &old {
+            old.deleted.store(true, Relaxed);
+        }
+        match node {
+            None => {
+                if let Some(old) = &old {
+                    trace::poll_remove(s.ptr(), Arc::as_ptr(old).cast(), raw);
+                    local.monitor.deregister(fd);
+                }
+            }
+            Some((node, interest)) => {
+                trace::poll_add(s.ptr(), Arc::as_ptr(&node).cast(), raw, interest);
+                local.monitor.register(fd, interest)?;
+                local.handlers.insert(raw, node);
+            }
+        }
+        drop(local);
+        drop(old);
+        Ok(())
+    }
+
+    /// Sets, replaces or (with `None`) removes one handler for `fd` that
+    /// asks for `interest` (any of [`events::IN`], [`events::OUT`],
+    /// [`events::PRI`]; `ERR` and `HUP` are always reported) and receives the
+    /// ready events. It replaces read/write handlers of the same fd. This is
+    /// what channel watches (QEMU's GSource-based `qio_channel_add_watch`)
+    /// need beyond [`set_fd_handler`](Self::set_fd_handler): urgent data,
+    /// and hang-up or error without asking for readability.
+    ///
+    /// # Errors
+    /// If the fd monitor refuses the fd.
+    ///
+    /// # Panics
+    /// Outside the home thread.
+    pub fn set_fd_events_handler(
+        &self,
+        fd: BorrowedFd<'_>,
+        interest: u32,
+        cb: Option<EventsCallback>,
+    ) -> io::Result<()> {
+        let node = cb.map(|cb| {
+            let interest = interest & (events::IN | events::OUT | events::PRI);
+            (FdNode::new_events(cb), interest)
+        });
+        self.install_fd_node(fd, node)
+    }
+
+    /// Sets or removes (`None`) the handler of an [`EventNotifier`] (QEMU's
+    /// `aio_set_event_notifier`). The handler gets the notifier and normally
+    /// calls [`EventNotifier::test_and_clear`].
+    ///
+    /// # Errors
+    /// As [`set_fd_handler`](Self::set_fd_handler).
+    pub fn set_event_notifier(
+        &self,
+        notifier: &EventNotifier,
+        io_read: Option<NotifierCallback>,
+    ) -> io::Result<()> {
+        let cb = io_read.map(|mut f| {
+            let n = notifier.clone();
+            Box::new(move || f(&n)) as FdCallback
+        });
+        self.set_fd_handler(notifier.as_fd(), cb, None)
     }
 }

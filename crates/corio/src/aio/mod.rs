@@ -46,6 +46,9 @@
 mod bh;
 mod fd;
 mod lifecycle;
+mod schedule;
+
+pub use schedule::co_reschedule_self;
 pub(crate) mod queue;
 mod sys;
 mod timer;
@@ -53,8 +56,8 @@ mod timer;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::os::fd::{AsFd, AsRawFd};
+
 use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release, SeqCst};
 use std::sync::{Arc, Weak};
 
@@ -68,7 +71,7 @@ use self::fd::FdNode;
 use self::queue::AtomicStack;
 use self::sys::{Epoll, FdMonitor, Ready};
 use self::timer::TimerInner;
-use crate::coroutine::{self, tls, CoHandle, CoInner, Scheduler};
+use crate::coroutine::{self, tls, CoHandle, CoInner};
 use crate::loom::{fence, AtomicU32};
 use crate::trace;
 
@@ -653,113 +656,6 @@ impl AioContext {
         progress
     }
 
-    // ----- fd handlers -----
-
-    /// Sets, replaces or (with both callbacks `None`) removes the handlers of
-    /// `fd` (QEMU's `aio_set_fd_handler`). Handlers are level-triggered:
-    /// `io_read` runs from every poll while `fd` is readable (or hung up, or in
-    /// error), `io_write` while it is writable. A handler may remove or
-    /// replace itself from its own callback.
-    ///
-    /// # Errors
-    /// If the fd monitor refuses the fd.
-    ///
-    /// # Panics
-    /// Outside the home thread.
-    pub fn set_fd_handler(
-        &self,
-        fd: BorrowedFd<'_>,
-        io_read: Option<FdCallback>,
-        io_write: Option<FdCallback>,
-    ) -> io::Result<()> {
-        let node = if io_read.is_none() && io_write.is_none() {
-            None
-        } else {
-            let interest = if io_read.is_some() { events::IN } else { 0 }
-                | if io_write.is_some() { events::OUT } else { 0 };
-            Some((FdNode::new(io_read, io_write), interest))
-        };
-        self.install_fd_node(fd, node)
-    }
-
-    /// Replaces `fd`'s handler node with `node` (interest included), or
-    /// removes it with `None`. The old node is marked deleted so that a
-    /// dispatch already under way skips it; its callbacks drop after the
-    /// home-state borrow ends, since their destructors may use the context.
-    fn install_fd_node(
-        &self,
-        fd: BorrowedFd<'_>,
-        node: Option<(Arc<FdNode>, u32)>,
-    ) -> io::Result<()> {
-        let s = &*self.shared;
-        let raw = fd.as_raw_fd();
-        let mut local = s.local();
-        let old = local.handlers.remove(&raw);
-        if let Some(old) = &old {
-            old.deleted.store(true, Relaxed);
-        }
-        match node {
-            None => {
-                if let Some(old) = &old {
-                    trace::poll_remove(s.ptr(), Arc::as_ptr(old).cast(), raw);
-                    local.monitor.deregister(fd);
-                }
-            }
-            Some((node, interest)) => {
-                trace::poll_add(s.ptr(), Arc::as_ptr(&node).cast(), raw, interest);
-                local.monitor.register(fd, interest)?;
-                local.handlers.insert(raw, node);
-            }
-        }
-        drop(local);
-        drop(old);
-        Ok(())
-    }
-
-    /// Sets, replaces or (with `None`) removes one handler for `fd` that
-    /// asks for `interest` (any of [`events::IN`], [`events::OUT`],
-    /// [`events::PRI`]; `ERR` and `HUP` are always reported) and receives the
-    /// ready events. It replaces read/write handlers of the same fd. This is
-    /// what channel watches (QEMU's GSource-based `qio_channel_add_watch`)
-    /// need beyond [`set_fd_handler`](Self::set_fd_handler): urgent data,
-    /// and hang-up or error without asking for readability.
-    ///
-    /// # Errors
-    /// If the fd monitor refuses the fd.
-    ///
-    /// # Panics
-    /// Outside the home thread.
-    pub fn set_fd_events_handler(
-        &self,
-        fd: BorrowedFd<'_>,
-        interest: u32,
-        cb: Option<EventsCallback>,
-    ) -> io::Result<()> {
-        let node = cb.map(|cb| {
-            let interest = interest & (events::IN | events::OUT | events::PRI);
-            (FdNode::new_events(cb), interest)
-        });
-        self.install_fd_node(fd, node)
-    }
-
-    /// Sets or removes (`None`) the handler of an [`EventNotifier`] (QEMU's
-    /// `aio_set_event_notifier`). The handler gets the notifier and normally
-    /// calls [`EventNotifier::test_and_clear`].
-    ///
-    /// # Errors
-    /// As [`set_fd_handler`](Self::set_fd_handler).
-    pub fn set_event_notifier(
-        &self,
-        notifier: &EventNotifier,
-        io_read: Option<NotifierCallback>,
-    ) -> io::Result<()> {
-        let cb = io_read.map(|mut f| {
-            let n = notifier.clone();
-            Box::new(move || f(&n)) as FdCallback
-        });
-        self.set_fd_handler(notifier.as_fd(), cb, None)
-    }
-
     // ----- timers -----
 
     fn timer_insert(&self, t: &Arc<TimerInner>) {
@@ -812,168 +708,6 @@ impl AioContext {
         }
         progress
     }
-
-    // ----- coroutines -----
-
-    /// Hands a coroutine to this context: it is entered from the context's
-    /// next poll (QEMU's `aio_co_schedule`). This context must be the
-    /// coroutine's home; to move a coroutine elsewhere see
-    /// [`co_schedule_migrate`](Self::co_schedule_migrate).
-    ///
-    /// # Thread context
-    /// Any thread.
-    ///
-    /// # Panics
-    /// If the coroutine is already scheduled ("Co-routine was already
-    /// scheduled in 'aio_co_schedule'"), or this is not its home context.
-    pub fn co_schedule(&self, co: &CoHandle) {
-        if co.inner.home_token() != self.shared.home_token {
-            panic!(
-                "co_schedule: the coroutine's home is another AioContext; \
-                 moving it needs the unsafe co_schedule_migrate"
-            );
-        }
-        self.co_schedule_inner(co.inner.clone(), Scheduler::AioCoSchedule);
-    }
-
-    /// Moves a coroutine to this context, whatever its home, and schedules it
-    /// here: it resumes on this context's home thread, which becomes its home.
-    ///
-    /// # Safety
-    /// The coroutine's stack moves to another thread. At the point where it
-    /// yielded, and at every later yield while it lives on this thread:
-    /// * every value alive on its stack is `Send` (no `Rc`, no `RefCell`
-    ///   borrow of shared state, no `MutexGuard` of a `std` mutex);
-    /// * it holds no reference, address or guard to a thread-local;
-    /// * nothing will wake it on its old context (such a wake would panic);
-    /// * no `Coroutine` handle of it is used on the old thread afterwards
-    ///   (`entered`, `is_terminated` read state the new thread writes).
-    ///
-    /// # Panics
-    /// If the caller is not on the coroutine's current home thread, or the
-    /// coroutine is running (entered), or it is already scheduled.
-    pub unsafe fn co_schedule_migrate(&self, co: &CoHandle) {
-        assert!(
-            co.inner.is_idle_here(),
-            "co_schedule_migrate: call it on the coroutine's home thread, while it is not running"
-        );
-        co.inner.mark_scheduled(Scheduler::AioCoSchedule);
-        co.inner.set_home(self);
-        self.push_scheduled(co.inner.clone());
-    }
-
-    /// QEMU's `aio_co_enter`: enters `co` now if the caller is this context's
-    /// home thread (queued behind the running coroutine, if any), else
-    /// schedules it here.
-    ///
-    /// # Thread context
-    /// Any thread.
-    pub fn co_enter(&self, co: &CoHandle) {
-        if self.in_home_thread() && co.is_home() {
-            if let Some(local) = co.local() {
-                local.wake();
-            }
-        } else {
-            self.co_schedule(co);
-        }
-    }
-
-    pub(crate) fn co_schedule_inner(&self, co: Arc<CoInner>, who: Scheduler) {
-        co.mark_scheduled(who);
-        self.push_scheduled(co);
-    }
-
-    pub(crate) fn push_scheduled(&self, co: Arc<CoInner>) {
-        trace::aio_co_schedule(self.as_ptr(), Arc::as_ptr(&co).cast());
-        // SAFETY: we won the `scheduled` compare-exchange, so the coroutine
-        // is in no queue; the Arc is taken back in `co_schedule_bh_cb`.
-        let was_empty = unsafe {
-            self.shared.co_queue.push(std::ptr::NonNull::new_unchecked(
-                Arc::into_raw(co).cast_mut(),
-            ))
-        };
-        // Only the push that found the queue empty schedules the bottom half
-        // (and notifies): a later push lands in a non-empty queue, which a
-        // run of the bottom half scheduled by that first push will take
-        // whole (`co_schedule_bh_cb` always empties the queue, and its
-        // bottom half is marked not pending before it runs). This saves an
-        // atomic read-modify-write and a fence per hop under load. The loom
-        // model `loom_kick_when_empty` in `queue.rs` checks the protocol.
-        if was_empty {
-            self.bh_enqueue(&self.shared.co_bh, SCHEDULED);
-        }
-    }
-
-    /// The co_schedule bottom half: takes the whole queue, FIFO, and enters
-    /// each coroutine. If one panics, the rest go back to the queue.
-    fn co_schedule_bh_cb(&self) {
-        struct Requeue<'a> {
-            ctx: &'a AioContext,
-            rest: queue::Batch<CoInner>,
-        }
-        impl Drop for Requeue<'_> {
-            fn drop(&mut self) {
-                for p in self.rest.by_ref() {
-                    // SAFETY: still owned by the batch; back into the queue,
-                    // where it was (its `scheduled` flag is still set).
-                    unsafe { self.ctx.shared.co_queue.push(p) };
-                    self.ctx.bh_enqueue(&self.ctx.shared.co_bh, SCHEDULED);
-                }
-            }
-        }
-        let mut batch = Requeue {
-            ctx: self,
-            rest: self.shared.co_queue.take_all(),
-        };
-        for p in batch.rest.by_ref() {
-            // SAFETY: nodes in `co_queue` are `Arc`s given up by `push_scheduled`.
-            let co = unsafe { Arc::from_raw(p.as_ptr()) };
-            trace::aio_co_schedule_bh_cb(self.as_ptr(), Arc::as_ptr(&co).cast());
-            coroutine::enter_scheduled(co);
-        }
-    }
-
-    // ----- cross-thread calls -----
-
-    /// Runs `f` on this context's home thread and returns its result (QEMU's
-    /// `aio_wait_bh_oneshot`). On the home thread, calls `f` directly.
-    /// While waiting, the caller's own current context keeps polling, so two
-    /// contexts may `run_in` each other.
-    ///
-    /// # Thread context
-    /// Any thread.
-    ///
-    /// # Panics
-    /// If `f` panics, the panic resumes in the caller.
-    pub fn run_in<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
-        if self.in_home_thread() {
-            return f();
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let waiter = tls::current_ctx();
-        let kick = waiter.clone();
-        self.bh_schedule_oneshot(move || {
-            let r = catch_unwind(AssertUnwindSafe(f));
-            let _ = tx.send(r);
-            if let Some(w) = kick {
-                // A BH in the waiter's context ends its blocking poll with
-                // progress (QEMU's aio_wait_kick).
-                w.bh_schedule_oneshot(|| {});
-            }
-        });
-        let r = match waiter {
-            Some(w) => loop {
-                match rx.try_recv() {
-                    Ok(r) => break r,
-                    Err(_) => {
-                        w.poll(true);
-                    }
-                }
-            },
-            None => rx.recv().expect("run_in: the target context was dropped"),
-        };
-        r.unwrap_or_else(|p| resume_unwind(p))
-    }
 }
 
 impl std::fmt::Debug for AioContext {
@@ -1007,29 +741,6 @@ impl PartialEq for AioContext {
     }
 }
 impl Eq for AioContext {}
-
-/// Moves the running coroutine to `ctx` (QEMU's `aio_co_reschedule_self`): it
-/// yields, and resumes on `ctx`'s home thread with `ctx` as its home context
-/// (even when that thread is the one it was on). Does nothing if `ctx` is
-/// the coroutine's home already.
-///
-/// # Safety
-/// As [`AioContext::co_schedule_migrate`]: at this yield and every later one
-/// while it lives on `ctx`'s thread, the coroutine's stack holds only `Send`
-/// values and no thread-local reference.
-///
-/// # Panics
-/// Outside a coroutine.
-pub unsafe fn co_reschedule_self(ctx: &AioContext) {
-    // The enterer pushes us onto `ctx`'s queue once we have yielded (QEMU
-    // uses a oneshot bottom half on the old context for the same reason:
-    // the other thread must not enter us before we have left). `ctx` stays
-    // borrowed until we are resumed there, which the hand-over relies on.
-    // SAFETY: the caller of `co_reschedule_self` vouched for the stack.
-    if unsafe { crate::coroutine::request_migration(ctx) } {
-        crate::coroutine::yield_now();
-    }
-}
 
 #[cfg(all(test, not(loom)))]
 mod tests {
