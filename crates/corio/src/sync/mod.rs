@@ -19,6 +19,7 @@
 //! [`CoHandle`]: crate::CoHandle
 //! [`CoHandle::wake`]: crate::CoHandle::wake
 
+mod lock_word;
 mod mutex;
 mod queue;
 mod rwlock;
