@@ -4,7 +4,7 @@
 
 mod clients;
 
-use clients::image::{assert_same, data_image, read_at, sparse_image, write_at};
+use clients::image::{assert_bytes, assert_filled, assert_same, data_image, sparse_image, write_at};
 use clients::{arg, output, run_ok, tempdir, tool, Listen, Server};
 use serde_json::Value;
 
@@ -125,13 +125,13 @@ fn qemu_io_patterns() {
     );
     assert!(out.contains("read 65536/65536 bytes at offset 0"), "{out}");
     // What the clients wrote is in the file, and nothing beyond.
-    assert_eq!(read_at(&img, 0, 65536), vec![0xab; 65536]);
-    assert_eq!(read_at(&img, 65536, 4096), vec![0x11; 4096]);
-    assert_eq!(read_at(&img, 128 << 10, 65536), vec![0xcd; 65536]);
-    assert_eq!(read_at(&img, MIB, 131072), vec![0; 131072]);
-    assert_eq!(read_at(&img, 2 * MIB, 65536), vec![0; 65536]);
+    assert_filled(&img, 0, 65536, 0xab, "written range");
+    assert_filled(&img, 65536, 4096, 0x11, "written range");
+    assert_filled(&img, 128 << 10, 65536, 0xcd, "written range");
+    assert_filled(&img, MIB, 131072, 0, "written range");
+    assert_filled(&img, 2 * MIB, 65536, 0, "written range");
     let untouched = clients::image::pattern(3, 2 * MIB + 65536, 4096);
-    assert_eq!(read_at(&img, 2 * MIB + 65536, 4096), untouched);
+    assert_bytes(&img, 2 * MIB + 65536, &untouched, "beyond the zeroed range");
     // A read-only export: qemu's block driver refuses to open it for
     // writing ("Permission denied"), and reading works.
     let dir2 = tempdir();
@@ -145,5 +145,5 @@ fn qemu_io_patterns() {
     assert!(!refused.status.success(), "read-write open of a -r export: {text}");
     assert!(text.contains("Permission denied"), "{text}");
     qemu_io(&["-r"], &ro.uri(""), &["read -P 0xab 0 64k"]);
-    assert_eq!(read_at(&img, 0, 4096), vec![0xab; 4096]);
+    assert_filled(&img, 0, 4096, 0xab, "written range");
 }

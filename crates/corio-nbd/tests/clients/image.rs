@@ -95,3 +95,32 @@ pub fn assert_same(a: &Path, b: &Path) {
         db.len()
     );
 }
+
+/// Asserts that `len` bytes at `offset` of `path` all equal `byte`; the
+/// message names the first byte that does not (never the whole buffer).
+pub fn assert_filled(path: &Path, offset: u64, len: usize, byte: u8, what: &str) {
+    let got = read_at(path, offset, len);
+    if let Some(i) = got.iter().position(|&b| b != byte) {
+        panic!(
+            "{what}: {} at offset {} holds {:#04x}, expected {byte:#04x} in [{offset}, +{len})",
+            path.display(),
+            offset + i as u64,
+            got[i]
+        );
+    }
+}
+
+/// Asserts that bytes at `offset` of `path` equal `want`, naming the first
+/// differing offset.
+pub fn assert_bytes(path: &Path, offset: u64, want: &[u8], what: &str) {
+    let got = read_at(path, offset, want.len());
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: {} at offset {} holds {:#04x}, expected {:#04x}",
+            path.display(),
+            offset + i as u64,
+            got[i],
+            want[i]
+        );
+    }
+}
