@@ -19,6 +19,7 @@ use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{Read, Seek};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
@@ -61,6 +62,14 @@ pub fn server_name() -> String {
         .expect("server path has a file name")
         .to_string_lossy()
         .into_owned()
+}
+
+/// A command running the server as a user would type it: argv[0] is the
+/// bare program name (getopt and `--help` print argv[0]).
+pub fn server_cmd() -> Command {
+    let mut cmd = Command::new(server_bin());
+    cmd.arg0(server_name());
+    cmd
 }
 
 /// Whether the target is corio-nbd (rather than qemu-nbd or another peer).
@@ -304,7 +313,7 @@ impl Server {
         full.extend(args.iter().map(|s| s.to_string()));
         let stderr_path = dir.join(format!("server-{}.stderr", fs::read_dir(dir).unwrap().count()));
         let stderr = File::create(&stderr_path).expect("create server stderr file");
-        let mut cmd = Command::new(server_bin());
+        let mut cmd = server_cmd();
         cmd.args(&full)
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().expect("dup stderr file"))
