@@ -13,15 +13,17 @@ use std::time::Duration;
 use clients::image::sparse_image;
 use clients::raw::{Raw, NBDMAGIC};
 use clients::{
-    arg, corio_only, is_corio, is_listening, output, run_ok, server_cmd, server_name, signal_pid, tempdir,
-    tool, Addr, Listen, Server,
+    arg, corio_only, is_corio, is_listening, output, run_ok, server_cmd, server_name, signal_pid,
+    tempdir, tool, Addr, Listen, Server,
 };
 
 const MIB: u64 = 1 << 20;
 
 fn nbdinfo_size(uri: &str) -> u64 {
     let out = run_ok(tool("nbdinfo").arg("--size").arg(uri));
-    out.trim().parse().unwrap_or_else(|e| panic!("nbdinfo --size printed {out:?}: {e}"))
+    out.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("nbdinfo --size printed {out:?}: {e}"))
 }
 
 #[test]
@@ -29,13 +31,34 @@ fn version_and_help_exit_zero() {
     let version = output(server_cmd().arg("--version"));
     let text = String::from_utf8_lossy(&version.stdout);
     assert!(version.status.success(), "--version: {}", version.status);
-    assert!(text.starts_with(&format!("{} ", server_name())), "--version starts with the program name: {text}");
-    assert!(text.split_whitespace().nth(1).is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit())), "a version number: {text}");
+    assert!(
+        text.starts_with(&format!("{} ", server_name())),
+        "--version starts with the program name: {text}"
+    );
+    assert!(
+        text.split_whitespace()
+            .nth(1)
+            .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit())),
+        "a version number: {text}"
+    );
     let help = output(server_cmd().arg("--help"));
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(help.status.success(), "--help: {}", help.status);
-    assert!(text.starts_with(&format!("Usage: {} [OPTIONS] FILE", server_name())), "{text}");
-    for opt in ["--socket", "--port", "--bind", "--export-name", "--read-only", "--shared", "--persistent", "--fork", "--pid-file"] {
+    assert!(
+        text.starts_with(&format!("Usage: {} [OPTIONS] FILE", server_name())),
+        "{text}"
+    );
+    for opt in [
+        "--socket",
+        "--port",
+        "--bind",
+        "--export-name",
+        "--read-only",
+        "--shared",
+        "--persistent",
+        "--fork",
+        "--pid-file",
+    ] {
         assert!(text.contains(opt), "--help mentions {opt}");
     }
 }
@@ -52,9 +75,15 @@ fn bad_invocations_exit_non_zero_naming_the_problem() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["-k", arg(&sock), arg(&missing)], "no-such.img"),
         (vec!["-k", arg(&sock), "-f", "qcow3", arg(&img)], "qcow3"),
-        (vec!["-b", "999.1.1.1", "-p", "10809", "-f", "raw", arg(&img)], "999.1.1.1"),
+        (
+            vec!["-b", "999.1.1.1", "-p", "10809", "-f", "raw", arg(&img)],
+            "999.1.1.1",
+        ),
         (vec!["-k", arg(&sock), "-e", "many", arg(&img)], "many"),
-        (vec!["-k", arg(&sock), "--no-such-option", arg(&img)], "no-such-option"),
+        (
+            vec!["-k", arg(&sock), "--no-such-option", arg(&img)],
+            "no-such-option",
+        ),
         (vec![], "argument"),
     ];
     let prefix = format!("{}: ", server_name());
@@ -62,14 +91,23 @@ fn bad_invocations_exit_non_zero_naming_the_problem() {
         let out = output(server_cmd().args(&args));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} must fail; stderr: {err}");
-        assert!(err.starts_with(&prefix), "{args:?}: message starts with {prefix:?}: {err}");
-        assert!(err.contains(names), "{args:?}: message names {names:?}: {err}");
+        assert!(
+            err.starts_with(&prefix),
+            "{args:?}: message starts with {prefix:?}: {err}"
+        );
+        assert!(
+            err.contains(names),
+            "{args:?}: message names {names:?}: {err}"
+        );
         // qemu-nbd binds its socket before opening the image and leaves
         // it behind when the image fails; corio-nbd must not.
         if is_corio() {
             assert!(!sock.exists(), "{args:?} left a socket behind");
         } else if sock.exists() {
-            eprintln!("{args:?}: {} left its socket file behind (not checked against it)", server_name());
+            eprintln!(
+                "{args:?}: {} left its socket file behind (not checked against it)",
+                server_name()
+            );
         }
         let _ = std::fs::remove_file(&sock);
     }
@@ -102,21 +140,43 @@ fn fork_returns_when_listening_with_pid_file() {
     let pidfile = dir.path().join("server.pid");
     let mut guard = PidGuard(None);
     let out = output(server_cmd().args([
-        "--fork", "--pid-file", arg(&pidfile), "-t", "-k", arg(&sock), "-f", "raw", arg(&img),
+        "--fork",
+        "--pid-file",
+        arg(&pidfile),
+        "-t",
+        "-k",
+        arg(&sock),
+        "-f",
+        "raw",
+        arg(&img),
     ]));
     let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
     guard.0 = text.trim().parse().ok();
-    assert!(out.status.success(), "--fork: {} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "--fork: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Listening already when the command returns: no waiting here.
-    assert!(is_listening(&Addr::Unix(sock.clone())), "socket not listening when --fork returned");
+    assert!(
+        is_listening(&Addr::Unix(sock.clone())),
+        "socket not listening when --fork returned"
+    );
     let pid = guard.0.unwrap_or_else(|| panic!("pid file holds {text:?}"));
-    assert!(pid_alive(pid), "the pid in the pid file ({pid}) is not running");
+    assert!(
+        pid_alive(pid),
+        "the pid in the pid file ({pid}) is not running"
+    );
     let uri = format!("nbd+unix:///?socket={}", sock.display());
     assert_eq!(nbdinfo_size(&uri), 2 * MIB);
     signal_pid(pid, "TERM");
     let end = std::time::Instant::now() + clients::SERVER_DEADLINE;
     while pid_alive(pid) {
-        assert!(std::time::Instant::now() < end, "daemon {pid} still running after SIGTERM");
+        assert!(
+            std::time::Instant::now() < end,
+            "daemon {pid} still running after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     guard.0 = None;
@@ -129,10 +189,21 @@ fn options_after_the_image() {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
     sparse_image(&img, 3 * MIB, &[], 1);
-    let srv = Server::start(dir.path(), Listen::Unix, &[arg(&img), "-f", "raw", "-x", "late", "-r", "-t"]);
+    let srv = Server::start(
+        dir.path(),
+        Listen::Unix,
+        &[arg(&img), "-f", "raw", "-x", "late", "-r", "-t"],
+    );
     let v = run_ok(tool("nbdinfo").arg("--json").arg(srv.uri("late")));
-    assert!(v.contains("\"is_read_only\": true"), "-r after the image applies: {v}");
-    assert_eq!(nbdinfo_size(&srv.uri("late")), 3 * MIB, "-t after the image applies");
+    assert!(
+        v.contains("\"is_read_only\": true"),
+        "-r after the image applies: {v}"
+    );
+    assert_eq!(
+        nbdinfo_size(&srv.uri("late")),
+        3 * MIB,
+        "-t after the image applies"
+    );
 }
 
 /// Without `-t` the server exits (status 0) when its last client leaves,
@@ -146,8 +217,13 @@ fn exits_after_last_client_without_persistent() {
     assert_eq!(nbdinfo_size(&srv.uri("")), MIB);
     let status = srv.wait_exit();
     assert_eq!(status.code(), Some(0), "stderr: {}", srv.stderr());
-    let Addr::Unix(sock) = &srv.addr else { unreachable!() };
-    assert!(!sock.exists(), "socket file left behind after the last client");
+    let Addr::Unix(sock) = &srv.addr else {
+        unreachable!()
+    };
+    assert!(
+        !sock.exists(),
+        "socket file left behind after the last client"
+    );
 }
 
 /// With `-t` the server stays for the next client, over TCP too.
@@ -160,7 +236,11 @@ fn persistent_serves_client_after_client() {
     for _ in 0..3 {
         assert_eq!(nbdinfo_size(&srv.uri("")), MIB);
     }
-    assert!(srv.try_wait().is_none(), "a -t server exited: {}", srv.stderr());
+    assert!(
+        srv.try_wait().is_none(),
+        "a -t server exited: {}",
+        srv.stderr()
+    );
 }
 
 /// `-e 1`: while one client is connected, a second is not served (it waits
@@ -170,12 +250,20 @@ fn shared_one_serves_the_second_client_after_the_first_leaves() {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
     sparse_image(&img, MIB, &[], 1);
-    let srv = Server::start(dir.path(), Listen::Unix, &["-f", "raw", "-t", "-e", "1", arg(&img)]);
-    let Addr::Unix(sock) = srv.addr.clone() else { unreachable!() };
+    let srv = Server::start(
+        dir.path(),
+        Listen::Unix,
+        &["-f", "raw", "-t", "-e", "1", arg(&img)],
+    );
+    let Addr::Unix(sock) = srv.addr.clone() else {
+        unreachable!()
+    };
     let mut first = Raw::connect(&sock);
     first.greeting();
     let mut second = UnixStream::connect(&sock).expect("connect (the backlog takes it)");
-    second.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
+    second
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
     let mut buf = [0u8; 8];
     let early = std::io::Read::read(&mut second, &mut buf);
     assert!(
@@ -183,7 +271,9 @@ fn shared_one_serves_the_second_client_after_the_first_leaves() {
         "second client served while the first is connected: {early:?}"
     );
     drop(first);
-    second.set_read_timeout(Some(clients::raw::READ_TIMEOUT)).expect("timeout");
+    second
+        .set_read_timeout(Some(clients::raw::READ_TIMEOUT))
+        .expect("timeout");
     std::io::Read::read_exact(&mut second, &mut buf).expect("greeting once the first left");
     assert_eq!(u64::from_be_bytes(buf), NBDMAGIC);
 }
@@ -194,8 +284,14 @@ fn shared_two_serves_two_clients_at_once() {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
     sparse_image(&img, MIB, &[], 1);
-    let srv = Server::start(dir.path(), Listen::Unix, &["-f", "raw", "-t", "-e", "2", arg(&img)]);
-    let Addr::Unix(sock) = srv.addr.clone() else { unreachable!() };
+    let srv = Server::start(
+        dir.path(),
+        Listen::Unix,
+        &["-f", "raw", "-t", "-e", "2", arg(&img)],
+    );
+    let Addr::Unix(sock) = srv.addr.clone() else {
+        unreachable!()
+    };
     let mut first = Raw::connect(&sock);
     first.greeting();
     // The second gets its greeting while the first is still connected.
@@ -217,9 +313,16 @@ fn corio_in_memory_default_disk() {
     let small = Server::start(dir2.path(), Listen::Unix, &["-t", "--size", "64M"]);
     assert_eq!(nbdinfo_size(&small.uri("")), 64 * MIB);
     let map = run_ok(tool("nbdinfo").arg("--map").arg(small.uri("")));
-    assert!(map.contains("hole,zero"), "a fresh in-memory disk is sparse: {map}");
+    assert!(
+        map.contains("hole,zero"),
+        "a fresh in-memory disk is sparse: {map}"
+    );
     // It prints the URI clients use.
-    assert!(srv.stderr().contains("nbd+unix://"), "start-up output: {}", srv.stderr());
+    assert!(
+        srv.stderr().contains("nbd+unix://"),
+        "start-up output: {}",
+        srv.stderr()
+    );
 }
 
 /// corio-only: `--iothreads 2` serves several clients at once correctly.
@@ -232,7 +335,16 @@ fn corio_iothreads_serve_clients() {
     let img = dir.path().join("disk.img");
     let out = dir.path().join("out.img");
     clients::image::data_image(&img, 16 * MIB, 31);
-    let srv = Server::start(dir.path(), Listen::Unix, &["-f", "raw", "-t", "-e", "0", "--iothreads", "2", arg(&img)]);
-    run_ok(tool("nbdcopy").arg("--connections=4").arg(srv.uri("")).arg(&out));
+    let srv = Server::start(
+        dir.path(),
+        Listen::Unix,
+        &["-f", "raw", "-t", "-e", "0", "--iothreads", "2", arg(&img)],
+    );
+    run_ok(
+        tool("nbdcopy")
+            .arg("--connections=4")
+            .arg(srv.uri(""))
+            .arg(&out),
+    );
     clients::image::assert_same(&img, &out);
 }

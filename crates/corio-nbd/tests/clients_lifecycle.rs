@@ -57,15 +57,42 @@ for i, c in cookies:
 print("acked", " ".join(map(str, acked)))
 "#;
     let pid = srv.pid().to_string();
-    let out = nbdsh(script, &[("URI", &srv.uri("")), ("SERVER_PID", &pid), ("SIG", sig)]);
+    let out = nbdsh(
+        script,
+        &[("URI", &srv.uri("")), ("SERVER_PID", &pid), ("SIG", sig)],
+    );
     let status = srv.wait_exit();
-    assert_eq!(status.code(), Some(0), "exit after SIG{sig}; stderr: {}", srv.stderr());
-    assert!(!socket_path(&srv).exists(), "unix socket left behind after SIG{sig}");
-    let line = out.lines().find(|l| l.starts_with("acked")).unwrap_or_else(|| panic!("{out}"));
-    let acked: Vec<u64> = line.split_whitespace().skip(1).map(|n| n.parse().expect("index")).collect();
-    eprintln!("SIG{sig}: {} of 47 writes in flight acknowledged", acked.len() - 1);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after SIG{sig}; stderr: {}",
+        srv.stderr()
+    );
+    assert!(
+        !socket_path(&srv).exists(),
+        "unix socket left behind after SIG{sig}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("acked"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let acked: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().expect("index"))
+        .collect();
+    eprintln!(
+        "SIG{sig}: {} of 47 writes in flight acknowledged",
+        acked.len() - 1
+    );
     for i in acked {
-        assert_filled(&img, i * MIB, MIB as usize, i as u8 + 1, &format!("acknowledged write {i}"));
+        assert_filled(
+            &img,
+            i * MIB,
+            MIB as usize,
+            i as u8 + 1,
+            &format!("acknowledged write {i}"),
+        );
     }
 }
 
@@ -112,12 +139,20 @@ fn sigterm_during_long_nbdcopy() {
     let end = Instant::now() + CLIENT_DEADLINE;
     while !has_connected_client(&sock) {
         assert!(Instant::now() < end, "nbdcopy never connected");
-        assert!(copy.try_wait().expect("try_wait").is_none(), "nbdcopy ended before connecting");
+        assert!(
+            copy.try_wait().expect("try_wait").is_none(),
+            "nbdcopy ended before connecting"
+        );
         thread::sleep(Duration::from_millis(5));
     }
     srv.signal("TERM");
     let status = srv.wait_exit();
-    assert_eq!(status.code(), Some(0), "exit after SIGTERM; stderr: {}", srv.stderr());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after SIGTERM; stderr: {}",
+        srv.stderr()
+    );
     assert!(!sock.exists(), "unix socket left behind after SIGTERM");
     let copied = wait_deadline(&mut copy, CLIENT_DEADLINE).unwrap_or_else(|| {
         let _ = copy.kill();

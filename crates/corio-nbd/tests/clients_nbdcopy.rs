@@ -16,7 +16,12 @@ fn nbdcopy_read_to_file() {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
     let out = dir.path().join("out.img");
-    sparse_image(&img, 24 * MIB, &[(0, 5 * MIB), (11 * MIB, 3 * MIB + 512), (23 * MIB, MIB)], 21);
+    sparse_image(
+        &img,
+        24 * MIB,
+        &[(0, 5 * MIB), (11 * MIB, 3 * MIB + 512), (23 * MIB, MIB)],
+        21,
+    );
     let srv = Server::start(dir.path(), Listen::Unix, &["-f", "raw", "-r", arg(&img)]);
     run_ok(tool("nbdcopy").arg(srv.uri("")).arg(&out));
     assert_same(&img, &out);
@@ -30,8 +35,17 @@ fn nbdcopy_read_multi_conn() {
     let img = dir.path().join("disk.img");
     let out = dir.path().join("out.img");
     data_image(&img, 32 * MIB, 22);
-    let srv = Server::start(dir.path(), Listen::Tcp, &["-f", "raw", "-e", "4", "-r", arg(&img)]);
-    run_ok(tool("nbdcopy").args(["--connections=4"]).arg(srv.uri("")).arg(&out));
+    let srv = Server::start(
+        dir.path(),
+        Listen::Tcp,
+        &["-f", "raw", "-e", "4", "-r", arg(&img)],
+    );
+    run_ok(
+        tool("nbdcopy")
+            .args(["--connections=4"])
+            .arg(srv.uri(""))
+            .arg(&out),
+    );
     assert_same(&img, &out);
 }
 
@@ -44,7 +58,11 @@ fn nbdcopy_write_from_file() {
     // The target starts full of other data, so holes in the source must be
     // written as zeroes (nbdcopy zeroes them: WRITE_ZEROES or TRIM).
     data_image(&img, 24 * MIB, 24);
-    let srv = Server::start(dir.path(), Listen::Unix, &["-f", "raw", "-e", "4", arg(&img)]);
+    let srv = Server::start(
+        dir.path(),
+        Listen::Unix,
+        &["-f", "raw", "-e", "4", arg(&img)],
+    );
     run_ok(tool("nbdcopy").arg("--flush").arg(&src).arg(srv.uri("")));
     assert_same(&src, &img);
 }
@@ -58,7 +76,11 @@ fn concurrent_clients_disjoint_ranges() {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
     sparse_image(&img, CLIENTS * SPAN, &[], 0);
-    let srv = Server::start(dir.path(), Listen::Unix, &["-f", "raw", "-t", "-e", "0", arg(&img)]);
+    let srv = Server::start(
+        dir.path(),
+        Listen::Unix,
+        &["-f", "raw", "-t", "-e", "0", arg(&img)],
+    );
     let uri = srv.uri("");
     thread::scope(|s| {
         for i in 0..CLIENTS {
@@ -69,7 +91,8 @@ fn concurrent_clients_disjoint_ranges() {
                 // 64 KiB writes interleaved with the other clients'.
                 for chunk in 0..(SPAN / (64 << 10)) {
                     let off = i * SPAN + chunk * (64 << 10);
-                    cmd.arg("-c").arg(format!("aio_write -P {} {off} 64k", 0x10 + i));
+                    cmd.arg("-c")
+                        .arg(format!("aio_write -P {} {off} 64k", 0x10 + i));
                 }
                 cmd.arg("-c").arg("aio_flush");
                 let out = run_ok(&mut cmd);
@@ -80,7 +103,11 @@ fn concurrent_clients_disjoint_ranges() {
     for i in 0..CLIENTS {
         let got = read_at(&img, i * SPAN, SPAN as usize);
         if let Some(bad) = got.iter().position(|&b| b != 0x10 + i as u8) {
-            panic!("client {i}'s range holds {:#x} at offset {}", got[bad], i * SPAN + bad as u64);
+            panic!(
+                "client {i}'s range holds {:#x} at offset {}",
+                got[bad],
+                i * SPAN + bad as u64
+            );
         }
     }
     // And a client reads back the same through the server.

@@ -12,7 +12,8 @@ const MIB: u64 = 1 << 20;
 
 fn nbdinfo_json(args: &[&str], uri: &str) -> Value {
     let out = run_ok(tool("nbdinfo").arg("--json").args(args).arg(uri));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("nbdinfo --json output is not JSON ({e}):\n{out}"))
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("nbdinfo --json output is not JSON ({e}):\n{out}"))
 }
 
 fn the_export(v: &Value) -> &Value {
@@ -39,7 +40,15 @@ fn nbdinfo_json_writable_export() {
     assert_eq!(e["description"], "a test disk", "{e}");
     assert_eq!(e["export-size"], 4 * MIB, "{e}");
     assert_eq!(e["is_read_only"], false, "{e}");
-    for flag in ["can_cache", "can_df", "can_fast_zero", "can_flush", "can_fua", "can_trim", "can_zero"] {
+    for flag in [
+        "can_cache",
+        "can_df",
+        "can_fast_zero",
+        "can_flush",
+        "can_fua",
+        "can_trim",
+        "can_zero",
+    ] {
         assert_eq!(e[flag], true, "{flag} in {e}");
     }
     // qemu-nbd advertises multi-conn only for read-only exports, or with
@@ -78,7 +87,11 @@ fn nbdinfo_multi_conn_follows_shared() {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
     sparse_image(&img, MIB, &[], 1);
-    for args in [["-e", "0", "-f", "raw"], ["-e", "2", "-f", "raw"], ["-r", "-e", "4", "-f"]] {
+    for args in [
+        ["-e", "0", "-f", "raw"],
+        ["-e", "2", "-f", "raw"],
+        ["-r", "-e", "4", "-f"],
+    ] {
         let mut full: Vec<&str> = args.to_vec();
         full.push(if args[3] == "-f" { "raw" } else { "-t" });
         full.push(arg(&img));
@@ -111,7 +124,16 @@ fn nbdinfo_list_shows_name_and_description() {
     let srv = Server::start(
         dir.path(),
         Listen::Unix,
-        &["-f", "raw", "-t", "-x", "disk0", "-D", "first disk", arg(&img)],
+        &[
+            "-f",
+            "raw",
+            "-t",
+            "-x",
+            "disk0",
+            "-D",
+            "first disk",
+            arg(&img),
+        ],
     );
     // qemu-nbd serves one export, so the list has one entry.
     let v = nbdinfo_json(&["--list"], &srv.uri(""));
@@ -128,7 +150,8 @@ fn nbdinfo_list_shows_name_and_description() {
 /// Parses `nbdinfo --map --json` into (offset, length, type) triples.
 fn map(args: &[&str], uri: &str) -> Vec<(u64, u64, u64)> {
     let out = run_ok(tool("nbdinfo").args(args).arg("--json").arg(uri));
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("map is not JSON ({e}): {out}"));
+    let v: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("map is not JSON ({e}): {out}"));
     v.as_array()
         .expect("map is an array")
         .iter()
@@ -168,11 +191,21 @@ fn nbdinfo_map_allocation_depth() {
     // qemu-nbd offers qemu:allocation-depth only with -A
     // (--allocation-depth); a raw file has no backing chain, so the whole
     // image is depth 1 ("local"), holes included.
-    let srv = Server::start(dir.path(), Listen::Unix, &["-f", "raw", "-A", "-t", "-r", arg(&img)]);
+    let srv = Server::start(
+        dir.path(),
+        Listen::Unix,
+        &["-f", "raw", "-A", "-t", "-r", arg(&img)],
+    );
     let v = nbdinfo_json(&[], &srv.uri(""));
-    let contexts = the_export(&v)["contexts"].as_array().expect("contexts").clone();
+    let contexts = the_export(&v)["contexts"]
+        .as_array()
+        .expect("contexts")
+        .clone();
     assert!(contexts.iter().any(|c| c == "qemu:allocation-depth"), "{v}");
-    assert_eq!(map(&["--map=qemu:allocation-depth"], &srv.uri("")), vec![(0, 4 * MIB, 1)]);
+    assert_eq!(
+        map(&["--map=qemu:allocation-depth"], &srv.uri("")),
+        vec![(0, 4 * MIB, 1)]
+    );
 }
 
 #[test]
@@ -180,15 +213,28 @@ fn export_name_wrong_name_refused() {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
     sparse_image(&img, MIB, &[], 1);
-    let srv = Server::start(dir.path(), Listen::Unix, &["-f", "raw", "-t", "-x", "right", arg(&img)]);
+    let srv = Server::start(
+        dir.path(),
+        Listen::Unix,
+        &["-f", "raw", "-t", "-x", "right", arg(&img)],
+    );
     let out = output(tool("nbdinfo").arg("--size").arg(srv.uri("wrong")));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a wrong export name must be refused");
-    assert!(err.contains("no export named 'wrong'"), "libnbd reports NBD_REP_ERR_UNKNOWN: {err}");
+    assert!(
+        err.contains("no export named 'wrong'"),
+        "libnbd reports NBD_REP_ERR_UNKNOWN: {err}"
+    );
     // The empty name is not a wildcard when -x names the export.
     let out = output(tool("nbdinfo").arg("--size").arg(srv.uri("")));
-    assert!(!out.status.success(), "export \"\" must be refused when -x right");
-    assert_eq!(run_ok(tool("nbdinfo").arg("--size").arg(srv.uri("right"))).trim(), MIB.to_string());
+    assert!(
+        !out.status.success(),
+        "export \"\" must be refused when -x right"
+    );
+    assert_eq!(
+        run_ok(tool("nbdinfo").arg("--size").arg(srv.uri("right"))).trim(),
+        MIB.to_string()
+    );
 }
 
 #[test]
@@ -196,8 +242,18 @@ fn export_name_empty_over_tcp() {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
     sparse_image(&img, 3 * MIB, &[], 1);
-    let srv = Server::start(dir.path(), Listen::Tcp, &["-f", "raw", "-t", "-x", "", arg(&img)]);
-    assert_eq!(run_ok(tool("nbdinfo").arg("--size").arg(srv.uri(""))).trim(), (3 * MIB).to_string());
+    let srv = Server::start(
+        dir.path(),
+        Listen::Tcp,
+        &["-f", "raw", "-t", "-x", "", arg(&img)],
+    );
+    assert_eq!(
+        run_ok(tool("nbdinfo").arg("--size").arg(srv.uri(""))).trim(),
+        (3 * MIB).to_string()
+    );
     let out = output(tool("nbdinfo").arg("--size").arg(srv.uri("other")));
-    assert!(!out.status.success(), "export \"other\" must be refused with -x ''");
+    assert!(
+        !out.status.success(),
+        "export \"other\" must be refused with -x ''"
+    );
 }

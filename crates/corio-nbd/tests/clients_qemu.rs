@@ -4,7 +4,9 @@
 
 mod clients;
 
-use clients::image::{assert_bytes, assert_filled, assert_same, data_image, sparse_image, write_at};
+use clients::image::{
+    assert_bytes, assert_filled, assert_same, data_image, sparse_image, write_at,
+};
 use clients::{arg, output, run_ok, tempdir, tool, Listen, Server};
 use serde_json::Value;
 
@@ -16,8 +18,13 @@ fn qemu_img_info_over_nbd() {
     let img = dir.path().join("disk.img");
     sparse_image(&img, 6 * MIB, &[(0, 65536)], 2);
     let srv = Server::start(dir.path(), Listen::Unix, &["-f", "raw", "-r", arg(&img)]);
-    let out = run_ok(tool("qemu-img").args(["info", "--output=json"]).arg(srv.uri("")));
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("qemu-img info JSON ({e}): {out}"));
+    let out = run_ok(
+        tool("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(srv.uri("")),
+    );
+    let v: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("qemu-img info JSON ({e}): {out}"));
     assert_eq!(v["virtual-size"], 6 * MIB, "{v}");
     assert_eq!(v["format"], "raw", "{v}");
 }
@@ -29,7 +36,11 @@ fn qemu_img_compare_server_with_file() {
     let copy = dir.path().join("copy.img");
     sparse_image(&img, 8 * MIB, &[(MIB, 3 * MIB), (7 * MIB, 4096)], 5);
     std::fs::copy(&img, &copy).expect("copy image");
-    let srv = Server::start(dir.path(), Listen::Unix, &["-f", "raw", "-t", "-r", arg(&img)]);
+    let srv = Server::start(
+        dir.path(),
+        Listen::Unix,
+        &["-f", "raw", "-t", "-r", arg(&img)],
+    );
     let compare = || {
         output(
             tool("qemu-img")
@@ -39,14 +50,22 @@ fn qemu_img_compare_server_with_file() {
         )
     };
     let same = compare();
-    assert_eq!(same.status.code(), Some(0), "identical: {}", String::from_utf8_lossy(&same.stdout));
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "identical: {}",
+        String::from_utf8_lossy(&same.stdout)
+    );
     // Change one byte of the copy inside a hole of the served image.
     write_at(&copy, 5 * MIB + 17, b"x");
     let differ = compare();
     let text = String::from_utf8_lossy(&differ.stdout);
     assert_eq!(differ.status.code(), Some(1), "different: {text}");
     // qemu-img names the 512-byte sector holding the first difference.
-    assert!(text.contains(&format!("Content mismatch at offset {}!", 5 * MIB)), "{text}");
+    assert!(
+        text.contains(&format!("Content mismatch at offset {}!", 5 * MIB)),
+        "{text}"
+    );
 }
 
 #[test]
@@ -56,7 +75,12 @@ fn qemu_img_convert_from_nbd_to_file() {
     let out = dir.path().join("out.img");
     sparse_image(&img, 16 * MIB, &[(0, 2 * MIB), (9 * MIB, MIB + 4096)], 11);
     let srv = Server::start(dir.path(), Listen::Tcp, &["-f", "raw", "-r", arg(&img)]);
-    run_ok(tool("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(srv.uri("")).arg(&out));
+    run_ok(
+        tool("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw"])
+            .arg(srv.uri(""))
+            .arg(&out),
+    );
     assert_same(&img, &out);
 }
 
@@ -135,14 +159,26 @@ fn qemu_io_patterns() {
     // A read-only export: qemu's block driver refuses to open it for
     // writing ("Permission denied"), and reading works.
     let dir2 = tempdir();
-    let ro = Server::start(dir2.path(), Listen::Unix, &["-f", "raw", "-r", "-t", arg(&img)]);
-    let refused = output(tool("qemu-io").args(["-f", "raw"]).arg(ro.uri("")).args(["-c", "write -P 1 0 4k"]));
+    let ro = Server::start(
+        dir2.path(),
+        Listen::Unix,
+        &["-f", "raw", "-r", "-t", arg(&img)],
+    );
+    let refused = output(
+        tool("qemu-io")
+            .args(["-f", "raw"])
+            .arg(ro.uri(""))
+            .args(["-c", "write -P 1 0 4k"]),
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&refused.stdout),
         String::from_utf8_lossy(&refused.stderr)
     );
-    assert!(!refused.status.success(), "read-write open of a -r export: {text}");
+    assert!(
+        !refused.status.success(),
+        "read-write open of a -r export: {text}"
+    );
     assert!(text.contains("Permission denied"), "{text}");
     qemu_io(&["-r"], &ro.uri(""), &["read -P 0xab 0 64k"]);
     assert_filled(&img, 0, 4096, 0xab, "written range");

@@ -30,9 +30,20 @@ fn fixture() -> Fixture {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
     sparse_image(&img, SIZE, &[(0, SIZE / 2)], SEED);
-    let srv = Server::start(dir.path(), Listen::Unix, &["-f", "raw", "-t", "-e", "0", "-x", "disk", arg(&img)]);
-    let Addr::Unix(sock) = srv.addr.clone() else { unreachable!() };
-    Fixture { srv, sock, img, _dir: dir }
+    let srv = Server::start(
+        dir.path(),
+        Listen::Unix,
+        &["-f", "raw", "-t", "-e", "0", "-x", "disk", arg(&img)],
+    );
+    let Addr::Unix(sock) = srv.addr.clone() else {
+        unreachable!()
+    };
+    Fixture {
+        srv,
+        sock,
+        img,
+        _dir: dir,
+    }
 }
 
 impl Fixture {
@@ -40,7 +51,11 @@ impl Fixture {
     fn good_client_works(&mut self) {
         let out = run_ok(tool("nbdinfo").arg("--size").arg(self.srv.uri("disk")));
         assert_eq!(out.trim(), SIZE.to_string());
-        assert!(self.srv.try_wait().is_none(), "server exited: {}", self.srv.stderr());
+        assert!(
+            self.srv.try_wait().is_none(),
+            "server exited: {}",
+            self.srv.stderr()
+        );
     }
 }
 
@@ -74,7 +89,10 @@ fn raw_garbage_client_flags() {
     let mut raw = Raw::connect(&f.sock);
     raw.greeting();
     raw.send(&[0xff, 0xff, 0xff, 0xff]); // unknown client flags
-    assert!(raw.closed_by_server(), "server must drop a client with unknown flags");
+    assert!(
+        raw.closed_by_server(),
+        "server must drop a client with unknown flags"
+    );
     f.good_client_works();
     // Three bytes of flags, then a hang-up.
     let mut raw = Raw::connect(&f.sock);
@@ -95,12 +113,18 @@ fn raw_truncated_option() {
     msg.extend_from_slice(&[0; 10]); // 10 of the 100 bytes announced
     raw.send(&msg);
     raw.sock.shutdown(Shutdown::Write).expect("shutdown");
-    assert!(raw.closed_by_server(), "server must close on a truncated option");
+    assert!(
+        raw.closed_by_server(),
+        "server must close on a truncated option"
+    );
     f.good_client_works();
     // A bad option magic.
     let mut raw = Raw::negotiate(&f.sock);
     raw.send(&[0x55; 16]);
-    assert!(raw.closed_by_server(), "server must close on a bad option magic");
+    assert!(
+        raw.closed_by_server(),
+        "server must close on a bad option magic"
+    );
     f.good_client_works();
 }
 
@@ -124,7 +148,10 @@ fn raw_unknown_option_then_session_goes_on() {
     assert_eq!(size, SIZE);
     raw.send(&request(0, CMD_READ, 0x1234, 4096, 4096));
     assert_eq!(simple_reply(&mut raw), (0, 0x1234));
-    assert_eq!(raw.read_n(4096).expect("read data"), pattern(SEED, 4096, 4096));
+    assert_eq!(
+        raw.read_n(4096).expect("read data"),
+        pattern(SEED, 4096, 4096)
+    );
     raw.send(&request(0, CMD_DISC, 1, 0, 0));
     assert!(raw.closed_by_server(), "NBD_CMD_DISC ends the session");
     f.good_client_works();
@@ -137,13 +164,20 @@ fn raw_unknown_export_name() {
     let r = raw.go("nosuch");
     assert_eq!(r.last().map(|r| r.kind), Some(REP_ERR_UNKNOWN), "{r:?}");
     let ok = raw.go("disk");
-    assert_eq!(ok.last().map(|r| r.kind), Some(REP_ACK), "after an unknown name: {ok:?}");
+    assert_eq!(
+        ok.last().map(|r| r.kind),
+        Some(REP_ACK),
+        "after an unknown name: {ok:?}"
+    );
     drop(raw);
     // The old NBD_OPT_EXPORT_NAME with a wrong name: no reply, the server
     // closes the connection.
     let mut raw = Raw::negotiate(&f.sock);
     raw.option(OPT_EXPORT_NAME, b"nosuch");
-    assert!(raw.closed_by_server(), "NBD_OPT_EXPORT_NAME of an unknown export closes");
+    assert!(
+        raw.closed_by_server(),
+        "NBD_OPT_EXPORT_NAME of an unknown export closes"
+    );
     f.good_client_works();
 }
 
@@ -219,11 +253,19 @@ fn raw_extended_headers_read() {
     assert_eq!(data, pattern(SEED, 8192, 8192));
     raw.send(&ext_request(CMD_READ, 43, SIZE, 4096));
     let (flags, kind, cookie, payload) = ext_chunk(&mut raw);
-    assert_eq!((flags & 1, kind, cookie), (1, 0x8001, 43), "an error chunk, done");
+    assert_eq!(
+        (flags & 1, kind, cookie),
+        (1, 0x8001, 43),
+        "an error chunk, done"
+    );
     assert_eq!(be32(&payload[..4]), 22, "EINVAL past the end");
     raw.send(&ext_request(CMD_READ, 44, 0, 512));
     let (_, kind, cookie, payload) = ext_chunk(&mut raw);
-    assert_eq!((kind, cookie), (1, 44), "the session goes on after an error");
+    assert_eq!(
+        (kind, cookie),
+        (1, 44),
+        "the session goes on after an error"
+    );
     assert_eq!(&payload[8..], &pattern(SEED, 0, 512)[..]);
     f.good_client_works();
 }
@@ -234,7 +276,10 @@ fn raw_bad_request_magic_closes_only_that_client() {
     let mut raw = Raw::negotiate(&f.sock);
     assert_eq!(raw.go("disk").last().map(|r| r.kind), Some(REP_ACK));
     raw.send(&[0xaa; 28]);
-    assert!(raw.closed_by_server(), "a bad request magic ends that session");
+    assert!(
+        raw.closed_by_server(),
+        "a bad request magic ends that session"
+    );
     f.good_client_works();
 }
 

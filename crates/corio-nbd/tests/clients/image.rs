@@ -9,7 +9,10 @@ use std::process::Command;
 /// `len` bytes of a pattern that differs for every `seed` and offset
 /// (xorshift64 words, so no two 8-byte words of an image repeat).
 pub fn pattern(seed: u64, offset: u64, len: usize) -> Vec<u8> {
-    assert!(offset % 8 == 0 && len % 8 == 0, "pattern works in 8-byte words");
+    assert!(
+        offset % 8 == 0 && len % 8 == 0,
+        "pattern works in 8-byte words"
+    );
     let mut out = Vec::with_capacity(len);
     for word in 0..(len as u64 / 8) {
         let mut x = (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ (offset / 8 + word + 1);
@@ -65,7 +68,10 @@ pub fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
 
 /// Writes `data` at `offset` into the file at `path`.
 pub fn write_at(path: &Path, offset: u64, data: &[u8]) {
-    let file = OpenOptions::new().write(true).open(path).expect("open image");
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open image");
     file.write_all_at(data, offset).expect("write image");
 }
 

@@ -42,9 +42,8 @@ pub fn server_bin() -> PathBuf {
             assert!(path.is_file(), "CORIO_NBD_SERVER={path:?} is not a file");
             return path;
         }
-        return find_in_path(&name.to_string_lossy()).unwrap_or_else(|| {
-            panic!("CORIO_NBD_SERVER={name:?} is not found in PATH")
-        });
+        return find_in_path(&name.to_string_lossy())
+            .unwrap_or_else(|| panic!("CORIO_NBD_SERVER={name:?} is not found in PATH"));
     }
     match option_env!("CARGO_BIN_EXE_corio-nbd") {
         Some(path) => PathBuf::from(path),
@@ -311,7 +310,10 @@ impl Server {
             }
         };
         full.extend(args.iter().map(|s| s.to_string()));
-        let stderr_path = dir.join(format!("server-{}.stderr", fs::read_dir(dir).unwrap().count()));
+        let stderr_path = dir.join(format!(
+            "server-{}.stderr",
+            fs::read_dir(dir).unwrap().count()
+        ));
         let stderr = File::create(&stderr_path).expect("create server stderr file");
         let mut cmd = server_cmd();
         cmd.args(&full)

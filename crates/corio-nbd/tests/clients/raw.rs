@@ -163,8 +163,12 @@ impl Raw {
 /// The export size and transmission flags in an `NBD_INFO_EXPORT` reply.
 pub fn info_export(replies: &[OptReply]) -> Option<(u64, u16)> {
     replies.iter().find_map(|r| {
-        (r.kind == REP_INFO && r.data.len() == 12 && r.data[0..2] == [0, 0])
-            .then(|| (be64(&r.data[2..10]), u16::from_be_bytes([r.data[10], r.data[11]])))
+        (r.kind == REP_INFO && r.data.len() == 12 && r.data[0..2] == [0, 0]).then(|| {
+            (
+                be64(&r.data[2..10]),
+                u16::from_be_bytes([r.data[10], r.data[11]]),
+            )
+        })
     })
 }
 
