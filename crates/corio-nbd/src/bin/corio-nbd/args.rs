@@ -8,7 +8,14 @@ use clap::Parser;
 /// Serve a raw disk image (or, with no image, a sparse in-memory disk)
 /// over NBD. A drop-in for qemu-nbd on raw images.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "corio-nbd", version, about, long_about = None)]
+#[command(
+    name = "corio-nbd",
+    version,
+    about,
+    long_about = None,
+    override_usage = "corio-nbd [OPTIONS] FILE",
+    help_template = "{usage-heading} {usage}\n\n{about}. With no FILE it serves a sparse in-memory disk.\n\n{all-args}"
+)]
 pub struct Args {
     /// The raw image file or block device; none: a sparse in-memory disk
     /// (see --size).
