@@ -1,15 +1,17 @@
 //! IOThreads: a thread that owns an AioContext and polls it (QEMU's
 //! iothread.c and tests/unit/iothread.c).
 
+use std::any::Any;
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{
     AtomicBool,
     Ordering::{Acquire, Release},
 };
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use crate::aio::AioContext;
+use crate::spawn::JoinHandle;
 
 /// QEMU's default `poll-max-ns` for IOThreads.
 pub const DEFAULT_POLL_MAX_NS: i64 = 32_768;
@@ -34,7 +36,7 @@ pub const DEFAULT_POLL_MAX_NS: i64 = 32_768;
 pub struct IoThread {
     ctx: AioContext,
     running: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl IoThread {
@@ -71,8 +73,13 @@ impl IoThread {
                 let _ = tx.send(Ok(ctx.clone()));
                 // Acquire pairs with the Release store in `stop`.
                 while run.load(Acquire) {
-                    ctx.poll(true);
+                    // A callback's panic is reported and the loop goes on:
+                    // the other clients of this thread keep being served.
+                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| ctx.poll(true))) {
+                        report_panic(&ctx, &*p);
+                    }
                 }
+                ctx.shutdown();
             })?;
         let ctx = rx
             .recv()
@@ -89,10 +96,33 @@ impl IoThread {
         &self.ctx
     }
 
-    /// Stops the loop and joins the thread (QEMU's `iothread_join`).
+    /// Runs `f` in a new coroutine on this thread ([`AioContext::spawn`]).
+    ///
+    /// # Thread context
+    /// Any thread.
+    pub fn spawn<T, F>(&self, f: F) -> JoinHandle<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.ctx.spawn(f)
+    }
+
+    /// Stops the loop, shuts the context down and joins the thread (QEMU's
+    /// `iothread_join`). In order: the loop ends after its current poll;
+    /// [`AioContext::shutdown`] cancels the coroutines spawned here that
+    /// have not finished (they unwind, running their destructors, so the
+    /// channels they hold close), runs what that scheduled, and removes the
+    /// context's fd handlers and timers; then the thread exits and its
+    /// thread-locals (its current context, pooled coroutines and stacks)
+    /// are dropped.
+    ///
+    /// A panic in a bottom half, fd handler or timer on the thread does not
+    /// end it: it is reported (see [`set_panic_hook`]) and the loop goes on.
+    /// Panics inside [spawned](Self::spawn) coroutines go to their handles.
     ///
     /// # Panics
-    /// If a callback on the thread panicked: the panic resumes here.
+    /// If the thread itself died (a panic escaped the shutdown).
     pub fn join(mut self) {
         if let Err(p) = self.stop() {
             std::panic::resume_unwind(p);
@@ -124,4 +154,41 @@ impl Drop for IoThread {
 /// asks the same of the current thread's context).
 pub fn in_iothread(ctx: &AioContext) -> bool {
     ctx.in_home_thread()
+}
+
+/// What runs when a callback on an IoThread panics: the context and the
+/// panic payload. The default writes one line to stderr (after the standard
+/// panic hook's own message).
+pub type PanicHook = Box<dyn Fn(&AioContext, &(dyn Any + Send)) + Send + Sync>;
+
+static PANIC_HOOK: std::sync::RwLock<Option<PanicHook>> = std::sync::RwLock::new(None);
+
+/// Replaces what an IoThread does with a panic that escaped one of its
+/// callbacks (a bottom half, an fd handler, a timer, or a coroutine that
+/// was not spawned) before its loop goes on. `None` restores the default.
+///
+/// # Thread context
+/// Any thread; the hook runs on the IoThread.
+pub fn set_panic_hook(hook: Option<PanicHook>) {
+    *PANIC_HOOK.write().unwrap_or_else(|e| e.into_inner()) = hook;
+}
+
+fn report_panic(ctx: &AioContext, p: &(dyn Any + Send)) {
+    crate::trace::iothread_callback_panic(ctx.as_ptr());
+    let hook = PANIC_HOOK.read().unwrap_or_else(|e| e.into_inner());
+    match &*hook {
+        Some(h) => h(ctx, p),
+        None => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("<non-string payload>");
+            let name = std::thread::current()
+                .name()
+                .unwrap_or("iothread")
+                .to_owned();
+            eprintln!("corio: a callback on {name} panicked ({msg}); its loop goes on");
+        }
+    }
 }

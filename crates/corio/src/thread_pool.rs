@@ -414,7 +414,7 @@ impl ThreadPool {
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
-        let me = Coroutine::current().expect("ThreadPool::submit_co outside a coroutine");
+        let me = crate::coroutine::current_for("ThreadPool::submit_co");
         let req = Arc::new(Request::<F, R, fn(Result<R, PoolError>)> {
             inner: Mutex::new(ReqInner {
                 state: State::Queued,

@@ -499,7 +499,12 @@ fn io_channel_socket_co_short_write_completed() {
     let expect = data.clone();
     let drained = Arc::new(AtomicBool::new(false));
     let dr = drained.clone();
+    // The reader starts only once the writer has yielded: a reader draining
+    // meanwhile (a loaded machine schedules it at any time) could let the
+    // 8 MiB through without a single would-block.
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
+        let _ = go_rx.recv();
         let mut got = Vec::with_capacity(LEN);
         let mut buf = vec![0u8; 65536];
         let mut d = &*dst;
@@ -520,6 +525,7 @@ fn io_channel_socket_co_short_write_completed() {
     });
     co.enter();
     assert!(!co.is_terminated(), "8 MiB fit in the socket buffers");
+    go_tx.send(()).unwrap();
     poll_until(&ctx, || co.is_terminated());
     let got = join_bounded(reader, "reader");
     assert!(drained.load(Ordering::SeqCst));

@@ -45,6 +45,7 @@
 
 mod bh;
 mod fd;
+mod lifecycle;
 pub(crate) mod queue;
 mod sys;
 mod timer;
@@ -131,6 +132,9 @@ struct Local {
     timers: Vec<Arc<TimerInner>>,
     /// Adaptive busy polling (QEMU's `poll-max-ns`, `poll-grow`, `poll-shrink`).
     poll: PollParams,
+    /// Coroutines spawned here ([`AioContext::spawn`]) that have not
+    /// finished, by address: [`AioContext::shutdown`] cancels them.
+    owned: HashMap<usize, CoHandle>,
 }
 
 /// Adaptive polling state: a blocking poll first spins for `ns` looking for
@@ -236,6 +240,7 @@ impl AioContext {
                     bh_queue: VecDeque::new(),
                     timers: Vec::new(),
                     poll: PollParams::default(),
+                    owned: HashMap::new(),
                 }),
                 thread_pool: std::sync::OnceLock::new(),
             }
@@ -452,6 +457,9 @@ impl AioContext {
     pub fn poll(&self, blocking: bool) -> bool {
         let s = &*self.shared;
         let mut local = s.local();
+        // A coroutine whose stack holds this frame must not migrate until
+        // it returns: the home-thread state below is this thread's.
+        let _frame = coroutine::PollFrame::enter();
         let adaptive = blocking && local.poll.max_ns > 0;
         let block_start = if adaptive {
             Clock::Realtime.now_ns()
@@ -879,12 +887,21 @@ impl AioContext {
         trace::aio_co_schedule(self.as_ptr(), Arc::as_ptr(&co).cast());
         // SAFETY: we won the `scheduled` compare-exchange, so the coroutine
         // is in no queue; the Arc is taken back in `co_schedule_bh_cb`.
-        unsafe {
+        let was_empty = unsafe {
             self.shared.co_queue.push(std::ptr::NonNull::new_unchecked(
                 Arc::into_raw(co).cast_mut(),
-            ));
+            ))
+        };
+        // Only the push that found the queue empty schedules the bottom half
+        // (and notifies): a later push lands in a non-empty queue, which a
+        // run of the bottom half scheduled by that first push will take
+        // whole (`co_schedule_bh_cb` always empties the queue, and its
+        // bottom half is marked not pending before it runs). This saves an
+        // atomic read-modify-write and a fence per hop under load. The loom
+        // model `loom_kick_when_empty` in `queue.rs` checks the protocol.
+        if was_empty {
+            self.bh_enqueue(&self.shared.co_bh, SCHEDULED);
         }
-        self.bh_enqueue(&self.shared.co_bh, SCHEDULED);
     }
 
     /// The co_schedule bottom half: takes the whole queue, FIFO, and enters
@@ -1004,23 +1021,14 @@ impl Eq for AioContext {}
 /// # Panics
 /// Outside a coroutine.
 pub unsafe fn co_reschedule_self(ctx: &AioContext) {
-    let me = crate::Coroutine::current().expect("co_reschedule_self outside a coroutine");
-    let old = me.context();
-    // Contexts, not threads, as QEMU compares them: a move between two
-    // contexts of one thread still changes where later wakes go.
-    if old == *ctx {
-        return;
+    // The enterer pushes us onto `ctx`'s queue once we have yielded (QEMU
+    // uses a oneshot bottom half on the old context for the same reason:
+    // the other thread must not enter us before we have left). `ctx` stays
+    // borrowed until we are resumed there, which the hand-over relies on.
+    // SAFETY: the caller of `co_reschedule_self` vouched for the stack.
+    if unsafe { crate::coroutine::request_migration(ctx) } {
+        crate::coroutine::yield_now();
     }
-    let handle = me.handle();
-    drop(me);
-    let target = ctx.clone();
-    // The oneshot runs on the old home thread after we yielded: the
-    // coroutine is then idle there, as `co_schedule_migrate` requires.
-    old.bh_schedule_oneshot(move || {
-        // SAFETY: the caller of `co_reschedule_self` vouched for the stack.
-        unsafe { target.co_schedule_migrate(&handle) };
-    });
-    crate::coroutine::yield_now();
 }
 
 #[cfg(all(test, not(loom)))]

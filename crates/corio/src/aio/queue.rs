@@ -287,4 +287,57 @@ mod loom_tests {
     fn loom_three_producers() {
         model(3, 1);
     }
+
+    /// `push_scheduled`'s protocol: only a push that finds the stack empty
+    /// kicks the consumer (schedules its bottom half, modelled by
+    /// `pending`); the consumer clears `pending` before it takes the whole
+    /// stack (as `bh_poll` clears PENDING before the callback). Then no
+    /// node is ever left behind with no kick pending.
+    #[test]
+    fn loom_kick_when_empty() {
+        use loom::sync::atomic::AtomicUsize;
+        use std::sync::atomic::Ordering::AcqRel;
+        struct Q {
+            s: AtomicStack<Node>,
+            pending: AtomicUsize,
+        }
+        loom::model(|| {
+            let q = Arc::new(Q {
+                s: AtomicStack::new(),
+                pending: AtomicUsize::new(0),
+            });
+            let handles: Vec<_> = (0..2)
+                .map(|p| {
+                    let q = q.clone();
+                    thread::spawn(move || {
+                        let node = Box::new(Node {
+                            link: AtomicPtr::new(ptr::null_mut()),
+                            payload: loom::cell::UnsafeCell::new((p, 0)),
+                        });
+                        // SAFETY: a fresh node, freed by `take`.
+                        if unsafe { q.s.push(NonNull::from(Box::leak(node))) } {
+                            // AcqRel, as bh_enqueue's fetch_or: pairs with
+                            // the consumer's swap.
+                            q.pending.fetch_or(1, AcqRel);
+                        }
+                    })
+                })
+                .collect();
+            let mut got = Vec::new();
+            // One bottom-half run while the producers push.
+            if q.pending.swap(0, AcqRel) != 0 {
+                take(&q.s, &mut got);
+            }
+            for h in handles {
+                h.join().unwrap();
+            }
+            // Quiescence: every node is reachable through a pending kick.
+            while q.pending.swap(0, AcqRel) != 0 {
+                take(&q.s, &mut got);
+            }
+            assert_eq!(got.len(), 2, "a node was left with no kick pending");
+        });
+        // Checked by mutation: clearing `pending` after the take instead of
+        // before fails this model.
+    }
 }

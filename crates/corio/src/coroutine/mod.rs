@@ -27,7 +27,37 @@
 //! recursively", entering one that is scheduled panics with "Co-routine was
 //! already scheduled in '...'", and yielding outside a coroutine panics with
 //! "Co-routine is yielding to no one". A panic inside a coroutine reaches the
-//! `enter` that resumed it; the coroutine is then terminated.
+//! `enter` that resumed it; the coroutine is then terminated. A wake of a
+//! coroutine whose earlier wake has not run yet (queued behind the running
+//! coroutine, or in a context's queue) panics with "Co-routine was already
+//! scheduled in 'aio_co_wake'" (or `'aio_co_schedule'`), from any thread,
+//! rather than resuming it twice.
+//!
+//! # Lifetime
+//!
+//! A coroutine lives while a handle to it does ([`Coroutine`], [`CoHandle`],
+//! including the ones that wait lists, channels and context queues hold).
+//! When the last one drops:
+//!
+//! * a terminated coroutine's object and stack go back to the pool;
+//! * a never-entered one drops its closure on its home thread (sent home
+//!   through its home context if the last handle dropped elsewhere; leaked
+//!   if it cannot get there);
+//! * a suspended one dropped on its home thread is unwound from its yield
+//!   point: its destructors run as if it had been cancelled; dropped on
+//!   another thread it is leaked (its stack may hold values that are not
+//!   `Send`), as QEMU leaks an abandoned coroutine.
+//!
+//! The destructors that run while a coroutine is unwound this way (dropped
+//! or cancelled) must not wait: nothing will ever resume the coroutine. A
+//! coroutine lock, a sleep or `submit_co` called from such a destructor
+//! panics naming the coroutine; since that panic happens during unwinding,
+//! the process then aborts. Release resources without waiting (drop a
+//! guard, close a channel, `try_lock`).
+//!
+//! Coroutines started with [`AioContext::spawn`] are also owned by their
+//! context until they finish, and can be cancelled
+//! ([`JoinHandle::abort`](crate::JoinHandle::abort), [`AioContext::shutdown`]).
 //!
 //! # Examples
 //!
@@ -49,8 +79,11 @@
 //! assert!(co.is_terminated());
 //! ```
 
+mod cancel;
 mod stack;
 pub(crate) mod tls;
+
+pub(crate) use cancel::{cancel, cancelling, Cancel};
 
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
@@ -60,7 +93,7 @@ use std::mem::ManuallyDrop;
 use std::ptr;
 use std::sync::atomic::{
     AtomicU8, AtomicUsize,
-    Ordering::{Acquire, Relaxed, Release},
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 use std::sync::{Arc, Mutex};
 
@@ -86,12 +119,16 @@ pub(crate) enum Scheduler {
     /// A coroutine sleeping in `sync::CoSleep`: a wakeup from anyone else
     /// panics, as QEMU's `qemu_co_sleep` does.
     CoSleep = 2,
+    /// Queued on the running coroutine's wakeup list by a wake on the same
+    /// thread: a second wake before it runs panics (QEMU aborts the same way).
+    AioCoWake = 3,
 }
 
 fn scheduler_name(code: u8) -> &'static str {
     match code {
         1 => "aio_co_schedule",
         2 => "qemu_co_sleep",
+        3 => "aio_co_wake",
         _ => "?",
     }
 }
@@ -149,8 +186,24 @@ pub(crate) struct CoInner {
     /// Terminated and still holding its stack, counted in its home
     /// thread's `kept_stacks` (at most [`KEEP_STACKS`] per thread).
     holds_stack: Cell<bool>,
+    /// Terminated by [`cancel`] rather than by returning: a wakeup that was
+    /// already on its way (queued, or registered with an fd handler or a
+    /// lock) finds it terminated and is dropped instead of panicking.
+    cancelled: Cell<bool>,
     /// Coroutines woken while this one ran; entered when it yields or ends.
     wakeup: RefCell<VecDeque<Arc<CoInner>>>,
+    /// Set by `co_reschedule_self` (with `WAKEUPS`, so that the enterer
+    /// looks after the switch): once the coroutine has yielded, its enterer
+    /// hands it to this context. Not an owned handle: it points at the
+    /// `&AioContext` that `co_reschedule_self` borrowed, which outlives the
+    /// hand-over because that call returns only once the coroutine has been
+    /// resumed, after the push (saves two contended reference-count updates
+    /// per hop).
+    migrate_to: Cell<*const AioContext>,
+    /// How many `AioContext::poll` calls are in progress on this coroutine's
+    /// stack: while any is, the coroutine must not migrate (those frames use
+    /// their context's home-thread state), see [`PollFrame`].
+    polls: Cell<u32>,
 }
 
 // SAFETY: the fields that are not thread-safe (`raw`, `yielder`, `caller`,
@@ -186,13 +239,25 @@ impl Drop for CoInner {
         let Some(mut raw) = self.raw.get_mut().take() else {
             return;
         };
+        let at_home = *self.home_thread.get_mut() == tls::thread_token();
         if raw.done() {
             stack::give(raw.into_stack());
         } else if !raw.started() {
             // Never entered: dropping drops the closure; nothing runs as
-            // this coroutine (its yielder does not exist yet).
-            drop(raw);
-        } else if *self.home_thread.get_mut() == tls::thread_token() {
+            // this coroutine (its yielder does not exist yet). The closure
+            // need not be `Send`: off its home thread it is sent home and
+            // dropped there (or leaked if it cannot get there).
+            if at_home {
+                drop(raw);
+            } else {
+                let home = self
+                    .home
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                send_home(raw, *self.home_thread.get_mut(), home);
+            }
+        } else if at_home {
             // Suspended and unreachable: unwind its stack (running its
             // destructors) as the running coroutine, then reuse the stack.
             // `current()` refuses to hand out this dying coroutine (its
@@ -216,6 +281,41 @@ impl Drop for CoInner {
             // thread: leak it, as QEMU leaks an abandoned coroutine.
             std::mem::forget(raw);
         }
+    }
+}
+
+/// A never-entered coroutine (its closure inside) on its way back to its
+/// home thread, the only one where the closure may be dropped.
+struct HomeBound {
+    raw: ManuallyDrop<RawCo>,
+    home_thread: usize,
+}
+
+// SAFETY: the coroutine inside is never used off its home thread: it is only
+// moved (its bytes copied, nothing read through them) until `Drop` runs, and
+// `Drop` drops it only on the home thread, leaking it anywhere else.
+unsafe impl Send for HomeBound {}
+
+impl Drop for HomeBound {
+    fn drop(&mut self) {
+        if tls::thread_token() == self.home_thread {
+            // SAFETY: dropped once, here, on its home thread.
+            unsafe { ManuallyDrop::drop(&mut self.raw) };
+        }
+    }
+}
+
+/// Drops a never-entered coroutine from a bottom half of its home context;
+/// leaks it if it has no context (or the bottom half never runs there).
+#[cold]
+fn send_home(raw: RawCo, home_thread: usize, home: Option<AioContext>) {
+    let bound = HomeBound {
+        raw: ManuallyDrop::new(raw),
+        home_thread,
+    };
+    match home {
+        Some(ctx) => ctx.bh_schedule_oneshot(move || drop(bound)),
+        None => std::mem::forget(bound),
     }
 }
 
@@ -411,7 +511,10 @@ impl Coroutine {
                 caller: Cell::new(ptr::null()),
                 state: Cell::new(0),
                 holds_stack: Cell::new(false),
+                cancelled: Cell::new(false),
                 wakeup: RefCell::new(VecDeque::new()),
+                migrate_to: Cell::new(ptr::null()),
+                polls: Cell::new(0),
             })),
         }
     }
@@ -490,6 +593,14 @@ impl Coroutine {
         Arc::as_ptr(&self.inner).cast()
     }
 
+    /// Makes `ctx` the coroutine's home context. `ctx` must belong to the
+    /// coroutine's home thread (checked): this changes where wakes go, not
+    /// the thread.
+    pub(crate) fn set_home_context(&self, ctx: &AioContext) {
+        assert_eq!(ctx.home_token(), self.inner.home_token());
+        *self.inner.home.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
+    }
+
     /// Whether both handles name the same coroutine.
     pub fn ptr_eq(&self, other: &Coroutine) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
@@ -515,6 +626,7 @@ where
     };
     *raw = Some(RawCo::with_stack(stack, body));
     co.state.set(0);
+    co.cancelled.set(false);
 }
 
 impl fmt::Debug for Coroutine {
@@ -576,6 +688,32 @@ impl fmt::Debug for CoHandle {
         f.debug_struct("CoHandle")
             .field("ptr", &self.as_ptr())
             .finish()
+    }
+}
+
+/// The running coroutine, for a primitive (`what`) that is about to make
+/// it wait.
+///
+/// # Panics
+/// Outside a coroutine ("`what`: not in a coroutine"), and in a coroutine
+/// whose last handle dropped and whose stack is being unwound (a destructor
+/// running then cannot wait: nothing could ever resume it).
+pub(crate) fn current_for(what: &str) -> Coroutine {
+    match Coroutine::current() {
+        Some(_) if cancelling() => panic!(
+            "{what}: coroutine {:p} is being cancelled (its stack unwinds) and a destructor \
+             tried to wait; destructors that run while a coroutine is dropped or cancelled \
+             must not wait",
+            tls::current_co()
+        ),
+        Some(co) => co,
+        None if in_coroutine() => panic!(
+            "{what}: coroutine {:p} is being dropped (its stack unwinds because its last \
+             handle went away) and a destructor tried to wait; destructors that run while \
+             a coroutine is dropped or cancelled must not wait",
+            tls::current_co()
+        ),
+        None => panic!("{what}: not in a coroutine"),
     }
 }
 
@@ -655,7 +793,9 @@ pub(crate) fn enter_scheduled(co: Arc<CoInner>) {
     // thread's last use of the queue link `next` (taking the batch) happens
     // before the next scheduler writes `next` in its push.
     co.scheduled.store(0, Release);
-    enter(&co);
+    if !cancelled_wakeup(&co) {
+        enter(&co);
+    }
     release(co);
 }
 
@@ -669,7 +809,15 @@ fn run_wakeups(co: &CoInner) {
         }
     }
     let mut pending = Pending(std::mem::take(&mut *co.wakeup.borrow_mut()));
+    // Last use of `co` here: once migrated, another thread owns it.
+    migrate_if_asked(co);
     while let Some(next) = pending.0.pop_front() {
+        // Release: as in `enter_scheduled` (pairs with `mark_scheduled`).
+        next.scheduled.store(0, Release);
+        if cancelled_wakeup(&next) {
+            release(next);
+            continue;
+        }
         let wakeups = enter_one(&next);
         if next.state.get() == state::TERMINATED && !next.holds_stack.get() {
             keep_or_give_stack(&next);
@@ -679,9 +827,100 @@ fn run_wakeups(co: &CoInner) {
             while let Some(w) = queued.pop_back() {
                 pending.0.push_front(w);
             }
+            drop(queued);
+            migrate_if_asked(&next);
         }
         release(next);
     }
+}
+
+/// Asks the enterer to move the running coroutine to `ctx` once it has
+/// yielded (the second half of `co_reschedule_self`): no bottom half and
+/// no allocation, one push onto `ctx`'s queue from `migrate_if_asked`.
+///
+/// # Safety
+/// As `AioContext::co_schedule_migrate`; the caller then yields at once.
+pub(crate) unsafe fn request_migration(ctx: &AioContext) -> bool {
+    let me = tls::current_co();
+    assert!(!me.is_null(), "co_reschedule_self outside a coroutine");
+    // SAFETY: the running coroutine is live (its enterer holds it).
+    let me = unsafe { &*me };
+    // Contexts, not threads, as QEMU compares them: a move between two
+    // contexts of one thread still changes where later wakes go. Another
+    // thread's context cannot be the home: no lock needed to tell.
+    if ctx.home_token() == me.home_token() && home_context(me) == *ctx {
+        return false;
+    }
+    assert!(
+        me.polls.get() == 0,
+        "co_reschedule_self: the coroutine is inside AioContext::poll (a callback of a poll \
+         running on its own stack); it cannot leave its thread before that poll returns"
+    );
+    me.migrate_to.set(ctx);
+    me.state.set(me.state.get() | state::WAKEUPS);
+    true
+}
+
+/// Marks an `AioContext::poll` in progress on the running coroutine's stack
+/// (if any) for as long as it lives: such a coroutine refuses to migrate,
+/// since the poll's frames would go on running on another thread.
+pub(crate) struct PollFrame(*const CoInner);
+
+impl PollFrame {
+    #[inline]
+    pub(crate) fn enter() -> PollFrame {
+        let co = tls::current_co();
+        if !co.is_null() {
+            // SAFETY: the running coroutine is live while it runs, and this
+            // frame is on its stack.
+            let c = unsafe { &*co };
+            c.polls.set(c.polls.get() + 1);
+        }
+        PollFrame(co)
+    }
+}
+
+impl Drop for PollFrame {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: as in `enter`: the frame lives on the coroutine's
+            // stack, so the coroutine is live while it drops.
+            let c = unsafe { &*self.0 };
+            c.polls.set(c.polls.get() - 1);
+        }
+    }
+}
+
+/// After `co` yielded: if it asked to migrate, claims it and pushes it onto
+/// the target context's queue. Called on the home thread with `co` idle.
+#[inline]
+fn migrate_if_asked(co: &CoInner) {
+    let target = co.migrate_to.replace(ptr::null());
+    // Only a coroutine that yielded (state idle) still has the
+    // `co_reschedule_self` frame that `target` borrows from; one that
+    // terminated instead (a panic before the switch) is not moved.
+    if !target.is_null() && co.state.get() == 0 {
+        // SAFETY: `request_migration` stored a reference that the yielded
+        // coroutine's `co_reschedule_self` frame still borrows; the
+        // coroutine is suspended until the push below hands it over.
+        migrate_now(co, unsafe { &*target });
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn migrate_now(co: &CoInner, target: &AioContext) {
+    co.mark_scheduled(Scheduler::AioCoSchedule);
+    co.set_home(target);
+    // SAFETY: every `CoInner` lives in an `Arc` (created by
+    // `Coroutine::new`), and the enterer holds one for the whole switch, so
+    // the count is at least 1: taking one more reference is sound.
+    let arc = unsafe {
+        Arc::increment_strong_count(co);
+        Arc::from_raw(co as *const CoInner)
+    };
+    target.push_scheduled(arc);
 }
 
 /// Hands queued wakeups to this thread's context instead of entering them
@@ -692,11 +931,18 @@ fn reschedule_wakeups(list: VecDeque<Arc<CoInner>>) {
         return;
     }
     for co in list {
-        // Claim it without panicking (this may run while unwinding); one
-        // that someone else scheduled meanwhile is already on its way.
+        // The wake list's claim (`AioCoWake`, taken by `wake_local`) becomes
+        // a co_schedule claim without panicking (this may run while
+        // unwinding). AcqRel: as `mark_scheduled`'s Acquire, and the Release
+        // of a clear, since the claim changes hands.
         if co
             .scheduled
-            .compare_exchange(0, Scheduler::AioCoSchedule as u8, Acquire, Relaxed)
+            .compare_exchange(
+                Scheduler::AioCoWake as u8,
+                Scheduler::AioCoSchedule as u8,
+                AcqRel,
+                Relaxed,
+            )
             .is_ok()
         {
             home_context(&co).push_scheduled(co);
@@ -779,6 +1025,15 @@ fn enter_refused(co: &CoInner, st: &tls::ThreadState) {
         state::TERMINATED => entered_after_termination(),
         _ => reentered(),
     }
+}
+
+/// Whether a wakeup that reaches `co` must be dropped: it was on its way
+/// (queued, or held by an fd handler or a wait list) when [`cancel`]
+/// unwound the coroutine. Checked by the wake paths, not by
+/// `Coroutine::enter`, which still panics on a terminated coroutine.
+#[inline]
+fn cancelled_wakeup(co: &CoInner) -> bool {
+    co.state.get() == state::TERMINATED && co.cancelled.get()
 }
 
 /// Restores the caller's state if the coroutine panicked (the panic then
@@ -894,6 +1149,9 @@ fn wrong_thread() -> ! {
 /// QEMU's `aio_co_wake` on the home thread.
 fn wake_local(co: &Arc<CoInner>) {
     let cur = tls::current_co();
+    if cancelled_wakeup(co) {
+        return;
+    }
     if cur.is_null() {
         enter(co);
     } else {
@@ -901,6 +1159,10 @@ fn wake_local(co: &Arc<CoInner>) {
             !ptr::eq(cur, Arc::as_ptr(co)),
             "a coroutine cannot wake itself"
         );
+        // Claimed like a co_schedule: a second wake (from this thread or
+        // another) before the first has entered it panics with QEMU's
+        // "already scheduled" instead of resuming it twice.
+        co.mark_scheduled(Scheduler::AioCoWake);
         // SAFETY: the running coroutine is live and on this thread.
         let cur = unsafe { &*cur };
         cur.wakeup.borrow_mut().push_back(co.clone());

@@ -695,7 +695,23 @@ pub trait Channel: Send + Sync {
             clear(base);
             return Err(e);
         }
+        /// If the coroutine is cancelled (unwound) while it waits, its
+        /// waiter and fd handler go with it: the handler would otherwise
+        /// keep the context and a dead coroutine's handle alive.
+        struct OnUnwind<F: FnMut()>(F);
+        impl<F: FnMut()> Drop for OnUnwind<F> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    (self.0)();
+                }
+            }
+        }
+        let unwinding = OnUnwind(|| {
+            clear(base);
+            let _ = base.update_handlers(fd, &ctx);
+        });
         coroutine::yield_now();
+        drop(unwinding);
         clear(base);
         base.update_handlers(fd, &ctx)
     }

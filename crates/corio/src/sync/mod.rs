@@ -35,9 +35,29 @@ pub use sleep::{co_sleep_ns, CoSleep};
 fn holder_id() -> usize {
     let co = crate::coroutine::tls::current_co();
     if co.is_null() {
-        crate::coroutine::tls::thread_token() | 1
+        thread_holder_id(crate::coroutine::tls::thread_token())
     } else {
         co as usize
+    }
+}
+
+/// A thread's holder identity: odd, and one-to-one in the token (a token
+/// never reaches `usize::MAX / 2`: it counts threads).
+fn thread_holder_id(token: usize) -> usize {
+    (token << 1) | 1
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    /// Tokens that differ only in bit 0 (2 and 3) gave one identity when
+    /// the id was `token | 1`.
+    #[test]
+    fn thread_holder_ids_are_injective_and_odd() {
+        let ids: Vec<usize> = (1..64).map(super::thread_holder_id).collect();
+        for (i, a) in ids.iter().enumerate() {
+            assert_eq!(a & 1, 1);
+            assert!(!ids[i + 1..].contains(a), "token {} collides", i + 1);
+        }
     }
 }
 

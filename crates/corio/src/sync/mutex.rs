@@ -62,7 +62,7 @@ use std::sync::{atomic::AtomicUsize as StateWord, Mutex as SlowMutex, MutexGuard
 use std::sync::atomic::AtomicUsize;
 
 use super::holder_id;
-use crate::coroutine::{tls, yield_now, CoHandle, Coroutine};
+use crate::coroutine::{tls, yield_now, CoHandle};
 use crate::trace;
 
 /// Lock word bit: the mutex has a holder (possibly a waiter that was handed
@@ -274,7 +274,7 @@ impl<T: ?Sized> CoMutex<T> {
 
     #[cold]
     fn lock_slowpath(&self) {
-        let me = Coroutine::current().expect("CoMutex::lock outside a coroutine");
+        let me = crate::coroutine::current_for("CoMutex::lock");
         trace::qemu_co_mutex_lock_entry(self.ptr(), me.as_ptr());
         // The waker may wake us before we yield: from another thread the
         // wakeup goes through our home context's queue, which runs us only

@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::lock_std;
 use super::mutex::{CoMutexGuard, Lockable};
-use crate::coroutine::{yield_now, CoHandle, Coroutine};
+use crate::coroutine::{yield_now, CoHandle};
 
 /// A queue of sleeping coroutines, used like a condition variable (QEMU's
 /// `CoQueue`). A coroutine [`wait`](Self::wait)s, optionally releasing a lock
@@ -124,7 +124,7 @@ impl CoQueue {
     }
 
     fn enqueue(&self, front: bool) {
-        let me = Coroutine::current().expect("CoQueue::wait outside a coroutine");
+        let me = crate::coroutine::current_for("CoQueue::wait");
         let h = me.handle();
         let mut q = lock_std(&self.entries);
         if front {

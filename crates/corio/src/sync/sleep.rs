@@ -86,7 +86,7 @@ impl CoSleep {
     /// # Panics
     /// Outside a coroutine, or if another coroutine sleeps on it already.
     pub fn sleep(&self) {
-        let me = Coroutine::current().expect("CoSleep::sleep outside a coroutine");
+        let me = crate::coroutine::current_for("CoSleep::sleep");
         let h = me.handle();
         drop(me);
         {

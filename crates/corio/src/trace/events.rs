@@ -44,6 +44,9 @@ trace_events! {
     poll_add(ctx: Ptr, node: Ptr, fd: i32, revents: u32) "ctx {ctx:p} node {node:p} fd {fd} revents 0x{revents:x}";
     /// An fd handler is removed.
     poll_remove(ctx: Ptr, node: Ptr, fd: i32) "ctx {ctx:p} node {node:p} fd {fd}";
+    // ours: iothread.rs
+    /// A callback on an IoThread panicked; the loop goes on.
+    iothread_callback_panic(ctx: Ptr) "ctx {ctx:p}";
     // util/qemu-coroutine-lock.c
     /// `CoMutex::lock` took a free mutex without waiting.
     qemu_co_mutex_lock_uncontended(mutex: Ptr, co: Ptr) "mutex {mutex:p} self {co:p}";

@@ -1,0 +1,311 @@
+//! Serving one request: checks, the storage call, the reply (qemu's
+//! `nbd_handle_request`).
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::export::{DetectZeroes, Discard};
+use super::reply::ReplyBuf;
+use super::session::Session;
+use crate::proto::{
+    BlockStatusPayload, ChunkBody, CmdFlags, Command, Errno, Extent, ExtentExt, Mode, Request,
+    WireList,
+};
+use crate::storage::{self, ZeroFlags};
+
+/// Most extents in one block status reply (qemu's
+/// `NBD_MAX_BLOCK_STATUS_EXTENTS`).
+const MAX_EXTENTS: usize = 1024 * 1024 / 8;
+
+/// `qemu:allocation-depth` value for data present in the image itself.
+const DEPTH_LOCAL: u32 = 1;
+
+type Failure = (Errno, String);
+
+fn fail(errno: Errno, msg: impl Into<String>) -> Failure {
+    (errno, msg.into())
+}
+
+fn io_fail(e: io::Error) -> Failure {
+    (Errno::from(&e), e.to_string())
+}
+
+/// Serves `r` (with its payload, for WRITE and extended BLOCK_STATUS) and
+/// sends its reply.
+pub(crate) fn handle(s: &Session, r: Request, payload: Vec<u8>) {
+    s.shared.stats.requests.fetch_add(1, Relaxed);
+    let mut rb = ReplyBuf::new(s.mode, r.cookie, r.offset);
+    let outcome = match r.command {
+        Command::Read => match check(s, &r, r.length) {
+            Ok(()) => return read(s, &r),
+            Err(f) => Err(f),
+        },
+        Command::BlockStatus => match block_status(s, &r, &payload) {
+            Ok(()) => return,
+            Err(f) => Err(f),
+        },
+        Command::Write => write(s, &r, payload),
+        Command::Flush => s.shared.export.storage.flush().map_err(io_fail),
+        Command::Trim => trim(s, &r),
+        Command::WriteZeroes => write_zeroes(s, &r),
+        Command::Cache => check(s, &r, r.length).and_then(|()| {
+            let st = &s.shared.export.storage;
+            st.cache(r.offset, r.length).map_err(io_fail)
+        }),
+        Command::Disc => Ok(()),
+    };
+    match outcome {
+        Ok(()) => rb.ok(),
+        Err((errno, msg)) => {
+            s.shared.log(format_args!("request {r:?}: {errno}: {msg}"));
+            rb.error(errno, &msg);
+        }
+    }
+    s.send(&rb);
+}
+
+/// The checks every command with a range gets (qemu's
+/// `nbd_co_receive_request`): write permission, bounds, alignment.
+fn check(s: &Session, r: &Request, len: u64) -> Result<(), Failure> {
+    let export = &s.shared.export;
+    let writes = matches!(
+        r.command,
+        Command::Write | Command::Trim | Command::WriteZeroes
+    );
+    if writes && export.read_only() {
+        return Err(fail(Errno::EPERM, "export is read-only"));
+    }
+    let size = export.storage.size();
+    if r.offset > size || len > size - r.offset {
+        let errno = if matches!(r.command, Command::Write | Command::WriteZeroes) {
+            Errno::ENOSPC
+        } else {
+            Errno::EINVAL
+        };
+        return Err(fail(
+            errno,
+            format!(
+                "request past the end: offset {} length {len}, size {size}",
+                r.offset
+            ),
+        ));
+    }
+    let a = u64::from(s.align);
+    if a > 1 && (r.offset % a != 0 || (len % a != 0 && r.offset + len != size)) {
+        return Err(fail(
+            Errno::EINVAL,
+            format!(
+                "request not aligned to the minimum block size {a}: offset {} length {len}",
+                r.offset
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn read(s: &Session, r: &Request) {
+    let st = &s.shared.export.storage;
+    let sparse = s.mode >= Mode::Structured && !r.flags.contains(CmdFlags::DF);
+    if r.length == 0 {
+        let mut rb = ReplyBuf::new(s.mode, r.cookie, r.offset);
+        rb.ok();
+        return s.send(&rb);
+    }
+    let result = if sparse {
+        read_sparse(s, r)
+    } else {
+        st.read_at(r.offset, vec![0u8; r.length as usize])
+            .map(|buf| vec![Piece::Data(r.offset, buf)])
+            .map_err(io_fail)
+    };
+    let mut rb = ReplyBuf::new(s.mode, r.cookie, r.offset);
+    match &result {
+        Ok(pieces) => {
+            let last = pieces.len() - 1;
+            for (i, p) in pieces.iter().enumerate() {
+                match p {
+                    Piece::Data(off, data) if s.mode == Mode::Simple => {
+                        let _ = off;
+                        rb.simple(Errno::OK, Some(data));
+                    }
+                    Piece::Data(off, data) => rb.data(*off, data, i == last),
+                    Piece::Hole(offset, length) => {
+                        let body = ChunkBody::OffsetHole {
+                            offset: *offset,
+                            length: *length,
+                        };
+                        rb.chunk(body, i == last);
+                    }
+                }
+            }
+            s.shared.stats.bytes_read.fetch_add(r.length, Relaxed);
+        }
+        Err((errno, msg)) => rb.error(*errno, msg),
+    }
+    s.send(&rb);
+}
+
+enum Piece {
+    Data(u64, Vec<u8>),
+    Hole(u64, u32),
+}
+
+/// A structured read answered extent by extent: holes as `OFFSET_HOLE`
+/// chunks, data as `OFFSET_DATA` chunks (qemu's `nbd_co_send_sparse_read`).
+fn read_sparse(s: &Session, r: &Request) -> Result<Vec<Piece>, Failure> {
+    let st = &s.shared.export.storage;
+    let end = r.offset + r.length;
+    let mut pieces = Vec::new();
+    let mut pos = r.offset;
+    while pos < end {
+        let extents = st.extents(pos, end - pos, 1024).map_err(io_fail)?;
+        if extents.is_empty() {
+            return Err(fail(Errno::EIO, "storage reported no extent"));
+        }
+        for e in extents {
+            let len = e.length.min(end - pos);
+            if e.zero {
+                pieces.push(Piece::Hole(pos, len as u32));
+            } else {
+                let buf = st.read_at(pos, vec![0u8; len as usize]).map_err(io_fail)?;
+                pieces.push(Piece::Data(pos, buf));
+            }
+            pos += len;
+        }
+    }
+    Ok(pieces)
+}
+
+fn write(s: &Session, r: &Request, payload: Vec<u8>) -> Result<(), Failure> {
+    check(s, r, r.length)?;
+    let export = &s.shared.export;
+    let fua = r.flags.contains(CmdFlags::FUA);
+    let len = payload.len() as u64;
+    let result = if export.detect_zeroes != DetectZeroes::Off && payload.iter().all(|&b| b == 0) {
+        let may_trim =
+            export.detect_zeroes == DetectZeroes::Unmap && export.discard == Discard::Unmap;
+        let flags = ZeroFlags {
+            may_trim,
+            fast: false,
+            fua,
+        };
+        export.storage.write_zeroes(r.offset, len, flags)
+    } else {
+        export.storage.write_at(r.offset, payload, fua)
+    };
+    result.map_err(io_fail)?;
+    s.shared.stats.bytes_written.fetch_add(len, Relaxed);
+    Ok(())
+}
+
+fn trim(s: &Session, r: &Request) -> Result<(), Failure> {
+    check(s, r, r.length)?;
+    let export = &s.shared.export;
+    let fua = r.flags.contains(CmdFlags::FUA);
+    if export.discard == Discard::Unmap {
+        export
+            .storage
+            .trim(r.offset, r.length, fua)
+            .map_err(io_fail)
+    } else if fua {
+        export.storage.flush().map_err(io_fail)
+    } else {
+        Ok(())
+    }
+}
+
+fn write_zeroes(s: &Session, r: &Request) -> Result<(), Failure> {
+    check(s, r, r.length)?;
+    let export = &s.shared.export;
+    let flags = ZeroFlags {
+        may_trim: !r.flags.contains(CmdFlags::NO_HOLE) && export.discard == Discard::Unmap,
+        fast: r.flags.contains(CmdFlags::FAST_ZERO),
+        fua: r.flags.contains(CmdFlags::FUA),
+    };
+    export
+        .storage
+        .write_zeroes(r.offset, r.length, flags)
+        .map_err(io_fail)
+}
+
+/// `NBD_CMD_BLOCK_STATUS`: one chunk per context asked for.
+fn block_status(s: &Session, r: &Request, payload: &[u8]) -> Result<(), Failure> {
+    if s.mode == Mode::Simple || s.contexts.is_empty() {
+        return Err(fail(Errno::EINVAL, "no metadata context negotiated"));
+    }
+    let mut wanted = s.contexts.clone();
+    let mut len = r.length;
+    if r.flags.contains(CmdFlags::PAYLOAD_LEN) {
+        let p = BlockStatusPayload::decode(payload)
+            .ok_or_else(|| fail(Errno::EINVAL, "malformed block status payload"))?;
+        len = p.effect_length;
+        if !p.ids.is_empty() {
+            let ids: Vec<u32> = p.ids.iter().collect();
+            if ids.iter().any(|id| !s.contexts.iter().any(|c| c.1 == *id)) {
+                return Err(fail(Errno::EINVAL, "context id not negotiated"));
+            }
+            wanted.retain(|c| ids.contains(&c.1));
+        }
+    }
+    if len == 0 {
+        return Err(fail(Errno::EINVAL, "block status of zero length"));
+    }
+    check(s, r, len)?;
+    let max = if r.flags.contains(CmdFlags::REQ_ONE) {
+        1
+    } else {
+        MAX_EXTENTS
+    };
+    // Compact replies carry 32-bit lengths.
+    if s.mode != Mode::Extended {
+        len = len.min(u64::from(u32::MAX) / 4096 * 4096);
+    }
+    let mut rb = ReplyBuf::new(s.mode, r.cookie, r.offset);
+    let last = wanted.len() - 1;
+    for (i, &(name, id)) in wanted.iter().enumerate() {
+        let extents: Vec<storage::Extent> = if name == super::export::context::BASE_ALLOCATION.0 {
+            s.shared
+                .export
+                .storage
+                .extents(r.offset, len, max)
+                .map_err(io_fail)?
+        } else {
+            vec![storage::Extent {
+                length: len,
+                hole: false,
+                zero: false,
+            }]
+        };
+        let depth = name != super::export::context::BASE_ALLOCATION.0;
+        let flags = |e: &storage::Extent| if depth { DEPTH_LOCAL } else { e.flags() };
+        if s.mode == Mode::Extended {
+            let v: Vec<ExtentExt> = extents
+                .iter()
+                .map(|e| ExtentExt {
+                    length: e.length,
+                    flags: u64::from(flags(e)),
+                })
+                .collect();
+            let body = ChunkBody::BlockStatusExt {
+                context_id: id,
+                extents: WireList::Items(&v),
+            };
+            rb.chunk(body, i == last);
+        } else {
+            let v: Vec<Extent> = extents
+                .iter()
+                .map(|e| Extent {
+                    length: e.length as u32,
+                    flags: flags(e),
+                })
+                .collect();
+            let body = ChunkBody::BlockStatus {
+                context_id: id,
+                extents: WireList::Items(&v),
+            };
+            rb.chunk(body, i == last);
+        }
+    }
+    s.send(&rb);
+    Ok(())
+}
