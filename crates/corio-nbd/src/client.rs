@@ -116,7 +116,7 @@ impl<'c> Negotiation<'c> {
             return Err(protocol("the server does not speak fixed newstyle".into()));
         }
         let reply = flags.bits() as u32 & 3;
-        n.ch.write_all(&reply.to_be_bytes())?;
+        n.ch.write_all_bytes(&reply.to_be_bytes())?;
         Ok(n)
     }
 
@@ -150,7 +150,7 @@ impl<'c> Negotiation<'c> {
     fn send(&mut self, o: OptionRequest<'_>) -> io::Result<()> {
         self.out.clear();
         o.encode(&mut self.out);
-        self.ch.write_all(&self.out)
+        self.ch.write_all_bytes(&self.out)
     }
 
     /// Reads the next server message and hands it to `f`.

@@ -88,7 +88,7 @@ fn corio_echo_close(client: SocketChannel) -> io::Result<()> {
     client.set_blocking(false)?;
     let mut buf = [0u8; MSG.len()];
     client.read_all(&mut buf)?;
-    client.write_all(&buf)
+    client.write_all_bytes(&buf)
     // Dropping the channel closes it.
 }
 
@@ -102,7 +102,7 @@ fn corio_stream(client: SocketChannel) -> io::Result<()> {
         if n == 0 {
             return Ok(());
         }
-        client.write_all(&buf[..n])?;
+        client.write_all_bytes(&buf[..n])?;
     }
 }
 

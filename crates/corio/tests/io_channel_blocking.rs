@@ -58,7 +58,7 @@ fn accepted_socket_read_yields_in_coroutine() {
         tx.send(r).unwrap();
     });
     assert_thread_serves_others(&t, "reads an empty socket");
-    client.write_all(b"hello").unwrap();
+    client.write_all_bytes(b"hello").unwrap();
     assert_eq!(&expect(&rx, "the reader").unwrap(), b"hello");
     drop(client);
     t.join();
@@ -79,10 +79,10 @@ fn std_read_and_single_read_yield_in_coroutine() {
         tx.send(buf[..n].to_vec()).unwrap();
     });
     assert_thread_serves_others(&t, "reads with std::io::Read");
-    b.write_all(b"ab").unwrap();
+    b.write_all_bytes(b"ab").unwrap();
     assert_eq!(expect(&rx, "the std read"), b"ab");
     assert_thread_serves_others(&t, "reads with readv");
-    b.write_all(b"c").unwrap();
+    b.write_all_bytes(b"c").unwrap();
     assert_eq!(expect(&rx, "the readv"), b"c");
     drop(b);
     t.join();
@@ -96,7 +96,7 @@ fn connected_socket_write_yields_when_the_peer_is_full() {
     let (tx, rx) = mpsc::channel();
     start_on(&t, move || {
         let data = vec![7u8; LEN];
-        tx.send(client.write_all(&data)).unwrap();
+        tx.send(client.write_all_bytes(&data)).unwrap();
     });
     assert_thread_serves_others(&t, "writes to a peer that does not read");
     let mut got = vec![0u8; LEN];
@@ -132,7 +132,7 @@ fn pipe_read_yields_in_coroutine() {
         tx.send(r.read_all(&mut buf).map(|()| buf)).unwrap();
     });
     assert_thread_serves_others(&t, "reads an empty pipe");
-    w.write_all(b"pipe").unwrap();
+    w.write_all_bytes(b"pipe").unwrap();
     assert_eq!(&expect(&rx, "the pipe reader").unwrap(), b"pipe");
     drop(w);
     t.join();
@@ -167,13 +167,13 @@ fn std_read_on_nonblocking_channel_outside_coroutine_is_wouldblock() {
     let e = (&a).read(&mut buf).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WouldBlock);
     // The data path still works once there is data.
-    b.write_all(b"data").unwrap();
+    b.write_all_bytes(b"data").unwrap();
     assert_eq!((&a).read(&mut buf).unwrap(), 4);
     assert_eq!(&buf, b"data");
     // And the `_all` functions still wait, as QEMU's do.
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(20));
-        b.write_all(b"late").unwrap();
+        b.write_all_bytes(b"late").unwrap();
         b
     });
     a.read_all(&mut buf).unwrap();

@@ -166,7 +166,7 @@ fn io_channel_eintr_blocking_write_all() {
     let (w, mut r) = pair();
     let data = pattern(4 * LEN, 9);
     let out = data.clone();
-    let writer = std::thread::spawn(move || w.write_all(&out));
+    let writer = std::thread::spawn(move || w.write_all_bytes(&out));
     let pester = Pester::start(writer.as_pthread_t());
     let mut got = vec![0u8; data.len()];
     for c in got.chunks_mut(CHUNK) {

@@ -26,7 +26,7 @@ fn file_round_trip(name: &str, wflags: OFlags) {
     let _ = std::fs::remove_file(&path);
     let data = pattern(TOTAL, 1);
     let w = FileChannel::new_path(&path, wflags, Mode::from_raw_mode(0o600)).unwrap();
-    w.write_all(&data).unwrap();
+    w.write_all_bytes(&data).unwrap();
     drop(w);
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600 & !umask());
@@ -88,6 +88,6 @@ fn io_channel_pipe_async() {
 fn io_channel_pipe_broken() {
     let (r, w) = FileChannel::pipe().unwrap();
     drop(r);
-    let e = w.write_all(b"nobody reads").unwrap_err();
+    let e = w.write_all_bytes(b"nobody reads").unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
 }

@@ -299,7 +299,7 @@ fn io_channel_socket_fd_address_listen_and_connect() {
     let n = inherit(client);
     let mut via = SocketChannel::connect_sync(&format!("fd:{n}").parse().unwrap()).unwrap();
     assert_eq!(via.as_raw_fd(), n);
-    via.write_all(b"through fd").unwrap();
+    via.write_all_bytes(b"through fd").unwrap();
     let mut buf = [0u8; 10];
     server.read_all(&mut buf).unwrap();
     assert_eq!(&buf, b"through fd");
@@ -436,7 +436,7 @@ fn io_channel_socket_co_read_all_yields() {
     let writer = std::thread::spawn(move || {
         // In pieces, so the coroutine wakes and yields again in between.
         for chunk in data.chunks(1000) {
-            src.write_all(chunk).unwrap();
+            src.write_all_bytes(chunk).unwrap();
         }
     });
     poll_until(&ctx, || co.is_terminated());
@@ -460,7 +460,7 @@ fn io_channel_socket_co_peer_hangup_mid_read() {
     co.enter();
     assert!(!co.is_terminated());
     let writer = std::thread::spawn(move || {
-        b.write_all(&[1u8; 10]).unwrap();
+        b.write_all_bytes(&[1u8; 10]).unwrap();
         drop(b); // hang up with 90 bytes missing
     });
     poll_until(&ctx, || co.is_terminated());
@@ -520,7 +520,7 @@ fn io_channel_socket_co_short_write_completed() {
     });
     let s = src.clone();
     let co = Coroutine::new(move || {
-        s.write_all(&data).unwrap();
+        s.write_all_bytes(&data).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
     });
     co.enter();
@@ -552,14 +552,14 @@ fn io_channel_socket_co_reader_and_writer_share_channel() {
         g.set(Some(buf));
     });
     let a2 = a.clone();
-    let writer = Coroutine::new(move || a2.write_all(&out).unwrap());
+    let writer = Coroutine::new(move || a2.write_all_bytes(&out).unwrap());
     reader.enter();
     writer.enter();
     assert!(!reader.is_terminated() && !writer.is_terminated());
     let peer = std::thread::spawn(move || {
         let mut sink = vec![0u8; LEN];
         b.read_all(&mut sink).unwrap();
-        b.write_all(b"done!").unwrap();
+        b.write_all_bytes(b"done!").unwrap();
         sink
     });
     poll_until(&ctx, || reader.is_terminated() && writer.is_terminated());
@@ -589,7 +589,7 @@ fn io_channel_socket_co_wake_read() {
     std::thread::spawn(move || a2.wake_read()).join().unwrap();
     ctx.poll(true);
     assert!(!done.get());
-    b.write_all(b"abc").unwrap();
+    b.write_all_bytes(b"abc").unwrap();
     poll_until(&ctx, || done.get());
 }
 

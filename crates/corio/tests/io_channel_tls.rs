@@ -133,13 +133,13 @@ fn co_side(ch: Arc<Tls>, client: bool, len: usize, tx: mpsc::Sender<(String, Res
     // Small messages: client speaks first.
     let mut buf = [0u8; 4];
     let small = if client {
-        ch.write_all(b"ping")
+        ch.write_all_bytes(b"ping")
             .and_then(|()| ch.read_all(&mut buf))
             .map(|()| assert_eq!(&buf, b"pong"))
     } else {
         ch.read_all(&mut buf)
             .map(|()| assert_eq!(&buf, b"ping"))
-            .and_then(|()| ch.write_all(b"pong"))
+            .and_then(|()| ch.write_all_bytes(b"pong"))
     };
     report("small", small.map_err(|e| e.to_string()));
     // Both directions at once, each end reading and writing in two
@@ -147,7 +147,9 @@ fn co_side(ch: Arc<Tls>, client: bool, len: usize, tx: mpsc::Sender<(String, Res
     let seed = if client { 1 } else { 2 };
     let (w, wtx) = (ch.clone(), tx.clone());
     let writer = Coroutine::new(move || {
-        let r = w.write_all(&pattern(len, seed)).map_err(|e| e.to_string());
+        let r = w
+            .write_all_bytes(&pattern(len, seed))
+            .map_err(|e| e.to_string());
         let _ = wtx.send((format!("{side} write"), r));
     });
     writer.enter();
@@ -251,7 +253,7 @@ fn io_channel_tls_bad_ca() {
         "{e:?}"
     );
     assert!(join_bounded(st, "server handshake").is_err());
-    let e = client.write_all(b"x").unwrap_err();
+    let e = client.write_all_bytes(b"x").unwrap_err();
     assert!(e.to_string().contains("unusable"), "{e}");
     assert!(!server.is_handshake_complete());
 }
@@ -434,9 +436,9 @@ fn io_channel_tls_creds_endpoint_mismatch() {
 fn io_channel_tls_close_notify_is_eof() {
     let pki = Pki::new("close-notify");
     let (client, server) = blocking_pair(&pki);
-    server.write_all(b"last words").unwrap();
+    server.write_all_bytes(b"last words").unwrap();
     server.bye().unwrap();
-    let e = server.write_all(b"more").unwrap_err();
+    let e = server.write_all_bytes(b"more").unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
     let mut buf = [0u8; 10];
     assert!(client.read_all_eof(&mut buf).unwrap());
@@ -444,7 +446,7 @@ fn io_channel_tls_close_notify_is_eof() {
     assert!(!client.read_all_eof(&mut buf).unwrap(), "clean EOF");
     assert!(!client.read_all_eof(&mut buf).unwrap(), "EOF stays EOF");
     // The other direction still works until the client says bye too.
-    client.write_all(b"ack").unwrap();
+    client.write_all_bytes(b"ack").unwrap();
     let mut ack = [0u8; 3];
     server.read_all(&mut ack).unwrap();
     assert_eq!(&ack, b"ack");
@@ -457,7 +459,7 @@ fn io_channel_tls_close_sends_close_notify() {
     let pki = Pki::new("close");
     let (client, server) = blocking_pair(&pki);
     let mut server = Arc::try_unwrap(server).unwrap();
-    server.write_all(b"bye").unwrap();
+    server.write_all_bytes(b"bye").unwrap();
     server.close().unwrap();
     let mut buf = [0u8; 3];
     assert!(client.read_all_eof(&mut buf).unwrap());
@@ -471,7 +473,7 @@ fn io_channel_tls_truncated_stream() {
     let sent = pattern(300_000, 7);
     let (srv, data) = (server.clone(), sent.clone());
     let writer = std::thread::spawn(move || {
-        srv.write_all(&data).unwrap();
+        srv.write_all_bytes(&data).unwrap();
         // Hang up under TLS: no close_notify.
         srv.master().shutdown(Shutdown::Both).unwrap();
     });
@@ -541,7 +543,7 @@ fn io_channel_tls_write_would_block_retry() {
         srv.read_all(&mut got).unwrap();
         got
     });
-    client.write_all(b"end").unwrap();
+    client.write_all_bytes(b"end").unwrap();
     let got = join_bounded(reader, "reader");
     let (chunks, end) = got.split_at(expect_len - 3);
     assert_eq!(end, b"end");
@@ -565,14 +567,14 @@ fn io_channel_tls_write_would_block_retry() {
         srv.read_all(&mut got).unwrap();
         got
     });
-    client.write_all(&chunk).unwrap(); // the retry: flushes, reports it
+    client.write_all_bytes(&chunk).unwrap(); // the retry: flushes, reports it
     let got = join_bounded(reader, "reader");
     assert_eq!(got.len() % chunk.len(), 0);
     for (i, c) in got.chunks(chunk.len()).enumerate() {
         assert!(c == &chunk[..], "chunk {i} differs");
     }
     // And nothing more follows: the next bytes are new ones.
-    client.write_all(b"end").unwrap();
+    client.write_all_bytes(b"end").unwrap();
     let mut end = [0u8; 3];
     server.read_all(&mut end).unwrap();
     assert_eq!(&end, b"end");
@@ -599,7 +601,7 @@ fn io_channel_tls_io_before_handshake() {
 fn io_channel_tls_pending_plaintext_wakes_waiters() {
     let pki = Pki::new("pending");
     let (client, server) = blocking_pair(&pki);
-    client.write_all(&[7u8; 100]).unwrap();
+    client.write_all_bytes(&[7u8; 100]).unwrap();
     let mut one = [0u8; 1];
     assert_eq!(
         server
@@ -646,7 +648,7 @@ fn io_channel_tls_watch_fires_on_pending_plaintext() {
     let (client, server) = blocking_pair(&pki);
     server.set_blocking(false).unwrap();
     let msg = pattern(100, 3);
-    client.write_all(&msg).unwrap();
+    client.write_all_bytes(&msg).unwrap();
     let ctx = AioContext::new().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let done = Arc::new(Mutex::new(false));
@@ -699,7 +701,7 @@ fn io_channel_tls_pending_probe_does_not_block() {
     });
     let probed = rx.recv_timeout(DEADLINE / 4);
     // Unblock the reader whatever happened, so that no thread is left.
-    client.write_all(b"hello").unwrap();
+    client.write_all_bytes(b"hello").unwrap();
     let (pending, watched) = probed.expect("the probe blocked behind the reader");
     assert!(!pending, "nothing was pending");
     assert!(watched);

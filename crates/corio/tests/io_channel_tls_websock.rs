@@ -31,7 +31,7 @@ fn io_channel_tls_websock_over_tls_task() {
 
     let client = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
         client.handshake_sync()?;
-        client.write_all(GOOD_REQUEST.as_bytes())?;
+        client.write_all_bytes(GOOD_REQUEST.as_bytes())?;
         let mut reply = Vec::new();
         while !reply.ends_with(b"\r\n\r\n") {
             let mut byte = [0u8];
@@ -40,7 +40,7 @@ fn io_channel_tls_websock_over_tls_task() {
         }
         let reply = String::from_utf8_lossy(&reply);
         assert!(reply.starts_with("HTTP/1.1 101 "), "{reply}");
-        client.write_all(&frame(0x82, payload, [7, 1, 9, 3]))?;
+        client.write_all_bytes(&frame(0x82, payload, [7, 1, 9, 3]))?;
         let mut head = [0u8; 2];
         client.read_all(&mut head)?;
         assert_eq!(head[0], 0x82, "a final binary frame");
@@ -71,7 +71,7 @@ fn io_channel_tls_websock_over_tls_task() {
     let mut got = vec![0u8; payload.len()];
     ws.read_all(&mut got).unwrap();
     assert_eq!(got, payload);
-    ws.write_all(&got).unwrap();
+    ws.write_all_bytes(&got).unwrap();
     ws.flush().unwrap();
     let echo = join_bounded(client, "TLS WebSocket client").unwrap();
     assert_eq!(echo, payload);
@@ -96,7 +96,7 @@ fn io_channel_tls_websock_over_tls_watch_hears_tls_input() {
         for f in &frames {
             burst.extend(frame(0x82, f, [4, 3, 2, 1]));
         }
-        client.write_all(&burst)?;
+        client.write_all_bytes(&burst)?;
         Ok(client) // kept open: no EOF to wake anyone
     });
     server.handshake_sync().unwrap();

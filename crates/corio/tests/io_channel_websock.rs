@@ -120,7 +120,7 @@ fn echo_server(ws: &WebsockChannel, sizes: &[usize]) -> Result<(), String> {
         let mut buf = vec![0u8; n];
         ws.read_all(&mut buf)
             .map_err(|e| format!("reading {n} bytes: {e}"))?;
-        ws.write_all(&buf)
+        ws.write_all_bytes(&buf)
             .map_err(|e| format!("writing {n} bytes: {e}"))?;
     }
     let mut b = [0u8];
@@ -646,7 +646,7 @@ fn websock_handshake_refusals_then_a_good_client() {
     let server = run_in_coroutine(&ctx, "echo", move || -> std::io::Result<bool> {
         let mut buf = [0u8; 18];
         ws.read_all(&mut buf)?;
-        ws.write_all(&buf)?;
+        ws.write_all_bytes(&buf)?;
         ws.read_all_eof(&mut [0u8])
     });
     join_bounded(client, "good client").unwrap();
@@ -706,7 +706,7 @@ fn websock_protocol_errors_close_the_connection() {
             // ...then the error, for reads and writes alike, every time.
             let e = ws.read_all(&mut buf).unwrap_err();
             let again = ws.read_all(&mut buf).unwrap_err();
-            let w = ws.write_all(b"no").unwrap_err();
+            let w = ws.write_all_bytes(b"no").unwrap_err();
             (e, again, w)
         });
         let (e, again, w) = join_bounded(server, what);
@@ -760,11 +760,11 @@ fn websock_partial_writes_are_kept_and_flushed() {
             let ws = WebsockChannel::new_server(SocketChannel::new_fd(a.into())?);
             ws.set_blocking(false)?;
             ws.handshake_sync()?;
-            ws.write_all(&big)?;
+            ws.write_all_bytes(&big)?;
             let mut ack = [0u8];
             ws.read_all(&mut ack)?;
             assert_eq!(&ack, b"*");
-            ws.write_all(&tail)?;
+            ws.write_all_bytes(&tail)?;
             ws.flush()?;
             ws.read_all_eof(&mut ack)
         };
@@ -832,7 +832,7 @@ fn websock_handshake_task_completes_on_context_thread() {
     ws.set_blocking(true).unwrap();
     let mut buf = vec![0u8; 70_000];
     ws.read_all(&mut buf).unwrap();
-    ws.write_all(&buf).unwrap();
+    ws.write_all_bytes(&buf).unwrap();
     ws.close().unwrap();
     assert_eq!(join_bounded(client, "client").unwrap(), Some(1000));
     let e = ws.read_all(&mut buf).unwrap_err();
@@ -848,7 +848,7 @@ fn websock_io_before_handshake_fails() {
     let (a, _b) = SocketChannel::pair().unwrap();
     let ws = WebsockChannel::new_server(a);
     assert!(!ws.is_open());
-    let e = ws.write_all(b"x").unwrap_err();
+    let e = ws.write_all_bytes(b"x").unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::NotConnected);
     let e = ws.read_all(&mut [0u8]).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::NotConnected);
@@ -866,7 +866,7 @@ fn websock_frames_pipelined_with_the_request() {
     out.extend(frame(0x02, b"fr", [2, 3, 4, 5]));
     out.extend(frame(0x80, b"ag", [6, 7, 8, 9]));
     out.extend(frame(0x88, &1000u16.to_be_bytes(), [0, 0, 0, 0]));
-    client.write_all(&out).unwrap();
+    client.write_all_bytes(&out).unwrap();
     let ws = WebsockChannel::new_server(server);
     ws.handshake_sync().unwrap();
     let mut buf = [0u8; 6];
@@ -876,7 +876,7 @@ fn websock_frames_pipelined_with_the_request() {
         !ws.read_all_eof(&mut buf).unwrap(),
         "expected end of stream"
     );
-    let e = ws.write_all(b"late").unwrap_err();
+    let e = ws.write_all_bytes(b"late").unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e:?}");
     // The client got the 101, the pong, the close reply, then the end.
     let mut reply = Vec::new();
@@ -900,7 +900,7 @@ fn websock_pending_payload_wakes_waiters() {
     let (server, client) = SocketChannel::pair().unwrap();
     let mut out = GOOD_REQUEST.as_bytes().to_vec();
     out.extend(frame(0x82, b"0123456789", [9, 8, 7, 6]));
-    client.write_all(&out).unwrap();
+    client.write_all_bytes(&out).unwrap();
     let ws = Arc::new(WebsockChannel::new_server(server));
     ws.handshake_sync().unwrap();
     ws.set_blocking(false).unwrap();
@@ -944,7 +944,7 @@ fn websock_pending_payload_wakes_waiters() {
     assert!(!ws.io_has_pending_input());
     // The client's close frame: the read reports end of stream at once.
     client
-        .write_all(&frame(0x88, &1000u16.to_be_bytes(), [1, 2, 3, 4]))
+        .write_all_bytes(&frame(0x88, &1000u16.to_be_bytes(), [1, 2, 3, 4]))
         .unwrap();
     assert!(!ws.read_all_eof(&mut one).unwrap());
     assert!(ws.io_has_pending_input());
@@ -959,7 +959,7 @@ fn websock_watch_fires_on_pending_payload() {
     let mut out = GOOD_REQUEST.as_bytes().to_vec();
     let msg = pattern(40, 5);
     out.extend(frame(0x82, &msg, [3, 1, 4, 1]));
-    client.write_all(&out).unwrap();
+    client.write_all_bytes(&out).unwrap();
     let ws = Arc::new(WebsockChannel::new_server(server));
     ws.handshake_sync().unwrap();
     ws.set_blocking(false).unwrap();
@@ -1013,7 +1013,7 @@ fn websock_close_on_blocking_master_drains_output() {
     let server = std::thread::spawn(move || -> std::io::Result<()> {
         let mut ws = WebsockChannel::new_server(SocketChannel::new_fd(a.into())?);
         ws.handshake_sync()?;
-        ws.write_all(&data)?;
+        ws.write_all_bytes(&data)?;
         ws.close()
     });
     join_bounded(server, "server").unwrap();

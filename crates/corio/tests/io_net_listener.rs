@@ -32,7 +32,7 @@ fn echo_func(got: &Arc<Mutex<Vec<Vec<u8>>>>) -> corio::io::net_listener::ClientF
     Box::new(move |_l, client: SocketChannel| {
         let mut buf = [0u8; 4];
         client.read_all(&mut buf).unwrap();
-        client.write_all(&buf).unwrap();
+        client.write_all_bytes(&buf).unwrap();
         g.lock().unwrap().push(buf.to_vec());
     })
 }
@@ -62,7 +62,7 @@ fn io_net_listener_two_addresses() {
         for a in &addrs {
             for _ in 0..2 {
                 let c = SocketChannel::connect_sync(a).unwrap();
-                c.write_all(&[n; 4]).unwrap();
+                c.write_all_bytes(&[n; 4]).unwrap();
                 let mut back = [0u8; 4];
                 c.read_all(&mut back).unwrap();
                 assert_eq!(back, [n; 4]);

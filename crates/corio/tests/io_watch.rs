@@ -71,7 +71,7 @@ fn io_channel_watch_in_level_triggered() {
     let h = watch(&a, &ctx, events::IN, true, &c);
     assert!(!ctx.poll(false));
     assert_eq!(c.calls.load(SeqCst), 0);
-    b.write_all(b"xy").unwrap();
+    b.write_all_bytes(b"xy").unwrap();
     ctx.poll(true);
     ctx.poll(false);
     // Level-triggered: still readable, so called on each poll.
@@ -169,7 +169,7 @@ fn io_channel_watch_remove_from_other_thread() {
     let h = watch(&a, &ctx, events::IN, true, &c);
     std::thread::spawn(move || h.remove()).join().unwrap();
     poll_until(&ctx, || c.notified.load(SeqCst) == 1);
-    b.write_all(b"x").unwrap();
+    b.write_all_bytes(b"x").unwrap();
     assert!(!ctx.poll(false));
     assert_eq!(c.calls.load(SeqCst), 0);
     assert_eq!(c.notified.load(SeqCst), 1);
@@ -200,7 +200,7 @@ fn io_channel_watch_added_from_other_thread() {
     })
     .join()
     .unwrap();
-    b.write_all(b"x").unwrap();
+    b.write_all_bytes(b"x").unwrap();
     poll_until(&ctx, || ran_on.lock().unwrap().is_some());
     assert_eq!(*ran_on.lock().unwrap(), Some(home));
 }
@@ -224,7 +224,7 @@ fn io_channel_watch_beside_yielding_coroutine() {
     co.enter();
     poll_until(&ctx, || c.notified.load(SeqCst) == 1);
     assert!(!co.is_terminated());
-    b.write_all(b"ping").unwrap();
+    b.write_all_bytes(b"ping").unwrap();
     poll_until(&ctx, || co.is_terminated());
     b.shutdown(Shutdown::Both).unwrap();
 }

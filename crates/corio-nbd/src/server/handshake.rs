@@ -128,7 +128,7 @@ enum Fill {
 
 impl Haggle<'_> {
     fn send(&mut self) -> io::Result<()> {
-        let r = self.ch.write_all(&self.out);
+        let r = self.ch.write_all_bytes(&self.out);
         self.out.clear();
         r
     }

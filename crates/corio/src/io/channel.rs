@@ -10,7 +10,7 @@
 //!   non-blocking mode fail with [`io::ErrorKind::WouldBlock`] (QEMU's
 //!   `QIO_CHANNEL_ERR_BLOCK`).
 //! * [`read_all`](Channel::read_all), [`readv_all_eof`](Channel::readv_all_eof),
-//!   [`write_all`](Channel::write_all) and friends loop until done. When the
+//!   [`write_all_bytes`](Channel::write_all_bytes) and friends loop until done. When the
 //!   channel would block they *yield the calling coroutine* until the fd is
 //!   ready ([`yield_for`](Channel::yield_for), QEMU's `qio_channel_yield`), or,
 //!   outside a coroutine, block in poll(2) ([`wait`](Channel::wait), QEMU's
@@ -573,11 +573,14 @@ pub trait Channel: Send + Sync {
         self.writev_full_all(iov, &[])
     }
 
-    /// Writes all of `buf` (QEMU's `qio_channel_write_all`).
+    /// Writes all of `buf` (QEMU's `qio_channel_write_all`). Not called
+    /// `write_all`: that name would shadow [`std::io::Write::write_all`] on
+    /// every channel, which returns `WouldBlock` on a non-blocking channel
+    /// outside a coroutine where this waits.
     ///
     /// # Errors
     /// As [`writev_full_all`](Channel::writev_full_all).
-    fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+    fn write_all_bytes(&self, buf: &[u8]) -> io::Result<()> {
         self.writev_full_all(&mut [IoSlice::new(buf)], &[])
     }
 

@@ -8,7 +8,7 @@
 //! use corio::io::{Channel, FileChannel};
 //!
 //! let (r, w) = FileChannel::pipe().unwrap();
-//! w.write_all(b"through a pipe").unwrap();
+//! w.write_all_bytes(b"through a pipe").unwrap();
 //! let mut buf = [0u8; 14];
 //! r.read_all(&mut buf).unwrap();
 //! assert_eq!(&buf, b"through a pipe");
@@ -82,7 +82,7 @@ impl FileChannel {
     /// let path = std::env::temp_dir().join(format!("corio-doc-{}", std::process::id()));
     /// let ch = FileChannel::new_path(&path, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
     ///                                Mode::from_raw_mode(0o600)).unwrap();
-    /// ch.write_all(b"data").unwrap();
+    /// ch.write_all_bytes(b"data").unwrap();
     /// assert_eq!(std::fs::read(&path).unwrap(), b"data");
     /// std::fs::remove_file(&path).unwrap();
     /// ```

@@ -37,7 +37,7 @@
 //! let c = SocketChannel::connect_sync(&addr).unwrap();
 //! ctx.poll(true); // accepts: the client's coroutine now waits for bytes
 //! assert!(got.lock().unwrap().is_empty());
-//! c.write_all(b"hello").unwrap();
+//! c.write_all_bytes(b"hello").unwrap();
 //! while got.lock().unwrap().is_empty() {
 //!     ctx.poll(true);
 //! }
@@ -54,7 +54,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use super::address::SocketAddress;
 use super::channel::Channel;
 use super::socket::{resolve_inet, SocketChannel};
-use super::watch::{events, WatchHandle, WatchNotify};
+use super::watch::{WatchHandle, WatchNotify};
+use crate::aio::events;
 use crate::aio::AioContext;
 use crate::trace;
 

@@ -15,7 +15,7 @@
 //! let addr = listener.local_address().unwrap();
 //! let client = SocketChannel::connect_sync(&addr).unwrap();
 //! let server = listener.accept().unwrap();
-//! client.write_all(b"ping").unwrap();
+//! client.write_all_bytes(b"ping").unwrap();
 //! let mut buf = [0u8; 4];
 //! server.read_all(&mut buf).unwrap();
 //! assert_eq!(&buf, b"ping");
@@ -127,7 +127,7 @@ impl SocketChannel {
     /// ```
     /// use corio::io::{Channel, SocketChannel};
     /// let (a, b) = SocketChannel::pair().unwrap();
-    /// a.write_all(b"x").unwrap();
+    /// a.write_all_bytes(b"x").unwrap();
     /// let mut c = [0u8];
     /// b.read_all(&mut c).unwrap();
     /// ```

@@ -5,7 +5,7 @@
 //! A [`TlsChannel`] wraps another channel, its *master* (usually a
 //! [`SocketChannel`](super::SocketChannel)), and is a [`Channel`] itself:
 //! after the handshake, [`read_all`](Channel::read_all),
-//! [`write_all`](Channel::write_all) and `std::io::Read`/`Write` move
+//! [`write_all_bytes`](Channel::write_all_bytes) and `std::io::Read`/`Write` move
 //! plaintext, yielding the calling coroutine (or blocking in poll(2)
 //! outside one) while the master would block, exactly as on a socket.
 //!
@@ -66,7 +66,7 @@
 //! let sock = SocketChannel::connect_sync(&addr)?;
 //! let tls = TlsChannel::new_client(sock, &creds, Some("nbd.example.org"))?;
 //! tls.handshake_sync()?;
-//! tls.write_all(b"hello")?;
+//! tls.write_all_bytes(b"hello")?;
 //! let mut reply = [0u8; 5];
 //! tls.read_all(&mut reply)?;
 //! tls.bye()?;
@@ -196,13 +196,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 ///     server.handshake_sync()?;
 ///     let mut request = [0u8; 5];
 ///     server.read_all(&mut request)?;
-///     server.write_all(b"world")?;
+///     server.write_all_bytes(b"world")?;
 ///     server.bye()?; // close_notify
 ///     Ok(request.to_vec())
 /// });
 /// client.handshake_sync()?;
 /// assert_eq!(client.peer_name().as_deref(), Some("CN=localhost"));
-/// client.write_all(b"hello")?;
+/// client.write_all_bytes(b"hello")?;
 /// let mut reply = [0u8; 5];
 /// client.read_all(&mut reply)?;
 /// assert_eq!(&reply, b"world");

@@ -42,7 +42,7 @@
 //!     Some(Box::new(move || { n.fetch_add(1, Ordering::SeqCst); })),
 //!     Some(&ctx),
 //! ).unwrap();
-//! b.write_all(b"!").unwrap();
+//! b.write_all_bytes(b"!").unwrap();
 //! ctx.poll(true);
 //! ctx.poll(false);
 //! assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -53,7 +53,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
 
-pub use crate::aio::events;
+use crate::aio::events;
 use crate::aio::AioContext;
 
 /// A watch callback: gets the conditions that hold, returns whether to keep

@@ -293,11 +293,11 @@ pub fn both_ok((cr, sr): (Handshaken, Handshaken)) -> (Arc<Tls>, Arc<Tls>) {
 /// Small messages both ways, from this thread (the channels may be in
 /// either mode: the `_all` functions poll).
 pub fn ping_pong(client: &Tls, server: &Tls) {
-    client.write_all(b"ping from client").unwrap();
+    client.write_all_bytes(b"ping from client").unwrap();
     let mut buf = [0u8; 16];
     server.read_all(&mut buf).unwrap();
     assert_eq!(&buf, b"ping from client");
-    server.write_all(b"pong from server").unwrap();
+    server.write_all_bytes(b"pong from server").unwrap();
     client.read_all(&mut buf).unwrap();
     assert_eq!(&buf, b"pong from server");
 }

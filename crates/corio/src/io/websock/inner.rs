@@ -11,10 +11,11 @@ use std::time::SystemTime;
 use super::frame::{self, Control, Decoder, ProtocolError};
 use super::http;
 use super::{Ptr, WebsockError, HANDSHAKE_MAX, MAX_OUTPUT, READ_CHUNK, STATUS_NORMAL};
+use crate::aio::events;
 use crate::aio::AioContext;
 use crate::coroutine::Coroutine;
 use crate::io::channel::{Channel, Feature};
-use crate::io::watch::{events, WatchFunc, WatchHandle};
+use crate::io::watch::{WatchFunc, WatchHandle};
 use crate::trace;
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

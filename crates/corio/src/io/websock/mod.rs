@@ -52,7 +52,7 @@
 //!
 //! let (server, client) = SocketChannel::pair().unwrap();
 //! client
-//!     .write_all(
+//!     .write_all_bytes(
 //!         b"GET / HTTP/1.1\r\n\
 //!           Host: localhost\r\n\
 //!           Upgrade: websocket\r\n\
@@ -78,13 +78,13 @@
 //! let mask = [1, 2, 3, 4];
 //! let mut frame = vec![0x82, 0x80 | 5, 1, 2, 3, 4];
 //! frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-//! client.write_all(&frame).unwrap();
+//! client.write_all_bytes(&frame).unwrap();
 //! let mut got = [0u8; 5];
 //! ws.read_all(&mut got).unwrap();
 //! assert_eq!(&got, b"hello");
 //!
 //! // ...a server frame is not.
-//! ws.write_all(b"hi").unwrap();
+//! ws.write_all_bytes(b"hi").unwrap();
 //! let mut got = [0u8; 4];
 //! client.read_all(&mut got).unwrap();
 //! assert_eq!(got, [0x82, 2, b'h', b'i']);
@@ -99,7 +99,8 @@ use std::sync::{Arc, Mutex};
 
 use super::channel::{std_read, std_write, Channel, ChannelBase, Feature, ReadFlags};
 use super::task::{Task, TaskError};
-use super::watch::{events, PendingProbe, WatchFunc, WatchHandle};
+use super::watch::{PendingProbe, WatchFunc, WatchHandle};
+use crate::aio::events;
 use crate::aio::AioContext;
 use crate::main_loop::main_context;
 use crate::trace;
@@ -262,7 +263,7 @@ impl WebsockChannel {
     ///     move |r| tx.send(r.map(|_ws| ())).unwrap(),
     ///     Some(&ctx),
     /// );
-    /// client.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    /// client.write_all_bytes(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     /// let result = loop {
     ///     ctx.poll(true);
     ///     if let Ok(r) = rx.try_recv() {
@@ -351,7 +352,7 @@ impl WebsockChannel {
     }
 
     /// Writes out the encoded output the master has not taken yet, yielding
-    /// or blocking as [`Channel::write_all`] does (QEMU has no such call: its
+    /// or blocking as [`Channel::write_all_bytes`] does (QEMU has no such call: its
     /// watch flushes in the background; ours does too, in the context of
     /// whoever wrote, when that thread has one).
     ///
