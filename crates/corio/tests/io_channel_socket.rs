@@ -266,8 +266,9 @@ fn inherit(fd: impl Into<OwnedFd>) -> i32 {
 
 /// `fd:N` addresses (QEMU's socket_listen / socket_connect on
 /// SOCKET_ADDRESS_TYPE_FD): an inherited bound socket becomes a listener,
-/// an inherited connected one a channel; the channel owns the descriptor,
-/// so closing it hangs up, and the same number cannot be taken twice.
+/// an inherited connected one a channel; the channel owns a duplicate (the
+/// number stays open with its owner), closing it hangs up, and the same
+/// number cannot be taken twice.
 #[test]
 fn io_channel_socket_fd_address_listen_and_connect() {
     // A bound, not yet listening TCP socket, as socket activation hands over.
@@ -284,7 +285,7 @@ fn io_channel_socket_fd_address_listen_and_connect() {
     let addr: SocketAddress = format!("fd:{num}").parse().unwrap();
     let l = SocketChannel::listen_sync(&addr, 4).unwrap();
     assert!(l.has_feature(Feature::Listen));
-    assert_eq!(l.as_raw_fd(), num, "the descriptor is taken over");
+    assert_ne!(l.as_raw_fd(), num, "the channel owns a duplicate");
     let e = SocketChannel::listen_sync(&addr, 4).unwrap_err();
     assert!(e.to_string().contains("was not inherited"), "{e}");
     let inet = l.local_address().unwrap();
@@ -298,7 +299,7 @@ fn io_channel_socket_fd_address_listen_and_connect() {
     let server = l.accept().unwrap();
     let n = inherit(client);
     let mut via = SocketChannel::connect_sync(&format!("fd:{n}").parse().unwrap()).unwrap();
-    assert_eq!(via.as_raw_fd(), n);
+    assert_ne!(via.as_raw_fd(), n);
     via.write_all_bytes(b"through fd").unwrap();
     let mut buf = [0u8; 10];
     server.read_all(&mut buf).unwrap();
@@ -308,10 +309,34 @@ fn io_channel_socket_fd_address_listen_and_connect() {
         server.local_address().unwrap()
     );
 
-    // Closing the channel closes the descriptor: the peer sees the end.
+    // Closing the channel ends the connection: the peer sees the end,
+    // though descriptor `n` is still open with its owner.
     via.close().unwrap();
     let mut one = [0u8; 1];
     assert!(!server.read_all_eof(&mut one).unwrap(), "EOF after close");
+    // SAFETY: `n` was given up by `inherit` and is still open (only the
+    // duplicate was closed); this test owns it again and closes it.
+    drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) });
+    // SAFETY: as above, for the listener's original.
+    drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(num) });
+}
+
+/// Defect 3 of the soundness review: a descriptor that something in this
+/// process still owns (an `OwnedFd` prepared for a child: no FD_CLOEXEC)
+/// named as `fd:N` must not be closed by the channel: its owner's later
+/// close would hit nothing or an unrelated reused descriptor.
+#[test]
+fn io_channel_socket_fd_address_keeps_owners_descriptor() {
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let owned: OwnedFd = a.into();
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::empty()).unwrap();
+    let n = owned.as_raw_fd();
+    let ch = SocketChannel::connect_sync(&format!("fd:{n}").parse().unwrap()).unwrap();
+    drop(ch);
+    // Still open, and still the same socket: its owner may use and close it.
+    let again = rustix::net::getsockname(&owned).expect("the owner's descriptor is still open");
+    assert_eq!(again.address_family(), rustix::net::AddressFamily::UNIX);
+    drop(owned);
 }
 
 #[test]
@@ -344,13 +369,14 @@ fn io_channel_socket_fd_address_errors() {
     // Refusals left every descriptor open.
     assert!(a.peer_addr().is_ok());
     assert!(f.metadata().is_ok());
-    // A connected socket cannot be put in the listening state; as in QEMU,
-    // the refused descriptor is closed, and the peer sees the end.
-    check(
-        &format!("fd:{}", inherit(a)),
-        true,
-        "Failed to listen on fd socket",
-    );
+    // A connected socket cannot be put in the listening state; the refused
+    // descriptor stays open with its owner (QEMU closes it).
+    let n = inherit(a);
+    check(&format!("fd:{n}"), true, "Failed to listen on fd socket");
+    // SAFETY: `n` was given up by `inherit` and the refusal left it open.
+    let a = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) };
+    assert!(rustix::net::getpeername(&a).is_ok(), "still connected");
+    drop(a);
     let mut one = [0u8; 1];
     assert_eq!((&b).read(&mut one).unwrap(), 0);
 }

@@ -24,7 +24,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use rustix::net::{
     self as rnet, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
@@ -48,6 +48,10 @@ pub struct SocketChannel {
     fd: Option<OwnedFd>,
     /// The address family, fixed at creation.
     family: AddressFamily,
+    /// Shut the socket down before closing: the channel holds a duplicate
+    /// of an `fd:N` socket whose original stays open, and closing only the
+    /// duplicate would not end the connection.
+    hang_up_on_close: bool,
 }
 
 impl_std_io!(SocketChannel);
@@ -109,6 +113,7 @@ impl SocketChannel {
             base: ChannelBase::new(),
             fd: Some(fd),
             family,
+            hang_up_on_close: false,
         };
         trace::qio_channel_socket_new(ch.ptr());
         ch.set_feature(Feature::Shutdown);
@@ -154,9 +159,10 @@ impl SocketChannel {
     /// # Errors
     /// Resolution or connection failure, naming the address.
     ///
-    /// An `fd:N` address takes over an already connected socket the process
-    /// inherited (QEMU's `socket_get_fd`): the channel owns descriptor `N`
-    /// and closes it. A descriptor that is not open, not a socket, a
+    /// An `fd:N` address uses an already connected socket the process
+    /// inherited (QEMU's `socket_get_fd`): the channel owns a duplicate of
+    /// descriptor `N` (which stays open with its owner) and shuts the
+    /// connection down when it closes. A descriptor that is not open, not a socket, a
     /// standard stream or not inherited (it has `FD_CLOEXEC`, as every
     /// descriptor this process's Rust code opens does) is an error naming
     /// it; fd *names* need QEMU's monitor and are refused.
@@ -183,8 +189,8 @@ impl SocketChannel {
     /// `qio_channel_socket_listen_sync`): SO_REUSEADDR; for TCP the first
     /// resolved address and port (up to `to=`) that binds; for a Unix path,
     /// a stale socket file is removed first; for `fd:N`, the inherited bound
-    /// (or listening) socket is taken over and put in the listening state,
-    /// as in [`connect_sync`](SocketChannel::connect_sync). Sets
+    /// (or listening) socket is put in the listening state and the channel
+    /// owns a duplicate of it, as in [`connect_sync`](SocketChannel::connect_sync). Sets
     /// [`Feature::Listen`].
     ///
     /// # Errors
@@ -476,6 +482,11 @@ impl Channel for SocketChannel {
             return Err(ebadf());
         }
         self.base.close_watches();
+        if self.hang_up_on_close {
+            if let Some(fd) = &self.fd {
+                let _ = rnet::shutdown(fd, rnet::Shutdown::Both);
+            }
+        }
         let r = self.listen_cleanup();
         self.fd = None;
         r
@@ -522,17 +533,19 @@ fn task_outcome(t: &mut Task<SocketAddress>) -> io::Result<SocketChannel> {
         .ok_or_else(|| io::Error::other("socket task ended without a channel"))
 }
 
-/// QEMU's `socket_get_fd` for an `fd:` address: takes over the socket the
+/// QEMU's `socket_get_fd` for an `fd:` address: uses the socket the
 /// process was handed across exec (socket activation, a parent's `fd:N`
-/// argument); the channel closes it, as QEMU's does. Names need QEMU's
-/// monitor, which corio has not.
+/// argument). The channel owns a close-on-exec duplicate, never the number
+/// itself, which stays open with its owner (for an inherited descriptor,
+/// the process); closing a connected channel shuts the socket down, so the
+/// peer still sees the end. Names need QEMU's monitor, which corio has not.
 ///
-/// Only an inherited descriptor is taken: one without `FD_CLOEXEC`, above
+/// Only an inherited descriptor is used: one without `FD_CLOEXEC`, above
 /// the standard streams. Every descriptor Rust's standard library, rustix
-/// and corio open has `FD_CLOEXEC`, so a mistyped number cannot seize one
-/// of those; the adopted descriptor gets `FD_CLOEXEC` too, so the same
-/// number cannot be taken twice. Descriptors opened in this process go
-/// through [`SocketChannel::new_fd`] instead.
+/// and corio open has `FD_CLOEXEC`, so a mistyped number cannot reach one
+/// of those; the used descriptor gets `FD_CLOEXEC` too, so the same number
+/// cannot be taken twice. Descriptors opened in this process go through
+/// [`SocketChannel::new_fd`] instead.
 fn socket_get_fd(name: &str) -> io::Result<(OwnedFd, AddressFamily)> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
     if !name.bytes().all(|b| b.is_ascii_digit()) {
@@ -567,25 +580,25 @@ fn socket_get_fd(name: &str) -> io::Result<(OwnedFd, AddressFamily)> {
         }
         Err(e) => return Err(with_context(e.into(), format!("File descriptor '{name}'"))),
     };
-    // `raw` is open (fcntl succeeded), a socket, and was inherited across
-    // exec: it lacks FD_CLOEXEC, which every descriptor opened by this
-    // process's Rust code carries, and it is not a standard stream.
-    // Inherited descriptors belong to no object in this process until one
-    // adopts them; this is that adoption, as QEMU's socket_get_fd takes the
-    // number over. Setting FD_CLOEXEC at once marks it adopted: a second
-    // `fd:N` for the same number is refused above.
-    // SAFETY: an open, inherited, not yet adopted descriptor (above).
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    rustix::io::fcntl_setfd(&fd, flags | rustix::io::FdFlags::CLOEXEC)
+    // The descriptor stays with its owner (I/O safety: something in this
+    // process may still own it, an `OwnedFd` prepared for a child, say):
+    // the channel takes a close-on-exec duplicate, as QEMU's monitor fds
+    // are duplicated. Marking the original close-on-exec records that it
+    // was taken: a second `fd:N` for the same number is refused above.
+    let dup = rustix::io::fcntl_dupfd_cloexec(borrowed, 3)
         .map_err(|e| with_context(e.into(), format!("File descriptor '{name}'")))?;
-    Ok((fd, family))
+    rustix::io::fcntl_setfd(borrowed, flags | rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| with_context(e.into(), format!("File descriptor '{name}'")))?;
+    Ok((dup, family))
 }
 
 /// `connect` on an `fd:` address: the socket is expected to be connected
 /// already (QEMU's `socket_connect` takes it as it is).
 fn fd_connect(name: &str) -> io::Result<SocketChannel> {
     let (fd, family) = socket_get_fd(name)?;
-    Ok(SocketChannel::from_fd(fd, family))
+    let mut ch = SocketChannel::from_fd(fd, family);
+    ch.hang_up_on_close = true;
+    Ok(ch)
 }
 
 /// `listen` on an `fd:` address: moves a bound socket to the listening
