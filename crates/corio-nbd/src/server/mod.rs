@@ -3,9 +3,9 @@
 //!
 //! - A [`NetListener`] accepts on every address a host name resolves to,
 //!   or on a Unix socket, in the main loop's context.
-//! - Each client gets a coroutine ([`session`]) on the main context or, with
+//! - Each client gets a coroutine (`session`) on the main context or, with
 //!   [`ServerConfig::iothreads`], on one of N IOThreads in turn. It
-//!   negotiates ([`handshake`]) and then reads requests; each request runs
+//!   negotiates (`handshake`) and then reads requests; each request runs
 //!   in a coroutine of its own (at most 16 in flight per client, as
 //!   qemu-nbd); replies are serialised by a `CoMutex` and leave in one
 //!   `writev` each. A client that stops reading holds up only itself.
