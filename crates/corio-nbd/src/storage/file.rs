@@ -3,19 +3,19 @@
 //! Reads, writes, syncs and fallocate calls go to the thread pool of the
 //! calling coroutine's context (QEMU's `aio=threads`): the coroutine
 //! sleeps in `submit_co` while a worker does the system call. Block
-//! status asks the file system with `SEEK_DATA` / `SEEK_HOLE` in place, as
-//! QEMU's file-posix does, and remembers the last run it found, so that a
-//! client asking chunk by chunk does not pay a seek pair for each.
+//! status asks the file system with `SEEK_DATA` / `SEEK_HOLE`, in the
+//! thread pool too (a scan can take milliseconds), and remembers the runs
+//! it found in a [`DataMap`] that writes, trims and zeroings keep true.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustix::fs::{FallocateFlags, SeekFrom};
 
+use super::datamap::{self, DataMap, Run};
 use super::{
     not_supported, push_extent, read_only_error, Capabilities, Extent, Storage, ZeroFlags,
 };
@@ -77,26 +77,14 @@ pub struct FileOptions {
 /// Alignment used for `O_DIRECT` buffers and offsets.
 pub const DIRECT_ALIGN: u64 = 4096;
 
-/// A run of the allocation map found by a seek pair.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    start: u64,
-    end: u64,
-    data: bool,
-    /// The write generation when it was found; stale once writes moved on.
-    generation: u64,
-}
-
 #[derive(Debug)]
 struct Inner {
     file: File,
     size: u64,
     opts: FileOptions,
     block_device: bool,
-    /// Bumped after every completed write, trim or zeroing: a cached run
-    /// found before is no longer trusted.
-    generation: AtomicU64,
-    last_run: Mutex<Option<Run>>,
+    /// The allocation runs known so far.
+    map: DataMap,
 }
 
 /// A raw image file or block device.
@@ -154,8 +142,7 @@ impl FileStorage {
                 size,
                 opts,
                 block_device,
-                generation: AtomicU64::new(0),
-                last_run: Mutex::new(None),
+                map: DataMap::default(),
             }),
         })
     }
@@ -174,39 +161,18 @@ impl FileStorage {
         }
     }
 
-    fn wrote(&self) {
-        self.inner.generation.fetch_add(1, Relaxed);
-    }
-
-    /// The allocation run containing `pos`, from the cache or a seek pair.
+    /// The allocation run containing `pos` (< size), from the map or a
+    /// scan in the thread pool.
     fn run_at(&self, pos: u64) -> io::Result<Run> {
-        let i = &self.inner;
-        let generation = i.generation.load(Relaxed);
-        let cached = *i.last_run.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = cached {
-            if r.generation == generation && r.start <= pos && pos < r.end {
-                return Ok(r);
-            }
+        let map = &self.inner.map;
+        if let Some(r) = map.lookup(pos) {
+            return Ok(r);
         }
-        let run = |start, end, data| Run {
-            start,
-            end,
-            data,
-            generation,
-        };
-        let r = match rustix::fs::seek(&i.file, SeekFrom::Data(pos)) {
-            Ok(d) if d > pos => run(pos, d.min(i.size), false),
-            Ok(_) => match rustix::fs::seek(&i.file, SeekFrom::Hole(pos)) {
-                Ok(h) if h > pos => run(pos, h.min(i.size), true),
-                _ => run(pos, i.size, true),
-            },
-            // No data after pos: a hole to the end.
-            Err(rustix::io::Errno::NXIO) => run(pos, i.size, false),
-            // No SEEK_DATA support: everything is data.
-            Err(_) => run(pos, i.size, true),
-        };
-        *i.last_run.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-        Ok(r)
+        let (from, g) = map.scan_origin(pos);
+        let inner = self.inner.clone();
+        let runs = pool(move || Ok(datamap::scan(&inner.file, inner.size, from, pos)))?;
+        map.insert(&runs, g);
+        Ok(*runs.last().expect("a scan finds the run at pos"))
     }
 }
 
@@ -353,6 +319,7 @@ impl Storage for FileStorage {
 
     fn write_at(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
         self.check_writable()?;
+        let len = data.len() as u64;
         let inner = self.inner.clone();
         let r = pool(move || {
             inner.write(offset, &data)?;
@@ -361,7 +328,8 @@ impl Storage for FileStorage {
             }
             Ok(())
         });
-        self.wrote();
+        // Even a failed write may have written some: data either way.
+        self.inner.map.wrote(offset, len);
         r
     }
 
@@ -389,7 +357,7 @@ impl Storage for FileStorage {
             }
             Ok(())
         });
-        self.wrote();
+        self.inner.map.discarded(offset, len);
         r
     }
 
@@ -403,7 +371,7 @@ impl Storage for FileStorage {
             }
             Ok(())
         });
-        self.wrote();
+        self.inner.map.discarded(offset, len);
         r
     }
 

@@ -13,6 +13,7 @@
 
 use std::io;
 
+mod datamap;
 pub mod file;
 pub mod memory;
 
