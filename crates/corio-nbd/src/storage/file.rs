@@ -396,7 +396,7 @@ impl Storage for FileStorage {
         })
     }
 
-    fn write_at(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
+    fn write_at(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<Vec<u8>> {
         self.check_writable()?;
         let len = data.len() as u64;
         let inner = self.inner.clone();
@@ -405,7 +405,7 @@ impl Storage for FileStorage {
             if fua && !inner.opts.cache.dsync() {
                 inner.sync()?;
             }
-            Ok(())
+            Ok(data)
         };
         let r = if self.inner.in_place == InPlace::ReadWrite {
             work()
