@@ -116,6 +116,8 @@ enum InPlace {
 
 impl InPlace {
     fn detect(file: &File, direct: bool) -> InPlace {
+        // The field's and the constant's types vary by architecture.
+        #[allow(clippy::unnecessary_cast)]
         let tmpfs =
             rustix::fs::fstatfs(file).is_ok_and(|s| s.f_type as i64 == libc::TMPFS_MAGIC as i64);
         match (direct, tmpfs) {
