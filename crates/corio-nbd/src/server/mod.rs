@@ -41,6 +41,7 @@ use corio::{AioContext, IoThread};
 
 pub mod export;
 mod handshake;
+mod inbuf;
 pub mod psk;
 mod reply;
 mod request;

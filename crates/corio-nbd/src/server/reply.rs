@@ -124,14 +124,37 @@ impl<'a> ReplyBuf<'a> {
         }
     }
 
-    /// The iovecs, in order.
-    pub(crate) fn iovecs(&self) -> Vec<IoSlice<'_>> {
+    /// Appends the iovecs, in order, to `v`.
+    pub(crate) fn push_iovecs<'s>(&'s self, v: &mut Vec<IoSlice<'s>>) {
+        v.extend(self.segs.iter().map(|s| match s {
+            Seg::Own(r) => IoSlice::new(&self.bytes[r.clone()]),
+            Seg::Data(d) => IoSlice::new(d),
+        }));
+    }
+
+    /// How many iovecs the reply takes.
+    pub(crate) fn segments(&self) -> usize {
+        self.segs.len()
+    }
+
+    /// The reply's length in bytes.
+    pub(crate) fn len(&self) -> usize {
         self.segs
             .iter()
             .map(|s| match s {
-                Seg::Own(r) => IoSlice::new(&self.bytes[r.clone()]),
-                Seg::Data(d) => IoSlice::new(d),
+                Seg::Own(r) => r.len(),
+                Seg::Data(d) => d.len(),
             })
-            .collect()
+            .sum()
+    }
+
+    /// Appends the whole reply's bytes to `out`.
+    pub(crate) fn append_to(&self, out: &mut Vec<u8>) {
+        for s in &self.segs {
+            match s {
+                Seg::Own(r) => out.extend_from_slice(&self.bytes[r.clone()]),
+                Seg::Data(d) => out.extend_from_slice(d),
+            }
+        }
     }
 }

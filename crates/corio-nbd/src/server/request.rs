@@ -44,7 +44,7 @@ pub(crate) fn handle(s: &Session, r: Request, payload: Vec<u8>) {
             Ok(()) => return,
             Err(f) => Err(f),
         },
-        Command::Write => write(s, &r, payload),
+        Command::Write => write(s, &r, payload).map(|buf| s.give_buf(buf)),
         Command::Flush => s.shared.export.storage.flush().map_err(io_fail),
         Command::Trim => trim(s, &r),
         Command::WriteZeroes => write_zeroes(s, &r),
@@ -114,7 +114,7 @@ fn read(s: &Session, r: &Request) {
     let result = if sparse {
         read_sparse(s, r)
     } else {
-        st.read_at(r.offset, vec![0u8; r.length as usize])
+        st.read_at(r.offset, s.take_buf(r.length as usize))
             .map(|buf| vec![Piece::Data(r.offset, buf)])
             .map_err(io_fail)
     };
@@ -143,6 +143,12 @@ fn read(s: &Session, r: &Request) {
         Err((errno, msg)) => rb.error(*errno, msg),
     }
     s.send(&rb);
+    drop(rb);
+    for p in result.into_iter().flatten() {
+        if let Piece::Data(_, buf) = p {
+            s.give_buf(buf);
+        }
+    }
 }
 
 enum Piece {
@@ -167,7 +173,7 @@ fn read_sparse(s: &Session, r: &Request) -> Result<Vec<Piece>, Failure> {
             if e.zero {
                 pieces.push(Piece::Hole(pos, len as u32));
             } else {
-                let buf = st.read_at(pos, vec![0u8; len as usize]).map_err(io_fail)?;
+                let buf = st.read_at(pos, s.take_buf(len as usize)).map_err(io_fail)?;
                 pieces.push(Piece::Data(pos, buf));
             }
             pos += len;
@@ -176,7 +182,8 @@ fn read_sparse(s: &Session, r: &Request) -> Result<Vec<Piece>, Failure> {
     Ok(pieces)
 }
 
-fn write(s: &Session, r: &Request, payload: Vec<u8>) -> Result<(), Failure> {
+/// A WRITE; hands the payload buffer back when the storage does.
+fn write(s: &Session, r: &Request, payload: Vec<u8>) -> Result<Vec<u8>, Failure> {
     check(s, r, r.length)?;
     let export = &s.shared.export;
     let fua = r.flags.contains(CmdFlags::FUA);
@@ -189,13 +196,16 @@ fn write(s: &Session, r: &Request, payload: Vec<u8>) -> Result<(), Failure> {
             fast: false,
             fua,
         };
-        export.storage.write_zeroes(r.offset, len, flags)
+        export
+            .storage
+            .write_zeroes(r.offset, len, flags)
+            .map(|()| payload)
     } else {
         export.storage.write_at(r.offset, payload, fua)
     };
-    result.map_err(io_fail)?;
+    let buf = result.map_err(io_fail)?;
     s.shared.stats.bytes_written.fetch_add(len, Relaxed);
-    Ok(())
+    Ok(buf)
 }
 
 fn trim(s: &Session, r: &Request) -> Result<(), Failure> {

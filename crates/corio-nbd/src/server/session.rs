@@ -4,9 +4,17 @@
 //!
 //! Every coroutine of a client lives on the client's context (the main
 //! loop or one IOThread), so they share the session through an `Rc`.
+//!
+//! System calls are what a request costs, so the reader reads ahead
+//! ([`InBuf`]: one `readv` for every header the socket holds), and the
+//! small replies of requests that complete while it hands them out (reads
+//! served from the page cache) are queued and leave together, in one
+//! write, before the reader next waits for input. Buffers for read data
+//! and write payloads are reused per client rather than allocated and
+//! zeroed per request.
 
-use std::cell::Cell;
-use std::io;
+use std::cell::{Cell, RefCell};
+use std::io::{self, IoSlice};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -18,12 +26,23 @@ use corio::sync::CoMutex;
 use corio::{yield_now, AioContext, Clock, CoHandle, Coroutine};
 
 use super::handshake::{self, Negotiated};
+use super::inbuf::InBuf;
 use super::reply::{ReplyBuf, IOV_MAX};
 use super::{request, Shared};
 use crate::proto::{ClientMessage, Command, Decoded, Errno, ErrorAction, Mode, Request};
 
 /// Requests in flight per client (qemu's `MAX_NBD_REQUESTS`).
 pub const MAX_REQUESTS: usize = 16;
+
+/// Replies up to this size may wait in the queue.
+const QUEUE_REPLY_MAX: usize = 64 * 1024;
+
+/// Most bytes queued before a reply is written directly.
+const QUEUE_MAX: usize = 256 * 1024;
+
+/// Buffers kept for reuse per client, and the largest kept.
+const SPARE_BUFFERS: usize = 8;
+const SPARE_BUFFER_MAX: usize = 1 << 20;
 
 /// The state a client's coroutines share.
 pub(crate) struct Session {
@@ -41,6 +60,12 @@ pub(crate) struct Session {
     waiter: Cell<Option<CoHandle>>,
     /// A reply could not be written: the connection is finished.
     broken: Cell<bool>,
+    /// The reader is handing out requests: small replies are queued.
+    batching: Cell<bool>,
+    /// Whole replies waiting to be written, in order.
+    queue: RefCell<Vec<u8>>,
+    /// Buffers for reuse (see [`take_buf`](Session::take_buf)).
+    spare: RefCell<Vec<Vec<u8>>>,
 }
 
 /// Serves one accepted client to the end, in the calling coroutine.
@@ -93,10 +118,14 @@ fn client(sock: &Arc<SocketChannel>, shared: &Arc<Shared>) -> io::Result<()> {
         in_flight: Cell::new(0),
         waiter: Cell::new(None),
         broken: Cell::new(false),
+        batching: Cell::new(false),
+        queue: RefCell::new(Vec::new()),
+        spare: RefCell::new(Vec::new()),
     });
     let r = s.read_requests(decoder);
     // Answer what is in flight before hanging up (no request lost).
     s.wait_below(1);
+    s.flush_queue();
     r
 }
 
@@ -104,6 +133,12 @@ impl Session {
     /// Sleeps until fewer than `n` requests are in flight.
     fn wait_below(&self, n: usize) {
         while self.in_flight.get() >= n {
+            // Flushing may yield, and requests may finish meanwhile: look
+            // again before sleeping.
+            self.flush_queue();
+            if self.in_flight.get() < n {
+                break;
+            }
             let me = Coroutine::current().expect("a session runs in a coroutine");
             self.waiter.set(Some(me.handle()));
             drop(me);
@@ -119,16 +154,33 @@ impl Session {
         }
     }
 
-    /// The reader: one request header (and payload) at a time, each
-    /// request handed to a coroutine of its own.
+    /// The reader: request headers (and payloads) from the input buffer,
+    /// each request handed to a coroutine of its own.
     fn read_requests(self: &Rc<Self>, mut dec: crate::proto::ServerDecoder) -> io::Result<()> {
         let hlen = self.mode.request_len();
         let mut hdr = [0u8; 32];
+        let mut input = InBuf::new();
         loop {
             self.wait_below(MAX_REQUESTS);
-            if self.broken.get() || !self.ch.read_all_eof(&mut hdr[..hlen])? {
+            while input.data().len() < hlen {
+                if self.broken.get() {
+                    return Ok(());
+                }
+                if !input.fill(&*self.ch, || self.flush_queue())? {
+                    if input.data().is_empty() {
+                        return Ok(());
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "client hung up in the middle of a request header",
+                    ));
+                }
+            }
+            if self.broken.get() {
                 return Ok(());
             }
+            hdr[..hlen].copy_from_slice(&input.data()[..hlen]);
+            input.consume(hlen);
             match dec.decode(&hdr[..hlen]) {
                 Ok(Decoded::Complete {
                     msg: ClientMessage::Request(r),
@@ -137,14 +189,10 @@ impl Session {
                     if r.command == Command::Disc {
                         return Ok(());
                     }
-                    let mut payload = Vec::new();
-                    if r.payload_len() > 0 {
-                        payload.resize(r.payload_len() as usize, 0);
-                        // A client that hangs up mid-payload loses only
-                        // this request.
-                        self.ch.read_all(&mut payload)?;
-                    }
+                    let payload = self.read_payload(&mut input, r.payload_len() as usize)?;
+                    self.batching.set(true);
                     self.spawn(r, payload);
+                    self.batching.set(false);
                 }
                 Ok(_) => return Ok(()),
                 Err(e) => {
@@ -157,7 +205,7 @@ impl Session {
                             discard,
                             ..
                         } => {
-                            self.discard(discard)?;
+                            self.discard(&mut input, discard)?;
                             self.reply_error(cookie, offset, errno, &e.to_string());
                         }
                         ErrorAction::ReplyErrorThenDisconnect { cookie, errno } => {
@@ -171,7 +219,28 @@ impl Session {
         }
     }
 
-    fn discard(&self, mut n: u64) -> io::Result<()> {
+    /// A payload of `len` bytes: what is buffered, then the rest straight
+    /// from the channel.
+    fn read_payload(&self, input: &mut InBuf, len: usize) -> io::Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut payload = self.take_buf(len);
+        let k = input.data().len().min(len);
+        payload[..k].copy_from_slice(&input.data()[..k]);
+        input.consume(k);
+        if k < len {
+            // A client that hangs up mid-payload loses only this request.
+            self.flush_queue();
+            self.ch.read_all(&mut payload[k..])?;
+        }
+        Ok(payload)
+    }
+
+    fn discard(&self, input: &mut InBuf, mut n: u64) -> io::Result<()> {
+        let k = (input.data().len() as u64).min(n);
+        input.consume(k as usize);
+        n -= k;
         let mut scratch = vec![0u8; n.min(64 * 1024) as usize];
         while n > 0 {
             let k = n.min(scratch.len() as u64) as usize;
@@ -179,6 +248,30 @@ impl Session {
             n -= k as u64;
         }
         Ok(())
+    }
+
+    /// A buffer of `len` bytes, reused when one is spare (its old bytes
+    /// are not cleared: the caller overwrites all of it before use).
+    pub(crate) fn take_buf(&self, len: usize) -> Vec<u8> {
+        let mut spare = self.spare.borrow_mut();
+        let found = spare
+            .iter()
+            .position(|b| b.len() == len)
+            .or_else(|| spare.iter().position(|b| b.capacity() >= len));
+        let Some(i) = found else {
+            return vec![0; len];
+        };
+        let mut b = spare.swap_remove(i);
+        b.resize(len, 0);
+        b
+    }
+
+    /// Gives a buffer back for reuse.
+    pub(crate) fn give_buf(&self, b: Vec<u8>) {
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < SPARE_BUFFERS && b.capacity() <= SPARE_BUFFER_MAX && !b.is_empty() {
+            spare.push(b);
+        }
     }
 
     fn reply_error(&self, cookie: u64, offset: u64, errno: Errno, message: &str) {
@@ -210,26 +303,73 @@ impl Session {
         let _ = self.sock.shutdown(Shutdown::Both);
     }
 
-    /// Writes one whole reply, after the replies before it.
+    /// Writes one whole reply, after the replies before it; while the
+    /// reader hands out requests, a small reply only joins the queue.
     pub(crate) fn send(&self, rb: &ReplyBuf<'_>) {
         if self.broken.get() {
             return;
         }
+        if self.batching.get() {
+            let len = rb.len();
+            let mut q = self.queue.borrow_mut();
+            if len <= QUEUE_REPLY_MAX && q.len() + len <= QUEUE_MAX {
+                rb.append_to(&mut q);
+                return;
+            }
+        }
         let _guard = self.send_lock.lock();
-        let mut iov = rb.iovecs();
-        let r = if iov.len() <= IOV_MAX {
-            self.ch.writev_all(&mut iov)
-        } else {
-            // More than one writev: cork, so that it still leaves whole.
-            let _ = self.ch.set_cork(true);
-            let r = iov
-                .chunks_mut(IOV_MAX)
-                .try_for_each(|part| self.ch.writev_all(part));
-            let _ = self.ch.set_cork(false);
-            r
-        };
+        // What is queued goes first, in the same write.
+        let queued = self.queue.take();
+        let mut iov = Vec::with_capacity(rb.segments() + 1);
+        if !queued.is_empty() {
+            iov.push(IoSlice::new(&queued));
+        }
+        rb.push_iovecs(&mut iov);
+        let r = self.write_locked(&mut iov);
+        drop(iov);
+        self.recycle_queue(queued);
         if r.is_err() {
             self.fail();
         }
+    }
+
+    /// Writes the queued replies.
+    pub(crate) fn flush_queue(&self) {
+        if self.broken.get() || self.queue.borrow().is_empty() {
+            return;
+        }
+        let _guard = self.send_lock.lock();
+        let queued = self.queue.take();
+        if queued.is_empty() {
+            return self.recycle_queue(queued);
+        }
+        let r = self.ch.write_all(&queued);
+        self.recycle_queue(queued);
+        if r.is_err() {
+            self.fail();
+        }
+    }
+
+    /// Keeps the queue's allocation for the next batch.
+    fn recycle_queue(&self, mut queued: Vec<u8>) {
+        let mut q = self.queue.borrow_mut();
+        if q.is_empty() && queued.capacity() <= QUEUE_MAX * 2 {
+            queued.clear();
+            *q = queued;
+        }
+    }
+
+    /// Writes `iov` whole; the send lock is held.
+    fn write_locked(&self, iov: &mut [IoSlice<'_>]) -> io::Result<()> {
+        if iov.len() <= IOV_MAX {
+            return self.ch.writev_all(iov);
+        }
+        // More than one writev: cork, so that it still leaves whole.
+        let _ = self.ch.set_cork(true);
+        let r = iov
+            .chunks_mut(IOV_MAX)
+            .try_for_each(|part| self.ch.writev_all(part));
+        let _ = self.ch.set_cork(false);
+        r
     }
 }

@@ -3,19 +3,31 @@
 //! Reads, writes, syncs and fallocate calls go to the thread pool of the
 //! calling coroutine's context (QEMU's `aio=threads`): the coroutine
 //! sleeps in `submit_co` while a worker does the system call. Block
-//! status asks the file system with `SEEK_DATA` / `SEEK_HOLE` in place, as
-//! QEMU's file-posix does, and remembers the last run it found, so that a
-//! client asking chunk by chunk does not pay a seek pair for each.
+//! status asks the file system with `SEEK_DATA` / `SEEK_HOLE`, in the
+//! thread pool too (a scan can take milliseconds), and remembers the runs
+//! it found in a [`DataMap`] that writes, trims and zeroings keep true.
+//!
+//! Page-cache reads and writes skip the hop when they cannot wait for a
+//! device ([`InPlace`]): on tmpfs the coroutine calls `pread` / `pwrite`
+//! itself (the pages are the file: nothing to wait for but memory);
+//! elsewhere a read first tries `preadv2(RWF_NOWAIT)`, which fails with
+//! `EAGAIN` rather than wait, and only what it could not read goes to the
+//! pool. Writes on other file systems always go to the pool: a buffered
+//! write may wait for dirty-page throttling or block allocation, and
+//! `RWF_NOWAIT` writes are refused by most file systems without
+//! `O_DIRECT`. `O_DIRECT` files always use the pool.
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::io::IoSliceMut;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 
 use rustix::fs::{FallocateFlags, SeekFrom};
 
+use super::datamap::{self, DataMap, Run};
 use super::{
     not_supported, push_extent, read_only_error, Capabilities, Extent, Storage, ZeroFlags,
 };
@@ -77,26 +89,43 @@ pub struct FileOptions {
 /// Alignment used for `O_DIRECT` buffers and offsets.
 pub const DIRECT_ALIGN: u64 = 4096;
 
-/// A run of the allocation map found by a seek pair.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    start: u64,
-    end: u64,
-    data: bool,
-    /// The write generation when it was found; stale once writes moved on.
-    generation: u64,
-}
-
 #[derive(Debug)]
 struct Inner {
     file: File,
     size: u64,
     opts: FileOptions,
     block_device: bool,
-    /// Bumped after every completed write, trim or zeroing: a cached run
-    /// found before is no longer trusted.
-    generation: AtomicU64,
-    last_run: Mutex<Option<Run>>,
+    /// The allocation runs known so far.
+    map: DataMap,
+    /// Which requests may skip the thread pool.
+    in_place: InPlace,
+    /// `RWF_NOWAIT` reads are still worth a try (cleared on `EOPNOTSUPP`).
+    nowait: AtomicBool,
+}
+
+/// Which requests skip the thread pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InPlace {
+    /// tmpfs: reads and writes in place.
+    ReadWrite,
+    /// Page cache elsewhere: reads try `RWF_NOWAIT` in place first.
+    NoWaitReads,
+    /// `O_DIRECT`: everything through the pool.
+    Nothing,
+}
+
+impl InPlace {
+    fn detect(file: &File, direct: bool) -> InPlace {
+        // The field's and the constant's types vary by architecture.
+        #[allow(clippy::unnecessary_cast)]
+        let tmpfs =
+            rustix::fs::fstatfs(file).is_ok_and(|s| s.f_type as i64 == libc::TMPFS_MAGIC as i64);
+        match (direct, tmpfs) {
+            (true, _) => InPlace::Nothing,
+            (false, true) => InPlace::ReadWrite,
+            (false, false) => InPlace::NoWaitReads,
+        }
+    }
 }
 
 /// A raw image file or block device.
@@ -148,14 +177,16 @@ impl FileStorage {
         } else {
             meta.len()
         };
+        let in_place = InPlace::detect(&file, opts.cache.direct());
         Ok(FileStorage {
             inner: Arc::new(Inner {
-                file,
                 size,
                 opts,
                 block_device,
-                generation: AtomicU64::new(0),
-                last_run: Mutex::new(None),
+                map: DataMap::default(),
+                file,
+                in_place,
+                nowait: AtomicBool::new(true),
             }),
         })
     }
@@ -174,39 +205,18 @@ impl FileStorage {
         }
     }
 
-    fn wrote(&self) {
-        self.inner.generation.fetch_add(1, Relaxed);
-    }
-
-    /// The allocation run containing `pos`, from the cache or a seek pair.
+    /// The allocation run containing `pos` (< size), from the map or a
+    /// scan in the thread pool.
     fn run_at(&self, pos: u64) -> io::Result<Run> {
-        let i = &self.inner;
-        let generation = i.generation.load(Relaxed);
-        let cached = *i.last_run.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = cached {
-            if r.generation == generation && r.start <= pos && pos < r.end {
-                return Ok(r);
-            }
+        let map = &self.inner.map;
+        if let Some(r) = map.lookup(pos) {
+            return Ok(r);
         }
-        let run = |start, end, data| Run {
-            start,
-            end,
-            data,
-            generation,
-        };
-        let r = match rustix::fs::seek(&i.file, SeekFrom::Data(pos)) {
-            Ok(d) if d > pos => run(pos, d.min(i.size), false),
-            Ok(_) => match rustix::fs::seek(&i.file, SeekFrom::Hole(pos)) {
-                Ok(h) if h > pos => run(pos, h.min(i.size), true),
-                _ => run(pos, i.size, true),
-            },
-            // No data after pos: a hole to the end.
-            Err(rustix::io::Errno::NXIO) => run(pos, i.size, false),
-            // No SEEK_DATA support: everything is data.
-            Err(_) => run(pos, i.size, true),
-        };
-        *i.last_run.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-        Ok(r)
+        let (from, g) = map.scan_origin(pos);
+        let inner = self.inner.clone();
+        let runs = pool(move || Ok(datamap::scan(&inner.file, inner.size, from, pos)))?;
+        map.insert(&runs, g);
+        Ok(*runs.last().expect("a scan finds the run at pos"))
     }
 }
 
@@ -268,6 +278,27 @@ impl Inner {
         let n = buf.len();
         buf.copy_from_slice(&a.slice()[skip..skip + n]);
         Ok(buf)
+    }
+
+    /// Reads what the page cache holds of `buf.len()` bytes at `offset`
+    /// without waiting (`RWF_NOWAIT`); returns how many bytes it read.
+    fn read_nowait(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() && self.nowait.load(Relaxed) {
+            let mut iov = [IoSliceMut::new(&mut buf[done..])];
+            let flags = rustix::io::ReadWriteFlags::NOWAIT;
+            match rustix::io::preadv2(&self.file, &mut iov, offset + done as u64, flags) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::INVAL) => {
+                    self.nowait.store(false, Relaxed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -346,22 +377,45 @@ impl Storage for FileStorage {
         }
     }
 
-    fn read_at(&self, offset: u64, buf: Vec<u8>) -> io::Result<Vec<u8>> {
+    fn read_at(&self, offset: u64, mut buf: Vec<u8>) -> io::Result<Vec<u8>> {
+        let done = match self.inner.in_place {
+            InPlace::ReadWrite => return self.inner.read(offset, buf),
+            InPlace::NoWaitReads => self.inner.read_nowait(offset, &mut buf)?,
+            InPlace::Nothing => 0,
+        };
+        if done == buf.len() {
+            return Ok(buf);
+        }
         let inner = self.inner.clone();
-        pool(move || inner.read(offset, buf))
+        pool(move || {
+            if done == 0 {
+                return inner.read(offset, buf);
+            }
+            inner
+                .file
+                .read_exact_at(&mut buf[done..], offset + done as u64)?;
+            Ok(buf)
+        })
     }
 
-    fn write_at(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
+    fn write_at(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<Vec<u8>> {
         self.check_writable()?;
+        let len = data.len() as u64;
         let inner = self.inner.clone();
-        let r = pool(move || {
+        let work = move || {
             inner.write(offset, &data)?;
             if fua && !inner.opts.cache.dsync() {
                 inner.sync()?;
             }
-            Ok(())
-        });
-        self.wrote();
+            Ok(data)
+        };
+        let r = if self.inner.in_place == InPlace::ReadWrite {
+            work()
+        } else {
+            pool(work)
+        };
+        // Even a failed write may have written some: data either way.
+        self.inner.map.wrote(offset, len);
         r
     }
 
@@ -389,7 +443,7 @@ impl Storage for FileStorage {
             }
             Ok(())
         });
-        self.wrote();
+        self.inner.map.discarded(offset, len);
         r
     }
 
@@ -403,7 +457,7 @@ impl Storage for FileStorage {
             }
             Ok(())
         });
-        self.wrote();
+        self.inner.map.discarded(offset, len);
         r
     }
 
@@ -438,5 +492,51 @@ impl Storage for FileStorage {
             )
             .map_err(Into::into)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(dir: &Path, tag: &str) -> std::path::PathBuf {
+        let p = dir.join(format!("corio-nbd-file-{tag}-{}", std::process::id()));
+        std::fs::write(&p, (0..=255u8).cycle().take(1 << 16).collect::<Vec<_>>()).unwrap();
+        p
+    }
+
+    #[test]
+    fn tmpfs_is_served_in_place_and_direct_never() {
+        let p = image(Path::new("/dev/shm"), "shm");
+        let st = FileStorage::open(&p, FileOptions::default()).unwrap();
+        assert_eq!(st.inner.in_place, InPlace::ReadWrite);
+        st.write_at(100, vec![7; 10], false).unwrap();
+        let got = st.read_at(95, vec![0; 20]).unwrap();
+        assert_eq!(got[..5], [95, 96, 97, 98, 99]);
+        assert_eq!(got[5..15], [7; 10]);
+        std::fs::remove_file(&p).unwrap();
+        let p = image(&std::env::temp_dir(), "direct");
+        let opts = FileOptions {
+            cache: CacheMode::None,
+            ..FileOptions::default()
+        };
+        // Some file systems refuse O_DIRECT; the mode is what matters.
+        if let Ok(st) = FileStorage::open(&p, opts) {
+            assert_eq!(st.inner.in_place, InPlace::Nothing);
+        }
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn nowait_reads_return_the_file_or_leave_the_rest() {
+        let p = image(&std::env::temp_dir(), "nowait");
+        let st = FileStorage::open(&p, FileOptions::default()).unwrap();
+        let mut buf = vec![0; 300];
+        let n = st.inner.read_nowait(1000, &mut buf).unwrap();
+        assert!(n <= 300);
+        let want: Vec<u8> = (1000..1300u32).map(|i| i as u8).collect();
+        assert_eq!(buf[..n], want[..n]);
+        assert_eq!(st.read_at(1000, vec![0; 300]).unwrap(), want);
+        std::fs::remove_file(&p).unwrap();
     }
 }

@@ -122,7 +122,7 @@ impl Storage for MemoryStorage {
         Ok(buf)
     }
 
-    fn write_at(&self, offset: u64, data: Vec<u8>, _fua: bool) -> io::Result<()> {
+    fn write_at(&self, offset: u64, data: Vec<u8>, _fua: bool) -> io::Result<Vec<u8>> {
         if self.read_only {
             return Err(read_only_error());
         }
@@ -140,7 +140,7 @@ impl Storage for MemoryStorage {
                 }
             }
         });
-        Ok(())
+        Ok(data)
     }
 
     fn flush(&self) -> io::Result<()> {

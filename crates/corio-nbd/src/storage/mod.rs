@@ -13,6 +13,7 @@
 
 use std::io;
 
+mod datamap;
 pub mod file;
 pub mod memory;
 
@@ -83,17 +84,19 @@ pub trait Storage: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
 
     /// Reads `buf.len()` bytes at `offset` into `buf`, which it hands back
-    /// (so that a backend can lend it to another thread).
+    /// (so that a backend can lend it to another thread). Every byte of
+    /// `buf` is overwritten: callers reuse buffers without clearing them.
     ///
     /// # Errors
     /// Any I/O error.
     fn read_at(&self, offset: u64, buf: Vec<u8>) -> io::Result<Vec<u8>>;
 
-    /// Writes `data` at `offset`; with `fua`, durably.
+    /// Writes `data` at `offset`; with `fua`, durably. Hands `data` back,
+    /// for reuse.
     ///
     /// # Errors
     /// Any I/O error; `EPERM` if read-only.
-    fn write_at(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<()>;
+    fn write_at(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<Vec<u8>>;
 
     /// Makes every completed write durable.
     ///
