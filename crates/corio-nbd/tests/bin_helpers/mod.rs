@@ -90,6 +90,13 @@ impl ServerProc {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Kills the server and returns what it wrote on stderr.
+    pub fn kill_and_stderr(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr()
+    }
+
     fn stderr(&mut self) -> String {
         let mut s = String::new();
         if let Some(mut e) = self.child.stderr.take() {
