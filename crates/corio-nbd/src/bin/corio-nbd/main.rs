@@ -90,7 +90,7 @@ fn enable_trace(spec: &str) -> Result<(), String> {
                 .map_err(|e| format!("cannot read trace events file {file}: {e}"))?;
             for line in text.lines().map(str::trim) {
                 if !line.is_empty() && !line.starts_with('#') {
-                    corio::trace::set_patterns(line);
+                    enable_pattern(line);
                 }
             }
         } else if part.starts_with("file=") {
@@ -98,11 +98,22 @@ fn enable_trace(spec: &str) -> Result<(), String> {
         } else {
             let pattern = part.strip_prefix("enable=").unwrap_or(part);
             if !pattern.is_empty() {
-                corio::trace::set_patterns(pattern);
+                enable_pattern(pattern);
             }
         }
     }
     Ok(())
+}
+
+/// Enables the events `pattern` names; a plain name that names no event
+/// gets qemu's warning (a glob that matches nothing does not).
+fn enable_pattern(pattern: &str) {
+    if corio::trace::set_patterns(pattern) == 0
+        && !pattern.contains(['*', '?'])
+        && !pattern.starts_with('-')
+    {
+        eprintln!("{PROG}: warning: trace event '{pattern}' does not exist");
+    }
 }
 
 fn build_config(args: &Args) -> Result<ServerConfig, String> {
