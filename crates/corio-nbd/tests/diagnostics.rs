@@ -178,7 +178,7 @@ fn verbose_logs_dropped_clients_and_failed_requests() {
 fn the_start_line_is_on_stderr_and_stdout_is_empty() {
     let dir = TempDir::new("start");
     let sock = dir.path("nbd.sock");
-    let mut child = std::process::Command::new(corio_nbd())
+    let child = std::process::Command::new(corio_nbd())
         .args(["-k", sock.to_str().unwrap(), "--size", "1M"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
