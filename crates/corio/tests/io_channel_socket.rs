@@ -240,6 +240,32 @@ fn io_channel_socket_unix_listen_cleanup() {
     std::fs::remove_file(&path).unwrap();
 }
 
+/// A listening Unix socket handed over by number (systemd socket
+/// activation) keeps its path when closed: whoever bound it may hand it on
+/// again. One bound by `listen_sync` on the path is unlinked.
+#[test]
+fn io_channel_socket_fd_address_keeps_the_unix_path() {
+    let path = tmp_path("handed-over.sock");
+    let _ = std::fs::remove_file(&path);
+    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let num = inherit(l);
+    let addr: SocketAddress = format!("fd:{num}").parse().unwrap();
+    let mut ch = SocketChannel::listen_sync(&addr, 4).unwrap();
+    assert!(ch.has_feature(Feature::Listen));
+    ch.close().unwrap();
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "closing a handed-over listener unlinked {path}"
+    );
+    std::fs::remove_file(&path).unwrap();
+
+    let addr = SocketAddress::unix(path.clone());
+    let mut ch = SocketChannel::listen_sync(&addr, 4).unwrap();
+    assert!(std::path::Path::new(&path).exists());
+    ch.close().unwrap();
+    assert!(!std::path::Path::new(&path).exists(), "{path} left behind");
+}
+
 #[test]
 fn io_channel_socket_ipv4_fd() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

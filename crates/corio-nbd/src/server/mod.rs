@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use corio::io::address::SocketAddress;
 use corio::io::{Channel, NetListener, SocketChannel};
-use corio::{AioContext, IoThread};
+use corio::{AioContext, Clock, IoThread};
 
 pub mod export;
 mod handshake;
@@ -79,7 +79,15 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Log dropped clients and failed requests on stderr (`-v`).
     pub verbose: bool,
+    /// At shutdown, how long clients get to take the replies to their
+    /// requests in flight; then their connections are hung up, so that a
+    /// client that never reads cannot keep the server from exiting
+    /// (qemu-nbd waits for ever).
+    pub shutdown_grace: Duration,
 }
+
+/// [`ServerConfig::shutdown_grace`]'s default.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl ServerConfig {
     /// qemu-nbd's defaults for `export`: one client, not persistent,
@@ -95,6 +103,7 @@ impl ServerConfig {
             handshake_limit: Some(Duration::from_secs(10)),
             tls: None,
             verbose: false,
+            shutdown_grace: SHUTDOWN_GRACE,
         }
     }
 }
@@ -132,6 +141,7 @@ pub(crate) struct Shared {
     pub(crate) handshake_limit: Option<Duration>,
     pub(crate) stats: Stats,
     verbose: bool,
+    shutdown_grace: Duration,
     shared_limit: usize,
     persistent: bool,
     main: AioContext,
@@ -139,8 +149,8 @@ pub(crate) struct Shared {
     listener: NetListener,
     unix_paths: Vec<String>,
     life: Mutex<Lifecycle>,
-    /// The open client sockets, to hang up on at shutdown.
-    socks: Mutex<Vec<(u64, Arc<SocketChannel>)>>,
+    /// The open client connections, to hang up on at shutdown.
+    socks: Mutex<Vec<(u64, Arc<session::Conn>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -173,13 +183,13 @@ impl Shared {
             (target, self.stats.accepted.fetch_add(1, Relaxed))
         };
         self.stats.clients.fetch_add(1, Relaxed);
-        let sock = Arc::new(sock);
-        lock(&self.socks).push((id, sock.clone()));
+        let conn = Arc::new(session::Conn::new(sock));
+        lock(&self.socks).push((id, conn.clone()));
         self.update_watch();
         let shared = self.clone();
         // Detached: the client's coroutine reports its own end (closed).
         drop(target.spawn(move || {
-            session::run_client(sock, shared.clone());
+            session::run_client(&conn, shared.clone());
             shared.closed(id);
         }));
     }
@@ -242,8 +252,27 @@ impl Shared {
         drop(life);
         self.update_watch();
         self.listener.disconnect();
-        for (_, s) in lock(&self.socks).iter() {
-            let _ = s.shutdown(std::net::Shutdown::Read);
+        for (_, c) in lock(&self.socks).iter() {
+            let _ = c.sock.shutdown(std::net::Shutdown::Read);
+        }
+    }
+
+    /// The shutdown grace is over: hang up on every client still there
+    /// (their replies cannot be written; their coroutines end).
+    fn hang_up(&self) {
+        // Not under the lock: a woken writer may run to its end here and
+        // report itself closed.
+        let socks: Vec<_> = lock(&self.socks).clone();
+        if !socks.is_empty() {
+            eprintln!(
+                "corio-nbd: {} client(s) did not take their replies within {:?} of \
+                 shutdown; hanging up",
+                socks.len(),
+                self.shutdown_grace
+            );
+        }
+        for (_, c) in socks.iter() {
+            c.hang_up();
         }
     }
 }
@@ -265,8 +294,9 @@ impl fmt::Debug for ServerHandle {
 
 impl ServerHandle {
     /// Stops the server as SIGTERM does: no new clients; each client's
-    /// requests in flight are answered, then it is hung up on; the
-    /// storage is flushed and [`Server::run`] returns.
+    /// requests in flight are answered, then it is hung up on (at the
+    /// latest after [`ServerConfig::shutdown_grace`], if it does not read
+    /// its replies); the storage is flushed and [`Server::run`] returns.
     pub fn shutdown(&self) {
         let s = self.shared.clone();
         self.shared.main.bh_schedule_oneshot(move || s.stop());
@@ -340,6 +370,7 @@ impl Server {
             handshake_limit: config.handshake_limit,
             stats: Stats::default(),
             verbose: config.verbose,
+            shutdown_grace: config.shutdown_grace,
             shared_limit: config.shared,
             persistent: config.persistent,
             main: AioContext::current(),
@@ -383,9 +414,19 @@ impl Server {
             "Server::run must be called on the thread that created the server"
         );
         s.update_watch();
+        let me = s.clone();
+        let grace = s.main.timer_new(Clock::Realtime, move || me.hang_up());
+        let mut armed = false;
         while !lock(&s.life).done {
+            // stop() runs in a bottom half of this loop: arm the grace
+            // timer on the next turn.
+            if !armed && lock(&s.life).stopping {
+                armed = true;
+                grace.modify_in(i64::try_from(s.shutdown_grace.as_nanos()).unwrap_or(i64::MAX));
+            }
             s.main.poll(true);
         }
+        grace.delete();
         s.listener.set_client_func(None, None, Some(&s.main));
         s.listener.disconnect();
         for p in &s.unix_paths {

@@ -68,13 +68,42 @@ pub(crate) struct Session {
     spare: RefCell<Vec<Vec<u8>>>,
 }
 
+/// A client connection as the server's lifecycle sees it, from any
+/// thread: its socket and, once negotiated, the channel its replies go
+/// out on (TLS or the socket).
+pub(crate) struct Conn {
+    pub(crate) sock: Arc<SocketChannel>,
+    ch: std::sync::Mutex<Option<Arc<dyn Channel>>>,
+}
+
+impl Conn {
+    pub(crate) fn new(sock: SocketChannel) -> Conn {
+        Conn {
+            sock: Arc::new(sock),
+            ch: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Hangs up and wakes a reply blocked on a client that does not read
+    /// (its write then fails and the session ends).
+    pub(crate) fn hang_up(&self) {
+        let _ = self.sock.shutdown(Shutdown::Both);
+        self.sock.wake_write();
+        let ch = self.ch.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(ch) = ch {
+            ch.wake_write();
+        }
+    }
+}
+
 /// Serves one accepted client to the end, in the calling coroutine.
-pub(crate) fn run_client(sock: Arc<SocketChannel>, shared: Arc<Shared>) {
+pub(crate) fn run_client(conn: &Conn, shared: Arc<Shared>) {
+    let sock = &conn.sock;
     let ok = sock
         .set_blocking(false)
         .and_then(|()| sock.set_delay(false));
     if ok.is_ok() {
-        let r = catch_unwind(AssertUnwindSafe(|| client(&sock, &shared)));
+        let r = catch_unwind(AssertUnwindSafe(|| client(conn, &shared)));
         match r {
             Ok(Err(e)) => shared.log(format_args!("client: {e}")),
             Err(_) => shared.log(format_args!("client: panicked; connection dropped")),
@@ -84,7 +113,8 @@ pub(crate) fn run_client(sock: Arc<SocketChannel>, shared: Arc<Shared>) {
     let _ = sock.shutdown(Shutdown::Both);
 }
 
-fn client(sock: &Arc<SocketChannel>, shared: &Arc<Shared>) -> io::Result<()> {
+fn client(conn: &Conn, shared: &Arc<Shared>) -> io::Result<()> {
+    let sock = &conn.sock;
     let timer = shared.handshake_limit.map(|limit| {
         let s = sock.clone();
         let t = AioContext::current().timer_new(Clock::Realtime, move || {
@@ -107,6 +137,7 @@ fn client(sock: &Arc<SocketChannel>, shared: &Arc<Shared>) -> io::Result<()> {
     else {
         return Ok(());
     };
+    *conn.ch.lock().unwrap_or_else(|e| e.into_inner()) = Some(ch.clone());
     let s = Rc::new(Session {
         ch,
         sock: sock.clone(),
@@ -343,7 +374,7 @@ impl Session {
         if queued.is_empty() {
             return self.recycle_queue(queued);
         }
-        let r = self.ch.write_all(&queued);
+        let r = self.ch.write_all_bytes(&queued);
         self.recycle_queue(queued);
         if r.is_err() {
             self.fail();

@@ -23,7 +23,7 @@ use std::io::IoSliceMut;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{FallocateFlags, SeekFrom};
 
@@ -101,6 +101,10 @@ struct Inner {
     in_place: InPlace,
     /// `RWF_NOWAIT` reads are still worth a try (cleared on `EOPNOTSUPP`).
     nowait: AtomicBool,
+    /// Held by an `O_DIRECT` read-modify-write: two misaligned writes to
+    /// different bytes of one block would otherwise each write back the
+    /// block as it was before the other.
+    rmw: Mutex<()>,
 }
 
 /// Which requests skip the thread pool.
@@ -151,6 +155,21 @@ impl FileStorage {
     /// its size cannot be found; the message names the path.
     pub fn open(path: &Path, opts: FileOptions) -> io::Result<FileStorage> {
         let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        let direct_refused = |e: io::Error| {
+            if opts.cache.direct() && e.raw_os_error() == Some(libc::EINVAL) {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{}: {e} (its filesystem refuses O_DIRECT, which --nocache and \
+                         --cache=none|directsync ask for; use --cache=writeback or \
+                         writethrough)",
+                        path.display()
+                    ),
+                )
+            } else {
+                named(e)
+            }
+        };
         let mut flags = 0;
         if opts.cache.direct() {
             flags |= libc::O_DIRECT;
@@ -163,7 +182,7 @@ impl FileStorage {
             .write(!opts.read_only)
             .custom_flags(flags)
             .open(path)
-            .map_err(named)?;
+            .map_err(direct_refused)?;
         let meta = file.metadata().map_err(named)?;
         let block_device = meta.file_type().is_block_device();
         if !meta.is_file() && !block_device {
@@ -187,6 +206,7 @@ impl FileStorage {
                 file,
                 in_place,
                 nowait: AtomicBool::new(true),
+                rmw: Mutex::new(()),
             }),
         })
     }
@@ -306,15 +326,24 @@ impl Inner {
             return self.file.write_all_at(data, offset);
         }
         let (start, len) = widen(offset, data.len());
-        // Misaligned: read-modify-write of the covering blocks.
-        let mut a = if start == offset && len == data.len() {
-            Aligned::new(len)
-        } else {
-            read_direct(&self.file, start, len)?
-        };
+        if start == offset && len == data.len() {
+            let mut a = Aligned::new(len);
+            a.slice_mut().copy_from_slice(data);
+            return self.file.write_all_at(a.slice(), start);
+        }
+        // Misaligned: read-modify-write of the covering blocks, one at a
+        // time.
+        let _rmw = self.rmw.lock().unwrap_or_else(|e| e.into_inner());
+        let mut a = read_direct(&self.file, start, len)?;
         let skip = (offset - start) as usize;
         a.slice_mut()[skip..skip + data.len()].copy_from_slice(data);
-        self.file.write_all_at(a.slice(), start)
+        self.file.write_all_at(a.slice(), start)?;
+        if start + len as u64 > self.size && !self.block_device {
+            // The last block of a file whose size is not a multiple of
+            // the alignment: O_DIRECT wrote it whole; keep the size.
+            self.file.set_len(self.size)?;
+        }
+        Ok(())
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -53,6 +53,17 @@ impl ServerProc {
     /// # Panics
     /// If the program is missing, exits, or does not listen in time.
     pub fn start(program: &str, args: &[&str], socket: &Path) -> ServerProc {
+        Self::start_with(program, args, socket, true)
+    }
+
+    /// As [`start`](Self::start), but waits only for `socket` to exist:
+    /// for a socket bound before the server runs (socket activation),
+    /// where a probing connection would be the server's first client.
+    pub fn start_bound(program: &str, args: &[&str], socket: &Path) -> ServerProc {
+        Self::start_with(program, args, socket, false)
+    }
+
+    fn start_with(program: &str, args: &[&str], socket: &Path, probe: bool) -> ServerProc {
         let what = format!("{program} {}", args.join(" "));
         let child = Command::new(program)
             .args(args)
@@ -68,7 +79,12 @@ impl ServerProc {
         };
         let start = Instant::now();
         loop {
-            if UnixStream::connect(socket).is_ok() {
+            let ready = if probe {
+                UnixStream::connect(socket).is_ok()
+            } else {
+                socket.exists()
+            };
+            if ready {
                 return s;
             }
             if let Some(status) = s.child.try_wait().unwrap() {
@@ -88,6 +104,41 @@ impl ServerProc {
     /// Whether the process still runs.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (with [`DEADLINE`]) for the exit; returns
+    /// the status and what the server wrote on stderr.
+    ///
+    /// # Panics
+    /// If the server does not exit in time (it is killed then).
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) with a pid we spawned and have not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let err = self.stderr();
+                return (status, err);
+            }
+            if start.elapsed() > DEADLINE {
+                let err = self.kill_and_stderr();
+                panic!("server did not exit within {DEADLINE:?} of SIGTERM: {err}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the server and returns what it wrote on stderr.
+    pub fn kill_and_stderr(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr()
     }
 
     fn stderr(&mut self) -> String {

@@ -762,6 +762,22 @@ pub trait Channel: Send + Sync {
         }
     }
 
+    /// Wakes the coroutine waiting in `yield_for(OUT)`, if any: the write
+    /// counterpart of [`wake_read`](Channel::wake_read). After a local
+    /// `shutdown(Both)` of a Unix socket whose peer does not read, the fd
+    /// never becomes writable and the hang-up is not a write event, so a
+    /// writer waits for ever unless woken; woken, its retried write fails
+    /// with `EPIPE`.
+    ///
+    /// # Thread context
+    /// Any thread.
+    fn wake_write(&self) {
+        let taken = lock(&self.base().waiters).write.take();
+        if let Some(w) = taken {
+            w.co.wake();
+        }
+    }
+
     /// Blocks the thread in poll(2) until the fd has `condition` (QEMU's
     /// `qio_channel_wait`).
     ///

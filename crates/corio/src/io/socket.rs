@@ -52,6 +52,11 @@ pub struct SocketChannel {
     /// of an `fd:N` socket whose original stays open, and closing only the
     /// duplicate would not end the connection.
     hang_up_on_close: bool,
+    /// This channel bound its Unix socket path (`listen_sync` on a
+    /// `unix:` address), so closing it unlinks the path. A socket handed
+    /// over (`fd:N`, systemd socket activation) keeps its path: its
+    /// owner, not this process, created it and may hand it on again.
+    bound_path: bool,
 }
 
 impl_std_io!(SocketChannel);
@@ -114,6 +119,7 @@ impl SocketChannel {
             fd: Some(fd),
             family,
             hang_up_on_close: false,
+            bound_path: false,
         };
         trace::qio_channel_socket_new(ch.ptr());
         ch.set_feature(Feature::Shutdown);
@@ -208,7 +214,8 @@ impl SocketChannel {
             SocketAddress::Fd(name) => fd_listen(name, backlog),
         };
         match r {
-            Ok(ch) => {
+            Ok(mut ch) => {
+                ch.bound_path = matches!(addr, SocketAddress::Unix(_));
                 ch.set_feature(Feature::Listen);
                 trace::qio_channel_socket_listen_complete(ch.ptr(), ch.raw());
                 Ok(ch)
@@ -370,9 +377,11 @@ impl SocketChannel {
     }
 
     /// QEMU's `socket_listen_cleanup`: unlinks the path of a listening Unix
-    /// socket.
+    /// socket, if this channel bound it (QEMU unlinks a handed-over one
+    /// too, which breaks systemd's next activation; qemu-nbd never closes
+    /// its listener, so it does not show).
     fn listen_cleanup(&self) -> io::Result<()> {
-        if !self.is_unix() || !self.has_feature(Feature::Listen) {
+        if !self.is_unix() || !self.has_feature(Feature::Listen) || !self.bound_path {
             return Ok(());
         }
         if let Ok(SocketAddress::Unix(a)) = self.local_address() {

@@ -52,9 +52,13 @@ pub struct Leaf {
     pub key: String,
 }
 
+/// `C=UK,CN=cn`, the country as a PrintableString as X.520 wants it (and
+/// as QEMU's certtool-made test certificates have it): GnuTLS, and so
+/// corio's DN, prints a UTF8String country as hex.
 pub fn dn(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CountryName, "UK");
+    let uk = rcgen::string::PrintableString::try_from("UK").unwrap();
+    dn.push(DnType::CountryName, rcgen::DnValue::PrintableString(uk));
     dn.push(DnType::CommonName, cn);
     dn
 }

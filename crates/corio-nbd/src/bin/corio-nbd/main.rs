@@ -90,7 +90,7 @@ fn enable_trace(spec: &str) -> Result<(), String> {
                 .map_err(|e| format!("cannot read trace events file {file}: {e}"))?;
             for line in text.lines().map(str::trim) {
                 if !line.is_empty() && !line.starts_with('#') {
-                    corio::trace::set_patterns(line);
+                    enable_pattern(line);
                 }
             }
         } else if part.starts_with("file=") {
@@ -98,11 +98,22 @@ fn enable_trace(spec: &str) -> Result<(), String> {
         } else {
             let pattern = part.strip_prefix("enable=").unwrap_or(part);
             if !pattern.is_empty() {
-                corio::trace::set_patterns(pattern);
+                enable_pattern(pattern);
             }
         }
     }
     Ok(())
+}
+
+/// Enables the events `pattern` names; a plain name that names no event
+/// gets qemu's warning (a glob that matches nothing does not).
+fn enable_pattern(pattern: &str) {
+    if corio::trace::set_patterns(pattern) == 0
+        && !pattern.contains(['*', '?'])
+        && !pattern.starts_with('-')
+    {
+        eprintln!("{PROG}: warning: trace event '{pattern}' does not exist");
+    }
 }
 
 fn build_config(args: &Args) -> Result<ServerConfig, String> {
@@ -259,13 +270,21 @@ fn listen_addresses(args: &Args, config: &mut ServerConfig) -> Result<(), String
         .and_then(|p| p.parse::<u32>().ok())
         == Some(std::process::id());
     if activated {
-        if args.socket.is_some() || args.bind.is_some() || args.port.is_some() {
-            return Err("-k, -b and -p cannot be used with socket activation".into());
+        // qemu-nbd's words (socket_activation_validate_opts).
+        if args.socket.is_some() {
+            return Err("Unix socket can't be set when using socket activation".into());
+        }
+        if args.bind.is_some() {
+            return Err("The interface can't be set when using socket activation".into());
+        }
+        if args.port.is_some() {
+            return Err("TCP port number can't be set when using socket activation".into());
         }
         let n: i32 = std::env::var("LISTEN_FDS")
             .ok()
             .and_then(|n| n.parse().ok())
-            .ok_or("LISTEN_FDS is not a number")?;
+            .filter(|&n| n > 0)
+            .ok_or("socket activation: LISTEN_FDS is not a positive number")?;
         for fd in 3..3 + n {
             let s = SocketChannel::listen_sync(&SocketAddress::Fd(fd.to_string()), 128)
                 .map_err(|e| format!("socket activation fd {fd}: {e}"))?;
@@ -287,7 +306,10 @@ fn listen_addresses(args: &Args, config: &mut ServerConfig) -> Result<(), String
     Ok(())
 }
 
-/// The URI clients use, and with the in-memory disk a command to paste.
+/// The URI clients use, and with the in-memory disk a command to paste,
+/// on stderr: qemu-nbd prints nothing on stdout, and tools that run the
+/// server with its stdout shared (`nbdinfo --size -- [ corio-nbd ... ]`)
+/// or read it would see our line among theirs.
 fn announce(args: &Args, handle: &ServerHandle) {
     let name = &args.export_name;
     let scheme_tls = if args.tls_creds.is_some() { "s" } else { "" };
@@ -303,7 +325,7 @@ fn announce(args: &Args, handle: &ServerHandle) {
         }
         _ => String::from("(socket activation)"),
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::stderr().lock();
     let _ = writeln!(out, "{PROG}: serving {uri}");
     if args.image.is_none() {
         let _ = writeln!(out, "{PROG}: an in-memory disk; try: nbdinfo '{uri}'");

@@ -185,15 +185,21 @@ fn name_to_string(mut rdns: &[u8]) -> Option<String> {
                 out.push('+');
             }
             first = false;
-            match attribute_name(oid) {
-                Some(name) => out.push_str(name),
+            let attr = attribute(oid);
+            match attr {
+                Some((name, _)) => out.push_str(name),
                 None => out.push_str(&oid_to_string(oid)?),
             }
             out.push('=');
-            match decode_string(vtag, vbody) {
+            let text = attr
+                .filter(|(_, syntax)| syntax.allows(vtag))
+                .and_then(|_| decode_string(vtag, vbody));
+            match text {
                 Some(s) => escape_into(&mut out, &s),
                 None => {
-                    // RFC 4514: an undecodable value is `#` and its DER in hex.
+                    // An unknown attribute, or a value whose string type
+                    // its attribute does not allow (a UTF8String country):
+                    // `#` and its DER in hex, as RFC 4514 and GnuTLS.
                     let der_len = value.len() - element(value)?.2.len();
                     out.push('#');
                     for b in &value[..der_len] {
@@ -206,21 +212,67 @@ fn name_to_string(mut rdns: &[u8]) -> Option<String> {
     Some(out)
 }
 
-/// GnuTLS's short names for the usual attributes (DER of the OID body).
-fn attribute_name(oid: &[u8]) -> Option<&'static str> {
+/// The string types an attribute's value may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Syntax {
+    /// X.520 DirectoryString: TeletexString, PrintableString,
+    /// UniversalString, UTF8String or BMPString.
+    Directory,
+    /// PrintableString only (countryName, serialNumber, ...).
+    Printable,
+    /// IA5String only (emailAddress, domainComponent).
+    Ia5,
+    /// UTF8String only.
+    Utf8,
+}
+
+impl Syntax {
+    fn allows(self, tag: u8) -> bool {
+        match self {
+            Syntax::Directory => matches!(tag, 0x14 | 0x13 | 0x1c | 0x0c | 0x1e),
+            Syntax::Printable => tag == 0x13,
+            Syntax::Ia5 => tag == 0x16,
+            Syntax::Utf8 => tag == 0x0c,
+        }
+    }
+}
+
+/// GnuTLS's names for the attributes it prints as text (DER of the OID
+/// body), and the string types it decodes for each: a value of another
+/// type, or an attribute not listed, is printed as `#` and hex.
+fn attribute(oid: &[u8]) -> Option<(&'static str, Syntax)> {
+    use Syntax::{Directory, Ia5, Printable, Utf8};
     Some(match oid {
-        [0x55, 0x04, 0x03] => "CN",
-        [0x55, 0x04, 0x05] => "serialNumber",
-        [0x55, 0x04, 0x06] => "C",
-        [0x55, 0x04, 0x07] => "L",
-        [0x55, 0x04, 0x08] => "ST",
-        [0x55, 0x04, 0x09] => "street",
-        [0x55, 0x04, 0x0a] => "O",
-        [0x55, 0x04, 0x0b] => "OU",
-        [0x55, 0x04, 0x0c] => "title",
-        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => "EMAIL",
-        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19] => "DC",
-        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => "UID",
+        [0x55, 0x04, 0x03] => ("CN", Directory),
+        [0x55, 0x04, 0x04] => ("surName", Directory),
+        [0x55, 0x04, 0x05] => ("serialNumber", Printable),
+        [0x55, 0x04, 0x06] => ("C", Printable),
+        [0x55, 0x04, 0x07] => ("L", Directory),
+        [0x55, 0x04, 0x08] => ("ST", Directory),
+        [0x55, 0x04, 0x09] => ("street", Directory),
+        [0x55, 0x04, 0x0a] => ("O", Directory),
+        [0x55, 0x04, 0x0b] => ("OU", Directory),
+        [0x55, 0x04, 0x0c] => ("title", Directory),
+        [0x55, 0x04, 0x0d] => ("description", Directory),
+        [0x55, 0x04, 0x0f] => ("businessCategory", Directory),
+        [0x55, 0x04, 0x11] => ("postalCode", Directory),
+        [0x55, 0x04, 0x14] => ("telephoneNumber", Printable),
+        [0x55, 0x04, 0x29] => ("name", Directory),
+        [0x55, 0x04, 0x2a] => ("givenName", Directory),
+        [0x55, 0x04, 0x2b] => ("initials", Directory),
+        [0x55, 0x04, 0x2c] => ("generationQualifier", Directory),
+        [0x55, 0x04, 0x2e] => ("dnQualifier", Printable),
+        [0x55, 0x04, 0x41] => ("pseudonym", Directory),
+        // 1.3.6.1.5.5.7.9.{2,3,4,5}: PKIX personal data.
+        [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x09, 0x02] => ("placeOfBirth", Directory),
+        [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x09, 0x03] => ("gender", Printable),
+        [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x09, 0x04] => ("countryOfCitizenship", Printable),
+        [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x09, 0x05] => ("countryOfResidence", Printable),
+        // 1.3.6.1.5.5.7.8.5: XmppAddr.
+        [0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x08, 0x05] => ("XmppAddr", Utf8),
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => ("EMAIL", Ia5),
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19] => ("DC", Ia5),
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => ("UID", Directory),
         _ => return None,
     })
 }
@@ -378,6 +430,24 @@ mod tests {
         ));
         let dn = subject_dn(&cert_with_subject(&subject)).unwrap();
         assert_eq!(dn, r"C=UK,O=A\, B,CN=qemu+OU=\ x,1.3.6.1.311=#0401ab");
+    }
+
+    /// GnuTLS (and so qemu's authz) prints a value whose string type its
+    /// attribute does not allow as hex: qemu-nbd reports an rcgen client
+    /// certificate's UTF8String country as `C=#0c02554b`.
+    #[test]
+    fn values_of_a_type_the_attribute_does_not_allow_are_hex() {
+        let mut subject = tlv(SET, &atv(&[0x55, 4, 6], 0x0c, b"UK"));
+        subject.extend(tlv(SET, &atv(&[0x55, 4, 10], 0x13, b"Org")));
+        subject.extend(tlv(SET, &atv(&[0x55, 4, 3], 0x16, b"ia5")));
+        let email = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01];
+        subject.extend(tlv(SET, &atv(&email, 0x16, b"a@b")));
+        subject.extend(tlv(SET, &atv(&email, 0x0c, b"a@b")));
+        let dn = subject_dn(&cert_with_subject(&subject)).unwrap();
+        assert_eq!(
+            dn,
+            "C=#0c02554b,O=Org,CN=#1603696135,EMAIL=a@b,EMAIL=#0c03614062"
+        );
     }
 
     #[test]
