@@ -661,6 +661,9 @@ where
 ///
 /// # Errors
 /// [`PoolError::Panicked`] if `f` panicked.
+///
+/// # Panics
+/// Outside a coroutine.
 pub fn submit_co<R, F>(f: F) -> Result<R, PoolError>
 where
     R: Send + 'static,
