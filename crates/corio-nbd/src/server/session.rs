@@ -6,7 +6,7 @@
 //! loop or one IOThread), so they share the session through an `Rc`.
 //!
 //! System calls are what a request costs, so the reader reads ahead
-//! ([`InBuf`]: one `readv` for every header the socket holds), and the
+//! (`InBuf`: one `readv` for every header the socket holds), and the
 //! small replies of requests that complete while it hands them out (reads
 //! served from the page cache) are queued and leave together, in one
 //! write, before the reader next waits for input. Buffers for read data

@@ -5,10 +5,10 @@
 //! sleeps in `submit_co` while a worker does the system call. Block
 //! status asks the file system with `SEEK_DATA` / `SEEK_HOLE`, in the
 //! thread pool too (a scan can take milliseconds), and remembers the runs
-//! it found in a [`DataMap`] that writes, trims and zeroings keep true.
+//! it found in a `DataMap` that writes, trims and zeroings keep true.
 //!
 //! Page-cache reads and writes skip the hop when they cannot wait for a
-//! device ([`InPlace`]): on tmpfs the coroutine calls `pread` / `pwrite`
+//! device (`InPlace`): on tmpfs the coroutine calls `pread` / `pwrite`
 //! itself (the pages are the file: nothing to wait for but memory);
 //! elsewhere a read first tries `preadv2(RWF_NOWAIT)`, which fails with
 //! `EAGAIN` rather than wait, and only what it could not read goes to the
