@@ -110,7 +110,9 @@ mod loom_tests {
 
     struct Pool {
         done: DoneList<usize>,
-        /// Completion bottom halves scheduled and not yet run.
+        /// Completion bottom halves scheduled and not yet run. The
+        /// model's bookkeeping, not under test: `SeqCst` so that it adds
+        /// no interleavings of its own.
         bhs: AtomicUsize,
     }
 
