@@ -2,6 +2,6 @@
 //! so that the lock-free code is model-checked as it ships.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU32};
+pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU8};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU32};
+pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU8};

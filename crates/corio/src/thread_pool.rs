@@ -52,6 +52,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+mod done;
+
+use self::done::DoneList;
 use crate::aio::{AioContext, WeakAioContext};
 use crate::coroutine::{yield_now, CoHandle, Coroutine};
 use crate::trace;
@@ -238,18 +241,14 @@ struct PoolState {
     stopping: bool,
 }
 
-struct DoneList {
-    list: Vec<Arc<dyn Job>>,
-    /// A completion bottom half is scheduled and has not taken the list yet.
-    bh_scheduled: bool,
-}
-
 struct PoolShared {
     ctx: WeakAioContext,
     state: Mutex<PoolState>,
     /// Signalled when work is queued or the pool stops.
     work: Condvar,
-    done: Mutex<DoneList>,
+    /// Finished requests for the context (the hand-off protocol is in
+    /// `thread_pool/done.rs`).
+    done: DoneList<Arc<dyn Job>>,
 }
 
 /// A context's thread pool (QEMU's `ThreadPoolAio`). Cloning gives another
@@ -308,10 +307,7 @@ impl ThreadPool {
                             stopping: false,
                         }),
                         work: Condvar::new(),
-                        done: Mutex::new(DoneList {
-                            list: Vec::new(),
-                            bh_scheduled: false,
-                        }),
+                        done: DoneList::new(),
                     }),
                 })
             })
@@ -500,18 +496,9 @@ fn worker(pool: &Arc<PoolShared>) {
 
 /// Worker thread: hands a finished request to the context.
 fn push_done(pool: &Arc<PoolShared>, job: Arc<dyn Job>) {
-    let mut d = lock(&pool.done);
-    d.list.push(job);
-    if d.bh_scheduled {
-        return; // the scheduled bottom half has not taken the list yet
+    if let Some(ctx) = pool.done.push(job, || pool.ctx.upgrade()) {
+        schedule_completion(&ctx, pool);
     }
-    let Some(ctx) = pool.ctx.upgrade() else {
-        d.list.clear(); // the context is gone: nobody to complete for
-        return;
-    };
-    d.bh_scheduled = true;
-    drop(d);
-    schedule_completion(&ctx, pool);
 }
 
 /// Schedules the bottom half that completes the `done` list. It holds the
@@ -520,11 +507,7 @@ fn push_done(pool: &Arc<PoolShared>, job: Arc<dyn Job>) {
 fn schedule_completion(ctx: &AioContext, pool: &Arc<PoolShared>) {
     let pool = pool.clone();
     ctx.bh_schedule_oneshot(move || {
-        let list = {
-            let mut d = lock(&pool.done);
-            d.bh_scheduled = false;
-            std::mem::take(&mut d.list)
-        };
+        let list = pool.done.take();
         let ptr = Arc::as_ptr(&pool).cast();
         let mut rest = Rest {
             pool: pool.clone(),
@@ -550,17 +533,13 @@ impl Drop for Rest {
         if rest.is_empty() {
             return;
         }
-        let mut d = lock(&self.pool.done);
-        d.list.splice(0..0, rest);
-        if d.bh_scheduled {
-            return;
+        if let Some(ctx) = self
+            .pool
+            .done
+            .requeue_front(rest, || self.pool.ctx.upgrade())
+        {
+            schedule_completion(&ctx, &self.pool);
         }
-        let Some(ctx) = self.pool.ctx.upgrade() else {
-            return;
-        };
-        d.bh_scheduled = true;
-        drop(d);
-        schedule_completion(&ctx, &self.pool);
     }
 }
 

@@ -18,6 +18,8 @@
 use std::cell::{Cell, UnsafeCell};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+
+use super::queue::AtomicStack;
 use std::sync::Arc;
 
 use super::AioContext;
@@ -167,7 +169,7 @@ impl Bh {
 
     /// Unschedules the bottom half if it has not run yet (QEMU's `qemu_bh_cancel`).
     pub fn cancel(&self) {
-        self.inner.flags.fetch_and(!SCHEDULED, AcqRel);
+        self.inner.unschedule();
     }
 
     /// Deletes the bottom half: it never runs again, and its callback is
@@ -199,7 +201,278 @@ impl std::fmt::Debug for Bh {
 }
 
 /// Turns an owned `Arc<BhInner>` into a queue node.
-pub(crate) fn into_node(bh: Arc<BhInner>) -> NonNull<BhInner> {
+fn into_node(bh: Arc<BhInner>) -> NonNull<BhInner> {
     // SAFETY: `Arc::into_raw` never returns null.
     unsafe { NonNull::new_unchecked(Arc::into_raw(bh).cast_mut()) }
+}
+
+// ----- the flag protocol (QEMU's aio_bh_enqueue / aio_bh_dequeue) -----
+//
+// Schedulers on any thread set flags with a fetch_or and push the BH only
+// if they set PENDING; the home thread takes the list whole, then clears
+// PENDING | SCHEDULED | IDLE of each BH with a fetch_and and runs it if it
+// was SCHEDULED and not DELETED. The loom models below run this code.
+
+/// Sets `new_flags | PENDING` on `bh` and, if that set PENDING, pushes it
+/// onto `list` (QEMU's `aio_bh_enqueue`). Returns false if the BH is
+/// deleted (it never runs again; the caller need not notify).
+///
+/// # Thread context
+/// Any thread.
+pub(crate) fn enqueue(list: &AtomicStack<BhInner>, bh: &Arc<BhInner>, new_flags: u32) -> bool {
+    // AcqRel. Release pairs with the Acquire of the fetch_and in
+    // `take_pending` that takes this schedule out: what the scheduler wrote
+    // before scheduling is visible to the callback even when the BH was
+    // pending already and this call pushes nothing (the list's own
+    // Release/Acquire only covers the pusher). Acquire pairs with the
+    // Release of the previous take-out's fetch_and: when we set PENDING,
+    // the consumer is done with the link `next` before our push writes it.
+    let old = bh.flags.fetch_or(new_flags | PENDING, AcqRel);
+    if old & DELETED != 0 {
+        return false;
+    }
+    if old & PENDING == 0 {
+        // SAFETY: we set PENDING, so the BH is in no list (it is pushed
+        // once per pending period, and taken out before PENDING is
+        // cleared); the Arc clone keeps it alive until `take_all` takes it
+        // back with `Arc::from_raw`.
+        unsafe { list.push(into_node(bh.clone())) };
+    }
+    true
+}
+
+/// Takes every BH pushed onto `list` so far, oldest first.
+///
+/// # Thread context
+/// The list's consumer (its context's home thread) only.
+pub(crate) fn take_all(list: &AtomicStack<BhInner>) -> impl Iterator<Item = Arc<BhInner>> {
+    list.take_all()
+        // SAFETY: nodes in a BH list are `Arc`s given up by `enqueue`.
+        .map(|p| unsafe { Arc::from_raw(p.as_ptr()) })
+}
+
+impl BhInner {
+    /// `Bh::cancel`: clears SCHEDULED.
+    ///
+    /// # Thread context
+    /// Any thread.
+    pub(crate) fn unschedule(&self) {
+        // Relaxed: a cancel publishes nothing to anyone (it only stops the
+        // run), and as a read-modify-write it does not break the release
+        // sequence from a schedule's fetch_or to the take-out's fetch_and.
+        self.flags.fetch_and(!SCHEDULED, Relaxed);
+    }
+
+    /// The take-out (QEMU's `aio_bh_dequeue`): clears PENDING, SCHEDULED
+    /// and IDLE, and returns the flags as they were. From here a schedule
+    /// pushes the BH again.
+    ///
+    /// # Thread context
+    /// The list's consumer only, after taking the BH from the list.
+    pub(crate) fn take_pending(&self) -> u32 {
+        // AcqRel. Acquire pairs with the Release of every `enqueue`
+        // fetch_or taken out here (the callback sees what the schedulers
+        // wrote). Release pairs with the Acquire of the next `enqueue`
+        // that sets PENDING: our take of the list happens before its push.
+        self.flags.fetch_and(!(PENDING | SCHEDULED | IDLE), AcqRel)
+    }
+}
+
+/// Whether a BH taken out with `flags` runs its callback.
+pub(crate) fn runs(flags: u32) -> bool {
+    flags & (SCHEDULED | DELETED) == SCHEDULED
+}
+
+/// Whether a BH taken out with `flags` drops its callback (deleted or
+/// one-shot), after the run if it runs.
+pub(crate) fn releases(flags: u32) -> bool {
+    flags & (DELETED | ONESHOT) != 0
+}
+
+/// loom models of the flag protocol: the real [`enqueue`], [`take_all`],
+/// [`BhInner::take_pending`], [`runs`] / [`releases`] and the real list,
+/// with `poll_once` standing for `AioContext::bh_poll` over one batch.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::atomic::{AtomicBool, AtomicUsize};
+    use loom::thread;
+
+    /// What the callbacks saw, shared with the model's threads.
+    #[derive(Default)]
+    struct Seen {
+        /// Callback runs.
+        runs: AtomicUsize,
+        /// What the last run read from `data`.
+        last: AtomicUsize,
+        /// Written by a scheduler before it schedules.
+        data: AtomicUsize,
+        /// Set when the callback is dropped.
+        dropped: AtomicBool,
+        /// Set by `poll_once` when a take-out saw DELETED.
+        deleted_seen: AtomicBool,
+    }
+
+    struct DropFlag(loom::sync::Arc<Seen>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.dropped.store(true, Relaxed);
+        }
+    }
+
+    fn new_bh(seen: &loom::sync::Arc<Seen>) -> Arc<BhInner> {
+        let flag = DropFlag(seen.clone());
+        BhInner::new(
+            "model",
+            Box::new(move || {
+                let s = &flag.0;
+                s.runs.fetch_add(1, Relaxed);
+                // Relaxed: only the take-out's Acquire can make the
+                // scheduler's write visible here.
+                s.last.store(s.data.load(Relaxed), Relaxed);
+            }),
+        )
+    }
+
+    /// `AioContext::bh_poll` over one batch (the home thread is the model's
+    /// main thread, so `call` / `release` are used as they ship).
+    fn poll_once(list: &AtomicStack<BhInner>, seen: &Seen) {
+        // A BH pushed twice in one pending period makes its link a cycle:
+        // count the raw nodes (bounded) before owning them.
+        let nodes: Vec<_> = list.take_all().take(3).collect();
+        assert!(nodes.len() <= 1, "a bottom half was pushed twice");
+        for p in nodes {
+            // SAFETY: nodes in the list are `Arc`s given up by `enqueue`.
+            let bh = unsafe { Arc::from_raw(p.as_ptr()) };
+            let flags = bh.take_pending();
+            if runs(flags) {
+                assert!(
+                    !seen.deleted_seen.load(Relaxed),
+                    "a deleted bottom half ran again"
+                );
+                // SAFETY: the model's main thread is the home thread.
+                unsafe { bh.call(ptr::null()) };
+            }
+            if flags & DELETED != 0 {
+                seen.deleted_seen.store(true, Relaxed);
+            }
+            if releases(flags) {
+                // SAFETY: as above.
+                unsafe { bh.release() };
+            }
+        }
+    }
+
+    fn setup() -> (
+        Arc<AtomicStack<BhInner>>,
+        loom::sync::Arc<Seen>,
+        Arc<BhInner>,
+    ) {
+        let list = Arc::new(AtomicStack::new());
+        let seen = loom::sync::Arc::new(Seen::default());
+        let bh = new_bh(&seen);
+        (list, seen, bh)
+    }
+
+    /// A BH already pending is scheduled again from another thread while
+    /// the home thread polls: it runs, at least once after that schedule
+    /// (its last run sees what the scheduler wrote before scheduling), at
+    /// most once per schedule, and is pushed at most once per pending
+    /// period. Checked by mutation: `enqueue`'s fetch_or `Relaxed` (or
+    /// `Acquire`), `take_pending`'s fetch_and `Relaxed` (or `Release`), a
+    /// `take_pending` that leaves PENDING set, or an `enqueue` that pushes
+    /// whatever PENDING was, each fail this model.
+    #[test]
+    fn loom_bh_schedule_races_poll() {
+        loom::model(|| {
+            let (list, seen, bh) = setup();
+            assert!(enqueue(&list, &bh, SCHEDULED));
+            let t = {
+                let (list, seen, bh) = (list.clone(), seen.clone(), bh.clone());
+                thread::spawn(move || {
+                    seen.data.store(1, Relaxed);
+                    assert!(enqueue(&list, &bh, SCHEDULED));
+                })
+            };
+            poll_once(&list, &seen);
+            t.join().unwrap();
+            poll_once(&list, &seen);
+            assert!(list.is_empty(), "a schedule was left in the list");
+            let runs = seen.runs.load(Relaxed);
+            assert!((1..=2).contains(&runs), "{runs} runs for two schedules");
+            assert_eq!(seen.last.load(Relaxed), 1, "no run after the schedule");
+            assert_eq!(bh.flags.load(Relaxed) & PENDING, 0);
+        });
+    }
+
+    /// A delete races a schedule and the poll: once a take-out has seen
+    /// DELETED the BH never runs again, a later schedule is refused, the
+    /// callback is dropped by the poll that sees DELETED, and nothing is
+    /// pushed twice. Checked by mutation: an `enqueue` that pushes a
+    /// deleted BH again (the early return removed) fails it.
+    #[test]
+    fn loom_bh_delete_races_schedule() {
+        loom::model(|| {
+            let (list, seen, bh) = setup();
+            assert!(enqueue(&list, &bh, SCHEDULED));
+            let scheduler = {
+                let (list, bh) = (list.clone(), bh.clone());
+                thread::spawn(move || {
+                    enqueue(&list, &bh, SCHEDULED);
+                })
+            };
+            let deleter = {
+                let (list, bh) = (list.clone(), bh.clone());
+                thread::spawn(move || {
+                    enqueue(&list, &bh, DELETED);
+                })
+            };
+            poll_once(&list, &seen);
+            scheduler.join().unwrap();
+            deleter.join().unwrap();
+            poll_once(&list, &seen);
+            assert!(list.is_empty());
+            assert!(seen.deleted_seen.load(Relaxed));
+            assert!(seen.dropped.load(Relaxed), "a deleted callback was kept");
+            assert!(seen.runs.load(Relaxed) <= 2);
+            assert!(
+                !enqueue(&list, &bh, SCHEDULED),
+                "a deleted BH was scheduled"
+            );
+            assert!(list.is_empty());
+        });
+    }
+
+    /// A cancel races a schedule and the poll: the BH runs at most once,
+    /// a run sees what the scheduler wrote (the cancel's `Relaxed`
+    /// read-modify-write keeps the release sequence), and the BH ends
+    /// neither pending nor in the list.
+    #[test]
+    fn loom_bh_cancel_races_schedule() {
+        loom::model(|| {
+            let (list, seen, bh) = setup();
+            let scheduler = {
+                let (list, seen, bh) = (list.clone(), seen.clone(), bh.clone());
+                thread::spawn(move || {
+                    seen.data.store(1, Relaxed);
+                    assert!(enqueue(&list, &bh, SCHEDULED));
+                })
+            };
+            let canceller = {
+                let bh = bh.clone();
+                thread::spawn(move || bh.unschedule())
+            };
+            poll_once(&list, &seen);
+            scheduler.join().unwrap();
+            canceller.join().unwrap();
+            poll_once(&list, &seen);
+            assert!(list.is_empty());
+            let runs = seen.runs.load(Relaxed);
+            assert!(runs <= 1, "{runs} runs for one schedule");
+            if runs == 1 {
+                assert_eq!(seen.last.load(Relaxed), 1);
+            }
+            assert_eq!(bh.flags.load(Relaxed) & PENDING, 0);
+        });
+    }
 }

@@ -46,6 +46,7 @@
 mod bh;
 mod fd;
 mod lifecycle;
+mod notify;
 mod schedule;
 
 pub use schedule::co_reschedule_self;
@@ -58,7 +59,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
-use std::sync::atomic::Ordering::{AcqRel, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 
 pub use bh::Bh;
@@ -66,13 +67,13 @@ pub use fd::{EventNotifier, EventsCallback, FdCallback, NotifierCallback};
 pub use sys::events;
 pub use timer::{Clock, Timer};
 
-use self::bh::{BhInner, DELETED, IDLE, ONESHOT, PENDING, SCHEDULED};
+use self::bh::{BhInner, DELETED, IDLE, ONESHOT, SCHEDULED};
 use self::fd::FdNode;
+use self::notify::NotifyMe;
 use self::queue::AtomicStack;
 use self::sys::{Epoll, FdMonitor, Ready};
 use self::timer::TimerInner;
 use crate::coroutine::{self, tls, CoHandle, CoInner};
-use crate::loom::{fence, AtomicU32};
 use crate::trace;
 
 /// How long a blocking poll may sleep while only idle bottom halves wait.
@@ -89,8 +90,9 @@ struct Shared {
     home_token: usize,
     home_name: String,
     /// QEMU's `notify_me`: 2 per blocking poll in progress on the home
-    /// thread. Written only by the home thread, read by notifiers.
-    notify_me: AtomicU32,
+    /// thread. Written only by the home thread, read by notifiers (the
+    /// protocol and its loom model are in `notify.rs`).
+    notify_me: NotifyMe,
     /// The context's own eventfd: written by `notify` when `notify_me` is
     /// raised; registered with the fd monitor.
     notifier: EventNotifier,
@@ -156,10 +158,7 @@ const POLL_NS_START: i64 = 4_000;
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        for p in self.bh_list.take_all() {
-            // SAFETY: nodes in `bh_list` are `Arc`s given up by `bh_enqueue`.
-            drop(unsafe { Arc::from_raw(p.as_ptr()) });
-        }
+        bh::take_all(&self.bh_list).for_each(drop);
         for p in self.co_queue.take_all() {
             // SAFETY: nodes in `co_queue` are `Arc`s given up by `co_schedule_inner`.
             drop(unsafe { Arc::from_raw(p.as_ptr()) });
@@ -224,7 +223,7 @@ impl AioContext {
             Shared {
                 home_token: tls::thread_token(),
                 home_name,
-                notify_me: AtomicU32::new(0),
+                notify_me: NotifyMe::new(),
                 notifier,
                 bh_list: AtomicStack::new(),
                 co_queue: AtomicStack::new(),
@@ -324,13 +323,10 @@ impl AioContext {
     /// # Thread context
     /// Any thread.
     pub fn notify(&self) {
-        // Dekker with `poll`: we wrote the work (a list push) before this
-        // fence, poll raises `notify_me` before its fence and looks for work
-        // after it. SeqCst fences on both sides guarantee that poll sees our
-        // work or we see `notify_me` raised (or both). Pairs with the fence
-        // in `poll`.
-        fence(SeqCst);
-        if self.shared.notify_me.load(Relaxed) != 0 {
+        // Dekker with `poll`: we published the work (a list push) before
+        // this; `needs_kick`'s SeqCst fence pairs with the one in
+        // `NotifyMe::raise` (see notify.rs).
+        if self.shared.notify_me.needs_kick() {
             let _ = self.shared.notifier.set();
         }
     }
@@ -374,19 +370,11 @@ impl AioContext {
     /// QEMU's `aio_bh_enqueue`: sets `new_flags | PENDING` and, if the BH
     /// was not pending, pushes it and notifies.
     fn bh_enqueue(&self, bh: &Arc<BhInner>, new_flags: u32) {
-        // AcqRel: Release publishes what the scheduler wrote before
-        // scheduling to the callback (pairs with the AcqRel fetch_and in
-        // `bh_poll`); Acquire orders us after the previous take-out.
-        let old = bh.flags.fetch_or(new_flags | PENDING, AcqRel);
-        if old & DELETED != 0 {
-            return; // never again
+        // The flag protocol (and its ordering) is `bh::enqueue`'s.
+        if !bh::enqueue(&self.shared.bh_list, bh, new_flags) {
+            return; // deleted: never again
         }
         trace::aio_bh_schedule(self.as_ptr(), Arc::as_ptr(bh).cast(), "");
-        if old & PENDING == 0 {
-            // SAFETY: we won PENDING, so the BH is in no list; the Arc clone
-            // keeps it alive until `poll` takes it back with `Arc::from_raw`.
-            unsafe { self.shared.bh_list.push(bh::into_node(bh.clone())) };
-        }
         // Notify even when the BH was already pending (QEMU does too): a
         // poll may have taken it while it was cancelled, found nothing to
         // do, and gone to sleep. On the home thread there is no sleeping
@@ -405,9 +393,8 @@ impl AioContext {
             let Some(bh) = s.local_in_poll().bh_queue.pop_front() else {
                 break;
             };
-            // AcqRel: pairs with the fetch_or in `bh_enqueue` (see there).
-            let flags = bh.flags.fetch_and(!(PENDING | SCHEDULED | IDLE), AcqRel);
-            if flags & (SCHEDULED | DELETED) == SCHEDULED {
+            let flags = bh.take_pending();
+            if bh::runs(flags) {
                 let ran = if Arc::ptr_eq(&bh, &s.co_bh) {
                     // The co_schedule BH may run nested in itself (a
                     // coroutine it entered polls, waiting for another
@@ -428,7 +415,7 @@ impl AioContext {
                     self.bh_enqueue(&bh, flags & (SCHEDULED | IDLE));
                 }
             }
-            if flags & (DELETED | ONESHOT) != 0 {
+            if bh::releases(flags) {
                 // SAFETY: home thread, as above.
                 unsafe { bh.release() };
             }
@@ -437,12 +424,7 @@ impl AioContext {
     }
 
     fn take_bhs(&self, local: &mut Local) {
-        for p in self.shared.bh_list.take_all() {
-            // SAFETY: nodes in `bh_list` are `Arc`s given up by `bh_enqueue`.
-            local
-                .bh_queue
-                .push_back(unsafe { Arc::from_raw(p.as_ptr()) });
-        }
+        local.bh_queue.extend(bh::take_all(&self.shared.bh_list));
     }
 
     // ----- poll -----
@@ -475,10 +457,11 @@ impl AioContext {
             blocking = false;
         }
         if blocking {
-            s.notify_me.fetch_add(2, Relaxed);
-            // Pairs with the fence in `notify`: either we see the work it
-            // published, or it sees `notify_me` raised and kicks the eventfd.
-            fence(SeqCst);
+            // Its SeqCst fence pairs with the one in `notify`
+            // (`NotifyMe::needs_kick`): either the look for work below sees
+            // the work a notifier published, or it sees `notify_me` raised
+            // and kicks the eventfd.
+            s.notify_me.raise();
         }
         self.take_bhs(&mut local);
         let timeout = if blocking {
@@ -497,7 +480,7 @@ impl AioContext {
                 // first, so that a caller who catches the panic does not
                 // leave every later `notify` writing the eventfd.
                 if blocking {
-                    s.notify_me.fetch_sub(2, Release);
+                    s.notify_me.lower();
                 }
                 local.ready = ready;
                 drop(local);
@@ -508,9 +491,8 @@ impl AioContext {
             None
         };
         if blocking {
-            // Release: our reads of the lists happen before a notifier sees
-            // `notify_me` lowered (QEMU's qatomic_store_release).
-            s.notify_me.fetch_sub(2, Release);
+            // See `NotifyMe::lower` for its ordering (it pairs with nothing).
+            s.notify_me.lower();
         }
         drop(local);
 
@@ -761,7 +743,7 @@ mod tests {
             .map(String::as_str)
             .unwrap_or_default();
         assert!(msg.contains("fd monitor wait failed"), "{msg}");
-        assert_eq!(ctx.shared.notify_me.load(Relaxed), 0);
+        assert_eq!(ctx.shared.notify_me.get(), 0);
         // Still usable: the home-thread state was not left borrowed.
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let r2 = ran.clone();

@@ -20,10 +20,8 @@ pub(crate) fn enter(co: &CoInner) {
 /// Enters a coroutine taken from a co_schedule queue: clears `scheduled`.
 /// Gives the queue's reference back through the pool.
 pub(crate) fn enter_scheduled(co: Arc<CoInner>) {
-    // Release pairs with the Acquire of the next `mark_scheduled`: this
-    // thread's last use of the queue link `next` (taking the batch) happens
-    // before the next scheduler writes `next` in its push.
-    co.scheduled.store(0, Release);
+    // Its ordering: see `Claim::release`.
+    co.scheduled.release();
     if !cancelled_wakeup(&co) {
         enter(&co);
     }
@@ -43,8 +41,8 @@ pub(super) fn run_wakeups(co: &CoInner) {
     // Last use of `co` here: once migrated, another thread owns it.
     migrate_if_asked(co);
     while let Some(next) = pending.0.pop_front() {
-        // Release: as in `enter_scheduled` (pairs with `mark_scheduled`).
-        next.scheduled.store(0, Release);
+        // As in `enter_scheduled`.
+        next.scheduled.release();
         if cancelled_wakeup(&next) {
             release(next);
             continue;
@@ -164,17 +162,10 @@ pub(super) fn reschedule_wakeups(list: VecDeque<Arc<CoInner>>) {
     for co in list {
         // The wake list's claim (`AioCoWake`, taken by `wake_local`) becomes
         // a co_schedule claim without panicking (this may run while
-        // unwinding). AcqRel: as `mark_scheduled`'s Acquire, and the Release
-        // of a clear, since the claim changes hands.
+        // unwinding). Its ordering: see `Claim::hand_over`.
         if co
             .scheduled
-            .compare_exchange(
-                Scheduler::AioCoWake as u8,
-                Scheduler::AioCoSchedule as u8,
-                AcqRel,
-                Relaxed,
-            )
-            .is_ok()
+            .hand_over(Scheduler::AioCoWake, Scheduler::AioCoSchedule)
         {
             home_context(&co).push_scheduled(co);
         }
@@ -190,7 +181,7 @@ pub(super) fn enter_one(co: &CoInner) -> bool {
         // so a thread that has none yet goes to the slow path, which gives
         // it one), the schedule claim, and the state (running, terminated).
         let refused = (co.home_thread.load(Relaxed) ^ st.token_if_any())
-            | co.scheduled.load(Relaxed) as usize
+            | co.scheduled.get() as usize
             | co.state.get() as usize;
         if refused != 0 {
             enter_refused(co, st);
@@ -247,7 +238,7 @@ pub(super) fn enter_refused(co: &CoInner, st: &tls::ThreadState) {
     if co.home_thread.load(Relaxed) != st.token() {
         wrong_thread();
     }
-    let sched = co.scheduled.load(Relaxed);
+    let sched = co.scheduled.get();
     if sched != 0 {
         already_scheduled(sched);
     }

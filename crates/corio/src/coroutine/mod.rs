@@ -80,6 +80,7 @@
 //! ```
 
 mod cancel;
+mod claim;
 mod enter;
 mod recycle;
 mod stack;
@@ -96,10 +97,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ptr;
-use std::sync::atomic::{
-    AtomicU8, AtomicUsize,
-    Ordering::{AcqRel, Acquire, Relaxed, Release},
-};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use corosensei::stack::DefaultStack;
@@ -162,10 +160,11 @@ mod state {
 pub(crate) struct CoInner {
     /// Link in a context's co_schedule queue; only that queue touches it.
     pub(crate) next: AtomicPtr<CoInner>,
-    /// 0, or the [`Scheduler`] that queued this coroutine. Set by a
+    /// 0, or the [`Scheduler`] that queued this coroutine. Taken by a
     /// compare-exchange from 0 (any thread: that is the double-schedule
-    /// check); cleared by the home thread just before it enters the coroutine.
-    scheduled: AtomicU8,
+    /// check); released by the home thread just before it enters the
+    /// coroutine (the protocol and its loom models are in `claim.rs`).
+    scheduled: claim::Claim,
     /// The token ([`tls::thread_token`]) of the only thread that may enter
     /// this coroutine. Changed only by a migration, which holds the coroutine
     /// exclusively (it is scheduled and not running); the queue push and take
@@ -396,7 +395,7 @@ impl Coroutine {
             }
             None => Coroutine::from_arc(Arc::new(CoInner {
                 next: AtomicPtr::new(ptr::null_mut()),
-                scheduled: AtomicU8::new(0),
+                scheduled: claim::Claim::new(),
                 home_thread: AtomicUsize::new(tls::thread_token()),
                 home: Mutex::new(None),
                 raw: UnsafeCell::new(Some(RawCo::with_stack(stack::take(), body))),
@@ -682,13 +681,8 @@ fn home_context(co: &CoInner) -> AioContext {
 impl CoInner {
     /// Claims the coroutine for a queue; panics if it is already scheduled.
     pub(crate) fn mark_scheduled(&self, who: Scheduler) {
-        // Acquire on success pairs with the Release clear in
-        // `enter_scheduled` (and `clear_scheduled`): the previous consumer is
-        // done with the link `next` before our push writes it.
-        if let Err(prev) = self
-            .scheduled
-            .compare_exchange(0, who as u8, Acquire, Relaxed)
-        {
+        // Its ordering: see `Claim::mark`.
+        if let Err(prev) = self.scheduled.mark(who) {
             panic!(
                 "Co-routine was already scheduled in '{}'",
                 scheduler_name(prev)
@@ -700,10 +694,8 @@ impl CoInner {
     /// by `who` without queueing the coroutine (a sleep ending). Returns
     /// whether `who` held the claim.
     pub(crate) fn clear_scheduled(&self, who: Scheduler) -> bool {
-        // Release: pairs with the Acquire in `mark_scheduled` (see there).
-        self.scheduled
-            .compare_exchange(who as u8, 0, Release, Relaxed)
-            .is_ok()
+        // Its ordering: see `Claim::clear`.
+        self.scheduled.clear(who)
     }
 
     /// For migration: the coroutine must be on the caller's thread and not

@@ -100,7 +100,7 @@ pub(super) fn recyclable(inner: &mut CoInner) -> bool {
     }
     // A claim left by a coroutine that ended without being woken (a sleep
     // it panicked out of) must not follow the object.
-    *inner.scheduled.get_mut() = 0;
+    inner.scheduled.reset();
     let home = inner.home.get_mut().unwrap_or_else(|e| e.into_inner());
     if home.is_some() {
         // The pool must not keep a context alive; the next user's home
