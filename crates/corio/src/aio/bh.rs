@@ -232,10 +232,10 @@ pub(crate) fn enqueue(list: &AtomicStack<BhInner>, bh: &Arc<BhInner>, new_flags:
         return false;
     }
     if old & PENDING == 0 {
-        // SAFETY: we set PENDING, so the BH is in no list (it is pushed
-        // once per pending period, and taken out before PENDING is
-        // cleared); the Arc clone keeps it alive until `take_all` takes it
-        // back with `Arc::from_raw`.
+        // We set PENDING, so the BH is in no list: it is pushed once per
+        // pending period, and taken out before PENDING is cleared.
+        // SAFETY: in no list (above); the Arc clone keeps it alive until
+        // `take_all` takes it back with `Arc::from_raw`.
         unsafe { list.push(into_node(bh.clone())) };
     }
     true
