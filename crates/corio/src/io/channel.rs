@@ -91,12 +91,13 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::Shutdown;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering::Relaxed;
 
-use crate::aio::{events, AioContext, FdCallback};
-use crate::coroutine::{self, CoHandle, Coroutine};
-use crate::io::watch::{self, PendingProbe, WatchFunc, WatchHandle, WatchList, WatchNotify};
+pub use super::channel_base::ChannelBase;
+use super::channel_base::{lock, Waiter};
+use crate::aio::{events, AioContext};
+use crate::coroutine::{self, Coroutine};
+use crate::io::watch::{self, PendingProbe, WatchFunc, WatchHandle, WatchNotify};
 
 /// Optional capabilities of a channel (QEMU's `QIOChannelFeature`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,99 +125,6 @@ pub struct ReadFlags {
 
 /// The most file descriptors one message may carry (QEMU's `SOCKET_MAX_FDS`).
 pub const MAX_FDS: usize = 16;
-
-/// State every channel carries: name, features, and the coroutines waiting
-/// in [`Channel::yield_for`] (QEMU's `QIOChannel` base object).
-#[derive(Debug, Default)]
-pub struct ChannelBase {
-    /// Debug name; set at any time from any thread.
-    name: Mutex<Option<String>>,
-    /// Bit `1 << Feature as u32` per feature; set by the implementor during
-    /// setup, read by anyone (no ordering needed: a plain flag word).
-    features: AtomicU32,
-    /// The coroutines yielding for read and write; shared with the fd
-    /// handlers that wake them (any thread may take a waiter out).
-    waiters: Arc<Mutex<Waiters>>,
-    /// The channel's watches, ended when it closes.
-    watches: WatchList,
-    /// QEMU's blocking flag, inverted so that the default (`false`) is
-    /// blocking mode; set by [`Channel::set_blocking`], read by the I/O
-    /// paths (a plain flag: no ordering with anything else).
-    nonblocking: AtomicBool,
-}
-
-#[derive(Debug, Default)]
-struct Waiters {
-    read: Option<Waiter>,
-    write: Option<Waiter>,
-}
-
-#[derive(Debug)]
-struct Waiter {
-    co: CoHandle,
-    ctx: AioContext,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl ChannelBase {
-    /// A base with no name, no features and no waiters.
-    pub fn new() -> ChannelBase {
-        ChannelBase::default()
-    }
-
-    /// Whether the channel is in blocking mode (the default): see
-    /// [`Channel::set_blocking`].
-    pub fn is_blocking(&self) -> bool {
-        !self.nonblocking.load(Relaxed)
-    }
-
-    /// Records the mode without touching any fd. [`Channel::set_blocking`]
-    /// calls it; a channel that wraps another calls it at creation so that
-    /// it starts in its master's mode.
-    pub fn record_blocking(&self, enabled: bool) {
-        self.nonblocking.store(!enabled, Relaxed);
-    }
-
-    /// Ends the channel's watches (their callbacks get `NVAL` if they asked
-    /// for it): implementors call this from `io_close`.
-    pub fn close_watches(&self) {
-        self.watches.close_all();
-    }
-
-    /// Installs, in `ctx`, the fd handlers for the waiters whose context it
-    /// is, or removes them (QEMU's `qio_channel_set_fd_handlers`).
-    fn update_handlers(&self, fd: BorrowedFd<'_>, ctx: &AioContext) -> io::Result<()> {
-        let (want_read, want_write) = {
-            let w = lock(&self.waiters);
-            let mine = |s: &Option<Waiter>| s.as_ref().is_some_and(|w| w.ctx == *ctx);
-            (mine(&w.read), mine(&w.write))
-        };
-        let restart = |read: bool| -> FdCallback {
-            let waiters = self.waiters.clone();
-            Box::new(move || {
-                let taken = {
-                    let mut w = lock(&waiters);
-                    if read {
-                        w.read.take()
-                    } else {
-                        w.write.take()
-                    }
-                };
-                if let Some(w) = taken {
-                    w.co.wake();
-                }
-            })
-        };
-        ctx.set_fd_handler(
-            fd,
-            want_read.then(|| restart(true)),
-            want_write.then(|| restart(false)),
-        )
-    }
-}
 
 fn unsupported(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, what.to_string())
@@ -823,78 +731,5 @@ pub trait Channel: Send + Sync {
     }
 }
 
-/// `std::io::Read::read` for channels: one read. Inside a coroutine it
-/// yields while the channel would block, whatever the mode; outside, a
-/// non-blocking channel returns [`io::ErrorKind::WouldBlock`] and a blocking
-/// one waits in the system call.
-///
-/// # Errors
-/// As [`Channel::readv`].
-///
-/// # Panics
-/// Inside a coroutine, if another coroutine already waits to read `ch`.
-pub fn std_read<C: Channel + ?Sized>(ch: &C, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match ch.readv(&mut [IoSliceMut::new(buf)]) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && coroutine::in_coroutine() => {
-                ch.yield_for(events::IN)?
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            r => return r,
-        }
-    }
-}
-
-/// `std::io::Write::write` for channels: one write, with the rules of
-/// [`std_read`].
-///
-/// # Errors
-/// As [`Channel::writev`].
-///
-/// # Panics
-/// Inside a coroutine, if another coroutine already waits to write `ch`.
-pub fn std_write<C: Channel + ?Sized>(ch: &C, buf: &[u8]) -> io::Result<usize> {
-    loop {
-        match ch.writev(&[IoSlice::new(buf)]) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && coroutine::in_coroutine() => {
-                ch.yield_for(events::OUT)?
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            r => return r,
-        }
-    }
-}
-
-/// Implements `std::io::Read` and `Write` for a channel type and for a
-/// shared reference to it.
-macro_rules! impl_std_io {
-    ($t:ty) => {
-        impl std::io::Read for $t {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                $crate::io::channel::std_read(&*self, buf)
-            }
-        }
-        impl std::io::Read for &$t {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                $crate::io::channel::std_read(*self, buf)
-            }
-        }
-        impl std::io::Write for $t {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                $crate::io::channel::std_write(&*self, buf)
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        impl std::io::Write for &$t {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                $crate::io::channel::std_write(*self, buf)
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-    };
-}
-pub(crate) use impl_std_io;
+pub(crate) use super::std_io::impl_std_io;
+pub use super::std_io::{std_read, std_write};

@@ -6,9 +6,11 @@
 
 pub mod address;
 pub mod channel;
+mod channel_base;
 pub mod file;
 pub mod net_listener;
 pub mod socket;
+mod std_io;
 pub mod task;
 #[cfg(feature = "tls")]
 pub mod tls;
