@@ -156,7 +156,9 @@ pub mod sync;
 pub mod thread_pool;
 pub mod trace;
 
-pub use aio::{co_reschedule_self, AioContext, Bh, Clock, EventNotifier, Timer, WeakAioContext};
+pub use aio::{
+    co_reschedule_self, AioContext, Bh, Clock, EventNotifier, FdMon, Timer, WeakAioContext,
+};
 pub use coroutine::{in_coroutine, yield_now, CoHandle, Coroutine};
 pub use iothread::{in_iothread, IoThread};
 pub use spawn::{spawn_local, yield_to_loop, JoinError, JoinHandle};

@@ -53,6 +53,7 @@ pub use schedule::co_reschedule_self;
 pub(crate) mod queue;
 mod sys;
 mod timer;
+mod uring;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -64,14 +65,14 @@ use std::sync::{Arc, Weak};
 
 pub use bh::Bh;
 pub use fd::{EventNotifier, EventsCallback, FdCallback, NotifierCallback};
-pub use sys::events;
+pub use sys::{events, FdMon};
 pub use timer::{Clock, Timer};
 
 use self::bh::{BhInner, DELETED, IDLE, ONESHOT, SCHEDULED};
 use self::fd::FdNode;
 use self::notify::NotifyMe;
 use self::queue::AtomicStack;
-use self::sys::{Epoll, FdMonitor, Ready};
+use self::sys::{Epoll, FdMonitor, Monitor, Ready};
 use self::timer::TimerInner;
 use crate::coroutine::{self, tls, CoHandle, CoInner};
 use crate::trace;
@@ -126,7 +127,9 @@ fn _assert_kinds() {
 }
 
 struct Local {
-    monitor: Epoll,
+    monitor: Monitor,
+    /// The ring of file operations when `monitor` is epoll (see `uring.rs`).
+    file_ring: uring::FileRing,
     handlers: HashMap<i32, Arc<FdNode>>,
     /// Reused buffer for the fd monitor's results.
     ready: Vec<Ready>,
@@ -202,14 +205,31 @@ fn not_home(home: &str, what: &str) -> ! {
 impl AioContext {
     /// Creates a context whose home is the calling thread, and makes it the
     /// thread's current context if the thread has none (QEMU's
-    /// `aio_context_new`).
+    /// `aio_context_new`). Its fd monitor is the one `CORIO_FDMON` names
+    /// (`epoll`, the default, or `io_uring`; see [`FdMon::from_env`]).
     ///
     /// # Errors
     /// If the eventfd or the epoll instance cannot be created.
+    ///
+    /// # Panics
+    /// If `CORIO_FDMON` names no monitor.
     pub fn new() -> io::Result<AioContext> {
+        AioContext::with_fd_monitor(FdMon::from_env())
+    }
+
+    /// Like [`new`](Self::new) with the fd monitor `fdmon` (QEMU's
+    /// fdmon-io_uring or fdmon-epoll). When the kernel refuses io_uring
+    /// (`ENOSYS`, `EPERM` from seccomp, `ENOMEM`), the context uses epoll
+    /// and says why in the trace event `fdmon_io_uring_fallback` (and once
+    /// per process on stderr); [`fd_monitor`](Self::fd_monitor) tells which
+    /// one it got.
+    ///
+    /// # Errors
+    /// If the eventfd or the epoll instance cannot be created.
+    pub fn with_fd_monitor(fdmon: FdMon) -> io::Result<AioContext> {
         trace::init_from_env();
         let notifier = EventNotifier::new()?;
-        let mut monitor = Epoll::new()?;
+        let (mut monitor, fallback) = uring::make_monitor(fdmon)?;
         // Edge-triggered: every `set` is one wake-up of a sleeping poll, and
         // the eventfd is never read (its counter cannot realistically reach
         // 2^64 - 1), which saves a system call per cross-thread wake-up.
@@ -237,6 +257,7 @@ impl AioContext {
                 ),
                 local: RefCell::new(Local {
                     monitor,
+                    file_ring: uring::FileRing::Untried,
                     handlers: HashMap::new(),
                     ready: Vec::with_capacity(64),
                     bh_queue: VecDeque::new(),
@@ -248,6 +269,9 @@ impl AioContext {
             }
         });
         let ctx = AioContext { shared };
+        if let Some(f) = &fallback {
+            uring::report_fallback(&ctx, f);
+        }
         tls::set_current_ctx_if_none(&ctx);
         Ok(ctx)
     }
@@ -472,9 +496,12 @@ impl AioContext {
         trace::aio_poll_begin(s.ptr(), blocking, timeout);
         // With nothing to wait for but our own notifier, a zero timeout needs
         // no system call: the notifier is only written while we sleep.
-        let ready = if timeout != 0 || !local.handlers.is_empty() {
+        let ready = if timeout != 0 || !local.handlers.is_empty() || local.ring_busy() {
             let mut ready = std::mem::take(&mut local.ready);
-            if let Err(e) = local.monitor.wait(timeout, &mut ready) {
+            let waited = local
+                .flush_file_ring()
+                .and_then(|()| local.monitor.wait(timeout, &mut ready));
+            if let Err(e) = waited {
                 // Only a broken invariant gets here (EBADF, EFAULT,
                 // EINVAL; EINTR is a plain wake-up). Lower `notify_me`
                 // first, so that a caller who catches the panic does not
@@ -494,12 +521,22 @@ impl AioContext {
             // See `NotifyMe::lower` for its ordering (it pairs with nothing).
             s.notify_me.lower();
         }
+        let mut woken = Vec::new();
+        if ready.is_some() {
+            local.take_woken(&mut woken);
+        }
         drop(local);
 
         if adaptive {
             self.adjust_polling_time(Clock::Realtime.now_ns() - block_start);
         }
-        let mut progress = self.bh_poll();
+        // Coroutines whose file operations completed resume here, on
+        // the home thread (QEMU's luring_process_completions).
+        let mut progress = !woken.is_empty();
+        for co in woken {
+            co.wake();
+        }
+        progress |= self.bh_poll();
         if let Some(mut ready) = ready {
             progress |= self.dispatch(&ready);
             ready.clear();
@@ -522,7 +559,7 @@ impl AioContext {
     /// fd handler is registered (ours have no poll callback to call).
     /// Returns whether work arrived.
     fn spin_for_work(&self, local: &Local) -> bool {
-        if !local.handlers.is_empty() || !local.bh_queue.is_empty() {
+        if !local.handlers.is_empty() || !local.bh_queue.is_empty() || local.ring_busy() {
             return false;
         }
         let start = Clock::Realtime.now_ns();
@@ -732,10 +769,13 @@ mod tests {
     /// lowered and the context usable for the caller who catches it.
     #[test]
     fn poll_monitor_failure_lowers_notify_me() {
-        let ctx = AioContext::new().unwrap();
+        let ctx = AioContext::with_fd_monitor(FdMon::Epoll).unwrap();
         let e = crate::aio::EventNotifier::new().unwrap();
         ctx.set_event_notifier(&e, Some(Box::new(|_| {}))).unwrap();
-        ctx.shared.local().monitor.break_for_test();
+        match &mut ctx.shared.local().monitor {
+            Monitor::Epoll(m) => m.break_for_test(),
+            Monitor::Uring(_) => unreachable!("asked for epoll"),
+        }
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.poll(true)));
         let msg = r.expect_err("poll on a broken monitor must panic");
         let msg = msg

@@ -44,6 +44,22 @@ trace_events! {
     poll_add(ctx: Ptr, node: Ptr, fd: i32, revents: u32) "ctx {ctx:p} node {node:p} fd {fd} revents 0x{revents:x}";
     /// An fd handler is removed.
     poll_remove(ctx: Ptr, node: Ptr, fd: i32) "ctx {ctx:p} node {node:p} fd {fd}";
+    // util/fdmon-io_uring.c (QEMU falls back silently: ours)
+    /// A context asked for the io_uring fd monitor and got epoll: `errno`
+    /// and `reason` say why (ENOSYS, EPERM from seccomp, ENOMEM, ...).
+    fdmon_io_uring_fallback(ctx: Ptr, errno: i32, reason: &str) "ctx {ctx:p} errno {errno} reason {reason}";
+
+    // block/io_uring.c
+    /// A context's ring was set up (`size`: submission queue entries).
+    luring_init_state(s: Ptr, size: usize) "s {s:p} size {size}";
+    /// A context's ring is torn down, after its operations in flight ended.
+    luring_cleanup_state(s: Ptr) "{s:p} freed";
+    /// A coroutine queued a file operation (`op_type`: 0 read, 1 write, 2 fsync, 3 fallocate).
+    luring_co_submit(s: Ptr, luringcb: u64, fd: i32, offset: u64, nbytes: usize, op_type: i32) "s {s:p} luringcb {luringcb} fd {fd} offset {offset} nbytes {nbytes} type {op_type}";
+    /// A file operation's completion was reaped; `ret` is its result (negative errno).
+    luring_process_completion(s: Ptr, luringcb: u64, ret: i32) "LuringState {s:p} luringcb {luringcb} ret {ret}";
+    /// `io_uring_enter` submitted queued operations (`ret`: how many, or a negative errno).
+    luring_io_uring_submit(s: Ptr, ret: i32) "LuringState {s:p} ret {ret}";
     // ours: iothread.rs
     /// A callback on an IoThread panicked; the loop goes on.
     iothread_callback_panic(ctx: Ptr) "ctx {ctx:p}";

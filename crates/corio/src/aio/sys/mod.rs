@@ -17,8 +17,12 @@
 //! * Backends hold no callbacks: the context maps fds to handlers.
 
 mod epoll;
+mod uring;
+#[cfg(all(test, not(loom)))]
+mod tests;
 
 pub(crate) use epoll::Epoll;
+pub(crate) use uring::{FileOp, Uring};
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -56,4 +60,85 @@ pub(crate) trait FdMonitor: Send {
     fn register(&mut self, fd: BorrowedFd<'_>, interest: u32) -> io::Result<()>;
     fn deregister(&mut self, fd: BorrowedFd<'_>);
     fn wait(&mut self, timeout_ns: i64, out: &mut Vec<Ready>) -> io::Result<()>;
+}
+
+/// Which fd monitor a context uses (QEMU picks io_uring, then epoll, at
+/// `aio_context_setup`; ours is chosen per context).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FdMon {
+    /// Level-triggered epoll (the default).
+    Epoll,
+    /// io_uring poll requests (QEMU's util/fdmon-io_uring.c); the context's
+    /// ring also serves [`crate::io::uring_file`]. Falls back to epoll when
+    /// the kernel refuses io_uring.
+    IoUring,
+}
+
+impl FdMon {
+    /// The environment variable that picks the monitor of contexts made by
+    /// [`AioContext::new`](crate::AioContext::new): `epoll` or `io_uring`.
+    pub const ENV: &'static str = "CORIO_FDMON";
+
+    /// The monitor named by `CORIO_FDMON` (`epoll`, `io_uring`; unset or
+    /// empty: epoll).
+    ///
+    /// # Panics
+    /// On any other value, naming it: a typo must not silently test the
+    /// wrong monitor.
+    pub fn from_env() -> FdMon {
+        match std::env::var(Self::ENV) {
+            Err(_) => FdMon::Epoll,
+            Ok(v) => FdMon::parse(&v).unwrap_or_else(|| {
+                panic!("{}={v:?}: expected 'epoll' or 'io_uring'", Self::ENV)
+            }),
+        }
+    }
+
+    /// Parses `epoll` or `io_uring` (also `io-uring`, `uring`); empty is epoll.
+    pub fn parse(s: &str) -> Option<FdMon> {
+        match s.trim() {
+            "" | "epoll" => Some(FdMon::Epoll),
+            "io_uring" | "io-uring" | "uring" => Some(FdMon::IoUring),
+            _ => None,
+        }
+    }
+}
+
+/// The monitor of one context.
+pub(crate) enum Monitor {
+    Epoll(Epoll),
+    Uring(Uring),
+}
+
+impl Monitor {
+    pub(crate) fn kind(&self) -> FdMon {
+        match self {
+            Monitor::Epoll(_) => FdMon::Epoll,
+            Monitor::Uring(_) => FdMon::IoUring,
+        }
+    }
+}
+
+impl FdMonitor for Monitor {
+    fn register(&mut self, fd: BorrowedFd<'_>, interest: u32) -> io::Result<()> {
+        match self {
+            Monitor::Epoll(m) => m.register(fd, interest),
+            Monitor::Uring(m) => m.register(fd, interest),
+        }
+    }
+
+    fn deregister(&mut self, fd: BorrowedFd<'_>) {
+        match self {
+            Monitor::Epoll(m) => m.deregister(fd),
+            Monitor::Uring(m) => m.deregister(fd),
+        }
+    }
+
+    fn wait(&mut self, timeout_ns: i64, out: &mut Vec<Ready>) -> io::Result<()> {
+        match self {
+            Monitor::Epoll(m) => m.wait(timeout_ns, out),
+            Monitor::Uring(m) => m.wait(timeout_ns, out),
+        }
+    }
 }

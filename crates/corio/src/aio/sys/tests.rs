@@ -1,0 +1,243 @@
+//! The [`FdMonitor`] contract (see `sys/mod.rs`), run on every backend.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::{eventfd, EventfdFlags};
+
+use super::{events, Epoll, FdMonitor, Ready, Uring, EDGE};
+
+/// How long a test waits for an event that must come.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
+        .expect("pipe")
+}
+
+fn efd() -> OwnedFd {
+    eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).expect("eventfd")
+}
+
+fn poke(fd: &OwnedFd) {
+    rustix::io::write(fd, &1u64.to_ne_bytes()).expect("write");
+}
+
+/// One non-blocking wait's events.
+fn now(m: &mut dyn FdMonitor) -> Vec<Ready> {
+    let mut out = Vec::new();
+    m.wait(0, &mut out).expect("wait(0)");
+    out
+}
+
+/// Waits until `fd` is reported (blocking waits), with a deadline.
+fn until(m: &mut dyn FdMonitor, fd: &impl AsRawFd, what: &str) -> u32 {
+    let end = Instant::now() + DEADLINE;
+    let mut out = Vec::new();
+    while Instant::now() < end {
+        out.clear();
+        m.wait(100_000_000, &mut out).expect("wait");
+        if let Some(r) = out.iter().find(|r| r.fd == fd.as_raw_fd()) {
+            return r.events;
+        }
+    }
+    panic!("{what}: fd {} not reported within {DEADLINE:?}", fd.as_raw_fd());
+}
+
+fn events_of(v: &[Ready], fd: &impl AsRawFd) -> Option<u32> {
+    events_raw(v, fd.as_raw_fd())
+}
+
+fn events_raw(v: &[Ready], fd: std::os::fd::RawFd) -> Option<u32> {
+    v.iter().find(|r| r.fd == fd).map(|r| r.events)
+}
+
+fn level_triggered(m: &mut dyn FdMonitor) {
+    let (r, w) = pipe();
+    m.register(r.as_fd(), events::IN).unwrap();
+    assert_eq!(events_of(&now(m), &r), None, "empty pipe reported");
+    rustix::io::write(&w, b"xy").unwrap();
+    assert_ne!(until(m, &r, "first report") & events::IN, 0);
+    // Not drained: reported by every wait.
+    for i in 0..3 {
+        let ev = events_of(&now(m), &r);
+        assert_eq!(ev.map(|e| e & events::IN), Some(events::IN), "report {i}");
+    }
+    let mut buf = [0u8; 8];
+    assert_eq!(rustix::io::read(&r, &mut buf).unwrap(), 2);
+    // Drained: the report of the poll that was re-armed before the read
+    // may still come once; after that, silence.
+    now(m);
+    assert_eq!(events_of(&now(m), &r), None, "drained pipe reported");
+    m.deregister(r.as_fd());
+}
+
+fn writable_and_modify(m: &mut dyn FdMonitor) {
+    let (r, w) = pipe();
+    m.register(w.as_fd(), events::OUT).unwrap();
+    assert_ne!(until(m, &w, "writable") & events::OUT, 0);
+    // Interest changed to IN: an empty pipe's write end is never readable.
+    m.register(w.as_fd(), events::IN).unwrap();
+    now(m);
+    assert_eq!(events_of(&now(m), &w), None, "stale interest reported");
+    m.deregister(w.as_fd());
+    drop(r);
+}
+
+fn hangup_without_interest(m: &mut dyn FdMonitor) {
+    let (r, w) = pipe();
+    m.register(r.as_fd(), 0).unwrap();
+    assert_eq!(events_of(&now(m), &r), None);
+    drop(w);
+    assert_ne!(until(m, &r, "hang-up") & events::HUP, 0);
+    m.deregister(r.as_fd());
+}
+
+fn deregister_stops_reports(m: &mut dyn FdMonitor) {
+    let e = efd();
+    poke(&e);
+    m.register(e.as_fd(), events::IN).unwrap();
+    until(m, &e, "readable eventfd");
+    m.deregister(e.as_fd());
+    assert_eq!(events_of(&now(m), &e), None, "deregistered fd reported");
+    // Quiet when not registered.
+    m.deregister(e.as_fd());
+}
+
+fn reused_number(m: &mut dyn FdMonitor) {
+    let mut a = efd();
+    poke(&a);
+    m.register(a.as_fd(), events::IN).unwrap();
+    until(m, &a, "first fd");
+    m.deregister(a.as_fd());
+    // The number now names another (unset) eventfd: dup2 closes the old
+    // file and reuses the number at once, with no window for other threads.
+    let b = efd();
+    rustix::io::dup2(&b, &mut a).unwrap();
+    drop(b);
+    m.register(a.as_fd(), events::IN).unwrap();
+    assert_eq!(events_of(&now(m), &a), None, "old registration leaked");
+    poke(&a);
+    until(m, &a, "new fd");
+    m.deregister(a.as_fd());
+}
+
+fn edge_notifier(m: &mut dyn FdMonitor) {
+    let e = efd();
+    m.register(e.as_fd(), events::IN | EDGE).unwrap();
+    assert_eq!(events_of(&now(m), &e), None);
+    for round in 0..3 {
+        poke(&e); // never read: only the writes are edges
+        until(m, &e, "edge");
+        assert_eq!(events_of(&now(m), &e), None, "edge reported twice ({round})");
+    }
+    m.deregister(e.as_fd());
+}
+
+fn timeout_without_events(m: &mut dyn FdMonitor) {
+    let e = efd();
+    m.register(e.as_fd(), events::IN).unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    m.wait(20_000_000, &mut out).unwrap();
+    assert!(out.is_empty(), "{out:?}");
+    // It slept (a lower bound only: never an upper one in a test).
+    assert!(start.elapsed() >= Duration::from_millis(19));
+    m.deregister(e.as_fd());
+}
+
+fn wake_from_other_thread(m: &mut dyn FdMonitor) {
+    let e = std::sync::Arc::new(efd());
+    m.register(e.as_fd(), events::IN | EDGE).unwrap();
+    for _ in 0..20 {
+        let e2 = e.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1));
+            poke(&e2);
+        });
+        until(m, &*e, "wake-up from another thread");
+        t.join().unwrap();
+    }
+    m.deregister(e.as_fd());
+}
+
+/// More fds than the io_uring backend's queue holds (256 SQEs, 512 CQEs):
+/// the submission makes room and the overflowing completions are kept.
+fn many_fds(m: &mut dyn FdMonitor) {
+    let fds: Vec<OwnedFd> = (0..700).map(|_| efd()).collect();
+    for f in &fds {
+        poke(f);
+        m.register(f.as_fd(), events::IN).unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let end = Instant::now() + DEADLINE;
+    let mut out = Vec::new();
+    while seen.len() < fds.len() && Instant::now() < end {
+        out.clear();
+        m.wait(10_000_000, &mut out).unwrap();
+        seen.extend(out.iter().map(|r| r.fd));
+    }
+    assert_eq!(seen.len(), fds.len(), "not every ready fd was reported");
+    for f in &fds {
+        m.deregister(f.as_fd());
+    }
+}
+
+/// io_uring only: registration is batched, so an fd closed before the
+/// next wait is found then, and reported as ERR | NVAL, once. (Epoll
+/// checks at `register`, and drops the registration of a closed file.)
+#[test]
+fn uring_closed_fd_reports_error() {
+    let m = &mut Uring::new().unwrap();
+    // The number is high so that no other test thread reuses it meanwhile.
+    let e = rustix::io::fcntl_dupfd_cloexec(efd(), 15_000).expect("dup to a high fd");
+    let raw = e.as_raw_fd();
+    // SAFETY: `raw` names `e`, open until after `register` returns; the
+    // monitor keeps only the number.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    m.register(borrowed, events::IN).unwrap();
+    drop(e);
+    let ev = now(m);
+    let ev = events_raw(&ev, raw).unwrap_or(0);
+    assert_eq!(ev, events::ERR | events::NVAL, "closed fd: {ev:#x}");
+    assert_eq!(events_raw(&now(m), raw), None, "error reported twice");
+    // SAFETY: as above; deregistering a closed number is allowed.
+    m.deregister(unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) });
+}
+
+macro_rules! contract {
+    ($($name:ident),*) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name(&mut super::Epoll::new().unwrap()) } )*
+        }
+        mod uring {
+            $( #[test] fn $name() { super::$name(&mut super::Uring::new().unwrap()) } )*
+        }
+    };
+}
+
+contract!(
+    level_triggered,
+    writable_and_modify,
+    hangup_without_interest,
+    deregister_stops_reports,
+    reused_number,
+    edge_notifier,
+    timeout_without_events,
+    wake_from_other_thread,
+    many_fds
+);
+
+/// The io_uring monitor keeps its registration table in step.
+#[test]
+fn uring_registrations_follow_register_and_deregister() {
+    let mut m = Uring::new().unwrap();
+    let (r, w) = pipe();
+    m.register(r.as_fd(), events::IN).unwrap();
+    m.register(w.as_fd(), events::OUT).unwrap();
+    now(&mut m);
+    assert_eq!(m.registrations(), 2);
+    m.deregister(r.as_fd());
+    m.deregister(w.as_fd());
+    assert_eq!(m.registrations(), 0);
+}
