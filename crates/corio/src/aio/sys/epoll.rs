@@ -34,6 +34,14 @@ impl Epoll {
     }
 }
 
+impl AsFd for Epoll {
+    /// The epoll instance's fd (readable while it has events), for a
+    /// monitor that nests it.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.epfd.as_fd()
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 impl Epoll {
     /// Swaps the epoll fd for one that is not an epoll instance, so that the

@@ -205,6 +205,17 @@ fn uring_closed_fd_reports_error() {
     m.deregister(unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) });
 }
 
+fn urgent_data(m: &mut dyn FdMonitor) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (b, _) = l.accept().unwrap();
+    m.register(b.as_fd(), events::PRI).unwrap();
+    assert_eq!(events_of(&now(m), &b), None);
+    rustix::net::send(&a, b"!", rustix::net::SendFlags::OOB).unwrap();
+    assert_ne!(until(m, &b, "urgent data") & events::PRI, 0);
+    m.deregister(b.as_fd());
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod epoll {
@@ -225,7 +236,8 @@ contract!(
     edge_notifier,
     timeout_without_events,
     wake_from_other_thread,
-    many_fds
+    many_fds,
+    urgent_data
 );
 
 /// The io_uring monitor keeps its registration table in step.

@@ -42,11 +42,11 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::{events, FdMonitor, Ready, EDGE};
+use super::{events, Epoll, FdMonitor, Ready, EDGE};
 use crate::coroutine::CoHandle;
 use crate::trace;
 
@@ -129,6 +129,13 @@ pub(crate) struct Uring {
     /// Completions reaped while making room in a full queue, processed
     /// by the next `wait`.
     stash: Vec<(u64, i32, u32)>,
+    /// Registrations that ask for `PRI`, in an epoll instance of their own
+    /// whose fd the ring polls: the kernel's io_uring poll ignores wake-ups
+    /// that carry `EPOLLPRI` unless the poll also asks for another event
+    /// (`io_poll_wake` masks out `IO_ASYNC_POLL_COMMON`), so a poll for
+    /// urgent data alone would never complete; asking for `IN` too would
+    /// spin while ordinary data waits unread. Created on first use.
+    pri: Option<Epoll>,
 }
 
 impl Uring {
@@ -154,6 +161,7 @@ impl Uring {
             next_op: 0,
             woken: Vec::new(),
             stash: Vec::new(),
+            pri: None,
         })
     }
 
@@ -333,6 +341,19 @@ impl Uring {
             return;
         }
         let fd = user_data as u32 as RawFd;
+        if res >= 0 && self.pri_fd() == Some(fd) && self.regs.contains_key(&fd) {
+            // The nested epoll has events: report its fds instead.
+            if let Some(reg) = self.regs.get_mut(&fd) {
+                reg.armed = false;
+                self.to_arm.push(fd);
+            }
+            if let Some(pri) = &mut self.pri {
+                // Its errors (none expected: a valid epoll fd, no
+                // blocking) leave those fds unreported this round only.
+                let _ = pri.wait(0, out);
+            }
+            return;
+        }
         let Some(reg) = self.regs.get_mut(&fd) else {
             return;
         };
@@ -467,8 +488,26 @@ impl Drop for Uring {
     }
 }
 
-impl FdMonitor for Uring {
-    fn register(&mut self, fd: BorrowedFd<'_>, interest: u32) -> io::Result<()> {
+impl Uring {
+    fn pri_fd(&self) -> Option<RawFd> {
+        self.pri.as_ref().map(|e| e.as_fd().as_raw_fd())
+    }
+
+    /// Registers `fd` with the nested epoll for `PRI` (see `pri`).
+    fn register_pri(&mut self, fd: BorrowedFd<'_>, interest: u32) -> io::Result<()> {
+        if self.pri.is_none() {
+            let e = Epoll::new()?;
+            self.register_poll(e.as_fd(), events::IN)?;
+            self.pri = Some(e);
+        }
+        self.deregister_poll(fd);
+        self.pri
+            .as_mut()
+            .expect("created above")
+            .register(fd, interest)
+    }
+
+    fn register_poll(&mut self, fd: BorrowedFd<'_>, interest: u32) -> io::Result<()> {
         let raw = fd.as_raw_fd();
         let generation = self.next_generation;
         self.next_generation = (self.next_generation + 1) & GEN_MASK;
@@ -494,10 +533,11 @@ impl FdMonitor for Uring {
         Ok(())
     }
 
-    fn deregister(&mut self, fd: BorrowedFd<'_>) {
+    /// Removes `fd`'s poll; true if it had one.
+    fn deregister_poll(&mut self, fd: BorrowedFd<'_>) -> bool {
         let raw = fd.as_raw_fd();
         let Some(old) = self.regs.remove(&raw) else {
-            return;
+            return false;
         };
         if old.armed {
             // Quiet on failure, as epoll's: the ring is then broken and the
@@ -505,6 +545,27 @@ impl FdMonitor for Uring {
             let ud = old.user_data(raw);
             if self.push_ignored(opcode::PollRemove::new(ud).build()).is_ok() {
                 let _ = self.flush();
+            }
+        }
+        true
+    }
+}
+
+impl FdMonitor for Uring {
+    fn register(&mut self, fd: BorrowedFd<'_>, interest: u32) -> io::Result<()> {
+        if interest & events::PRI != 0 && interest & EDGE == 0 {
+            return self.register_pri(fd, interest);
+        }
+        if let Some(pri) = &mut self.pri {
+            pri.deregister(fd);
+        }
+        self.register_poll(fd, interest)
+    }
+
+    fn deregister(&mut self, fd: BorrowedFd<'_>) {
+        if !self.deregister_poll(fd) {
+            if let Some(pri) = &mut self.pri {
+                pri.deregister(fd);
             }
         }
     }
