@@ -12,6 +12,7 @@ pub mod net_listener;
 pub mod socket;
 mod std_io;
 pub mod task;
+pub mod uring_file;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod watch;
@@ -29,6 +30,7 @@ pub use file::FileChannel;
 pub use net_listener::NetListener;
 pub use socket::SocketChannel;
 pub use task::{Task, TaskError, TaskThread, WorkerPanicked, WrongResultType};
+pub use uring_file::AioFile;
 #[cfg(feature = "tls")]
 pub use tls::TlsChannel;
 pub use watch::WatchHandle;

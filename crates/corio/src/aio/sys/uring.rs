@@ -89,10 +89,20 @@ impl Reg {
 /// borrow of the file ends (see `aio/uring.rs`).
 #[derive(Debug)]
 pub(crate) enum FileOp {
-    /// `pread` into `buf` (all of its length).
-    Read { fd: RawFd, offset: u64, buf: Vec<u8> },
-    /// `pwrite` of `buf`.
-    Write { fd: RawFd, offset: u64, buf: Vec<u8> },
+    /// `pread` into `buf[at..]`.
+    Read {
+        fd: RawFd,
+        offset: u64,
+        buf: Vec<u8>,
+        at: usize,
+    },
+    /// `pwrite` of `buf[at..]`.
+    Write {
+        fd: RawFd,
+        offset: u64,
+        buf: Vec<u8>,
+        at: usize,
+    },
     /// `fsync`, or `fdatasync` with `datasync`.
     Fsync { fd: RawFd, datasync: bool },
     /// `fallocate(fd, mode, offset, len)`.
@@ -435,14 +445,26 @@ fn build_op(op: FileOp) -> (squeue::Entry, Vec<u8>) {
         buf.len().min(1 << 30) as u32
     }
     match op {
-        FileOp::Read { fd, offset, mut buf } => {
-            let e = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len32(&buf))
+        FileOp::Read {
+            fd,
+            offset,
+            mut buf,
+            at,
+        } => {
+            let tail = &mut buf[at..];
+            let e = opcode::Read::new(types::Fd(fd), tail.as_mut_ptr(), len32(tail))
                 .offset(offset)
                 .build();
             (e, buf)
         }
-        FileOp::Write { fd, offset, buf } => {
-            let e = opcode::Write::new(types::Fd(fd), buf.as_ptr(), len32(&buf))
+        FileOp::Write {
+            fd,
+            offset,
+            buf,
+            at,
+        } => {
+            let tail = &buf[at..];
+            let e = opcode::Write::new(types::Fd(fd), tail.as_ptr(), len32(tail))
                 .offset(offset)
                 .build();
             (e, buf)
