@@ -360,11 +360,13 @@ fn cache_aio_discard_detect_zeroes_options() {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
     sparse_image(&img, MIB, &[], 1);
-    let modes: [&[&str]; 7] = [
+    let modes: [&[&str]; 9] = [
         &["--cache=writeback"],
         &["--cache=writethrough"],
         &["--cache=unsafe"],
         &["--aio=threads"],
+        &["--aio=io_uring"],
+        &["--aio=io_uring", "--discard=unmap", "--detect-zeroes=unmap", "--cache=writethrough"],
         &["--discard=ignore", "--detect-zeroes=on"],
         &["--discard=unmap", "--detect-zeroes=unmap"],
         &["--detect-zeroes=off"],
@@ -389,9 +391,10 @@ fn cache_aio_discard_detect_zeroes_options() {
         assert!(!out.contains("failed"), "{mode:?}: {out}");
         clients::image::assert_filled(&img, 0, 65536, 0x20 + i as u8, &format!("{mode:?}"));
     }
-    let bad: [(&[&str], &str); 4] = [
+    let bad: [(&[&str], &str); 5] = [
         (&["--cache=bogus"], "bogus"),
         (&["--aio=bogus"], "bogus"),
+        (&["--aio=native"], "native"),
         (&["--discard=bogus"], "bogus"),
         (&["--detect-zeroes=unmap"], "unmap"),
     ];

@@ -73,7 +73,8 @@ pub struct Args {
     #[arg(long = "cache", value_name = "MODE")]
     pub cache: Option<String>,
 
-    /// AIO mode: threads (native and io_uring are not available).
+    /// AIO mode for an image file: threads (default) or io_uring (native
+    /// is not available).
     #[arg(long = "aio", value_name = "MODE")]
     pub aio: Option<String>,
 

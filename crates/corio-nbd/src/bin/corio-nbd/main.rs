@@ -16,7 +16,7 @@ use clap::Parser;
 use corio::io::address::SocketAddress;
 use corio::io::SocketChannel;
 use corio_nbd::server::{DetectZeroes, Discard, Export, Server, ServerConfig, ServerHandle};
-use corio_nbd::storage::file::{CacheMode, FileOptions, FileStorage, DIRECT_ALIGN};
+use corio_nbd::storage::file::{AioMode, CacheMode, FileOptions, FileStorage, DIRECT_ALIGN};
 use corio_nbd::storage::memory::MemoryStorage;
 use corio_nbd::storage::Storage;
 
@@ -123,13 +123,7 @@ fn build_config(args: &Args) -> Result<ServerConfig, String> {
         (None, true) => CacheMode::None,
         (None, false) => CacheMode::Writeback,
     };
-    match args.aio.as_deref() {
-        None | Some("threads") => {}
-        Some(m @ ("native" | "io_uring")) => {
-            return Err(format!("--aio {m} is not available: only 'threads' is"))
-        }
-        Some(m) => return Err(format!("invalid aio mode '{m}' (threads)")),
-    }
+    let aio = args.aio.as_deref().map_or(Ok(AioMode::Threads), AioMode::parse)?;
     let discard = match args.discard.as_deref() {
         None | Some("ignore" | "off") => Discard::Ignore,
         Some("unmap" | "on") => Discard::Unmap,
@@ -152,7 +146,7 @@ fn build_config(args: &Args) -> Result<ServerConfig, String> {
             ))
         }
     };
-    let (storage, min_block) = open_storage(args, cache)?;
+    let (storage, min_block) = open_storage(args, cache, aio)?;
     let mut export = Export::new(args.export_name.clone(), storage);
     export.description = args.description.clone().unwrap_or_default();
     export.min_block = min_block;
@@ -186,7 +180,11 @@ fn build_config(args: &Args) -> Result<ServerConfig, String> {
 }
 
 /// The storage and the minimum block size to advertise.
-fn open_storage(args: &Args, cache: CacheMode) -> Result<(Arc<dyn Storage>, u32), String> {
+fn open_storage(
+    args: &Args,
+    cache: CacheMode,
+    aio: AioMode,
+) -> Result<(Arc<dyn Storage>, u32), String> {
     let Some(path) = &args.image else {
         if args.format.as_deref().is_some_and(|f| f != "raw") {
             return Err(format!(
@@ -217,6 +215,7 @@ fn open_storage(args: &Args, cache: CacheMode) -> Result<(Arc<dyn Storage>, u32)
     let opts = FileOptions {
         read_only: args.read_only,
         cache,
+        aio,
     };
     let file = FileStorage::open(path, opts).map_err(|e| {
         format!("Failed to blk_new_open '{}': {e}", path.display())
