@@ -66,7 +66,8 @@ impl AioContext {
     ///
     /// The context can still be used afterwards (a later poll runs new
     /// work), but the fds whose handlers were removed stay registered with
-    /// the fd monitor until closed.
+    /// the epoll monitor until closed (the io_uring monitor removes their
+    /// polls: a poll would keep its file open).
     ///
     /// # Thread context
     /// Home thread only, outside the coroutines it cancels (a spawned
@@ -101,7 +102,14 @@ impl AioContext {
         }
         let (handlers, timers) = {
             let mut local = self.shared.local();
-            let handlers: Vec<_> = local.handlers.drain().map(|(_, node)| node).collect();
+            let handlers: Vec<_> = local.handlers.drain().collect();
+            let handlers: Vec<_> = handlers
+                .into_iter()
+                .map(|(fd, node)| {
+                    local.monitor.forget(fd);
+                    node
+                })
+                .collect();
             for node in &handlers {
                 node.deleted
                     .store(true, std::sync::atomic::Ordering::Relaxed);

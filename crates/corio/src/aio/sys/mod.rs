@@ -118,6 +118,16 @@ impl Monitor {
             Monitor::Uring(_) => FdMon::IoUring,
         }
     }
+
+    /// Drops the registration of fd number `fd`, which may be closed
+    /// already: epoll forgets a closed file by itself (and keeps an open
+    /// one registered until it is closed); io_uring's polls hold their
+    /// file, so they are removed.
+    pub(crate) fn forget(&mut self, fd: RawFd) {
+        if let Monitor::Uring(u) = self {
+            u.forget(fd);
+        }
+    }
 }
 
 impl FdMonitor for Monitor {

@@ -557,7 +557,14 @@ impl Uring {
 
     /// Removes `fd`'s poll; true if it had one.
     fn deregister_poll(&mut self, fd: BorrowedFd<'_>) -> bool {
-        let raw = fd.as_raw_fd();
+        self.forget(fd.as_raw_fd())
+    }
+
+    /// Removes the poll of fd number `raw`, open or not; true if it had
+    /// one. A poll holds a reference to its file, so without this a file
+    /// closed while registered would stay open in the kernel (its peer
+    /// never seeing the close) until the ring is dropped.
+    pub(crate) fn forget(&mut self, raw: RawFd) -> bool {
         let Some(old) = self.regs.remove(&raw) else {
             return false;
         };
