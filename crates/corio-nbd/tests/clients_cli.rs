@@ -366,7 +366,12 @@ fn cache_aio_discard_detect_zeroes_options() {
         &["--cache=unsafe"],
         &["--aio=threads"],
         &["--aio=io_uring"],
-        &["--aio=io_uring", "--discard=unmap", "--detect-zeroes=unmap", "--cache=writethrough"],
+        &[
+            "--aio=io_uring",
+            "--discard=unmap",
+            "--detect-zeroes=unmap",
+            "--cache=writethrough",
+        ],
         &["--discard=ignore", "--detect-zeroes=on"],
         &["--discard=unmap", "--detect-zeroes=unmap"],
         &["--detect-zeroes=off"],

@@ -311,8 +311,13 @@ fn randread_group(rounds: usize, qd: usize, total: usize) {
         Reader::Pool,
         Reader::Inline,
     ];
-    let names = ["uring monitor", "ring beside epoll", "thread pool", "pread inline"]
-        .map(String::from);
+    let names = [
+        "uring monitor",
+        "ring beside epoll",
+        "thread pool",
+        "pread inline",
+    ]
+    .map(String::from);
     let mut figs = vec![Vec::new(); readers.len()];
     for r in 0..rounds {
         for k in 0..readers.len() {

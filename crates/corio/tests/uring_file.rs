@@ -60,7 +60,12 @@ fn deny_io_uring_setup(errno: u32) {
     };
     // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
     let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    assert_eq!(r, 0, "PR_SET_NO_NEW_PRIVS: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "PR_SET_NO_NEW_PRIVS: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: `prog` points to `filter`, both alive for the call; the
     // kernel copies the program.
     let r = unsafe {
@@ -116,7 +121,10 @@ fn run<T: Send + 'static>(ctx: &AioContext, f: impl FnOnce() -> T + Send + 'stat
         if let Some(r) = h.try_join() {
             break r;
         }
-        assert!(Instant::now() < end, "file operation not completed in {DEADLINE:?}");
+        assert!(
+            Instant::now() < end,
+            "file operation not completed in {DEADLINE:?}"
+        );
         ctx.poll(true);
     };
     stop.store(true, SeqCst);
@@ -252,7 +260,11 @@ fn no_space(mode: Mode) {
         .arg(&dir)
         .status()
         .expect("the mount command (util-linux)");
-    assert!(st.success(), "cannot mount a tmpfs at {}: {st}", dir.display());
+    assert!(
+        st.success(),
+        "cannot mount a tmpfs at {}: {st}",
+        dir.display()
+    );
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -353,7 +365,10 @@ fn dropped_with_read_in_flight(mode: Mode) {
     .unwrap_or_else(|e| std::panic::resume_unwind(e));
     rustix::io::write(&w, b"after").unwrap();
     let mut fds = [rustix::event::PollFd::new(&r, rustix::event::PollFlags::IN)];
-    let ts = rustix::event::Timespec { tv_sec: 10, tv_nsec: 0 };
+    let ts = rustix::event::Timespec {
+        tv_sec: 10,
+        tv_nsec: 0,
+    };
     let n = rustix::event::poll(&mut fds, Some(&ts)).unwrap();
     assert_eq!(n, 1, "the data was consumed: a read outlived its context");
     let mut buf = [0u8; 16];

@@ -65,8 +65,8 @@ use std::sync::{Arc, Weak};
 
 pub use bh::Bh;
 pub use fd::{EventNotifier, EventsCallback, FdCallback, NotifierCallback};
-pub use sys::{events, FdMon};
 pub(crate) use sys::FileOp;
+pub use sys::{events, FdMon};
 pub use timer::{Clock, Timer};
 
 use self::bh::{BhInner, DELETED, IDLE, ONESHOT, SCHEDULED};

@@ -21,6 +21,8 @@ use crate::coroutine::CoHandle;
 use crate::trace;
 
 /// The ring for file operations of a context on epoll.
+// One per context, as `Monitor` (same reason).
+#[allow(clippy::large_enum_variant)]
 pub(super) enum FileRing {
     /// No file operation yet.
     Untried,

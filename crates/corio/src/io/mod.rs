@@ -12,9 +12,9 @@ pub mod net_listener;
 pub mod socket;
 mod std_io;
 pub mod task;
-pub mod uring_file;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod uring_file;
 pub mod watch;
 #[cfg(feature = "websocket")]
 pub mod websock;
@@ -30,9 +30,9 @@ pub use file::FileChannel;
 pub use net_listener::NetListener;
 pub use socket::SocketChannel;
 pub use task::{Task, TaskError, TaskThread, WorkerPanicked, WrongResultType};
-pub use uring_file::AioFile;
 #[cfg(feature = "tls")]
 pub use tls::TlsChannel;
+pub use uring_file::AioFile;
 pub use watch::WatchHandle;
 #[cfg(feature = "websocket")]
 pub use websock::WebsockChannel;

@@ -123,7 +123,10 @@ fn build_config(args: &Args) -> Result<ServerConfig, String> {
         (None, true) => CacheMode::None,
         (None, false) => CacheMode::Writeback,
     };
-    let aio = args.aio.as_deref().map_or(Ok(AioMode::Threads), AioMode::parse)?;
+    let aio = args
+        .aio
+        .as_deref()
+        .map_or(Ok(AioMode::Threads), AioMode::parse)?;
     let discard = match args.discard.as_deref() {
         None | Some("ignore" | "off") => Discard::Ignore,
         Some("unmap" | "on") => Discard::Unmap,

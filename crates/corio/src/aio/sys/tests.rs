@@ -41,7 +41,10 @@ fn until(m: &mut dyn FdMonitor, fd: &impl AsRawFd, what: &str) -> u32 {
             return r.events;
         }
     }
-    panic!("{what}: fd {} not reported within {DEADLINE:?}", fd.as_raw_fd());
+    panic!(
+        "{what}: fd {} not reported within {DEADLINE:?}",
+        fd.as_raw_fd()
+    );
 }
 
 fn events_of(v: &[Ready], fd: &impl AsRawFd) -> Option<u32> {
@@ -129,7 +132,11 @@ fn edge_notifier(m: &mut dyn FdMonitor) {
     for round in 0..3 {
         poke(&e); // never read: only the writes are edges
         until(m, &e, "edge");
-        assert_eq!(events_of(&now(m), &e), None, "edge reported twice ({round})");
+        assert_eq!(
+            events_of(&now(m), &e),
+            None,
+            "edge reported twice ({round})"
+        );
     }
     m.deregister(e.as_fd());
 }

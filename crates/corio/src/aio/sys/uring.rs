@@ -295,7 +295,10 @@ impl Uring {
         if let Err(e) = unsafe { self.push(&entry) } {
             // Never queued: nothing refers to the buffer.
             let op = self.ops.get_mut(&id).expect("just inserted");
-            op.result = Some(-e.raw_os_error().unwrap_or(rustix::io::Errno::IO.raw_os_error()));
+            op.result = Some(
+                -e.raw_os_error()
+                    .unwrap_or(rustix::io::Errno::IO.raw_os_error()),
+            );
             op.waiter = None;
         }
         id
@@ -303,10 +306,10 @@ impl Uring {
 
     /// The result and buffer of operation `id`, once its CQE was reaped.
     pub(crate) fn take_op(&mut self, id: u64) -> Option<(i32, Vec<u8>)> {
-        if self.ops.get(&id)?.result.is_none() {
-            return None;
-        }
-        self.ops.remove(&id).map(|op| (op.result.unwrap_or(0), op.buf))
+        self.ops.get(&id)?.result?;
+        self.ops
+            .remove(&id)
+            .map(|op| (op.result.unwrap_or(0), op.buf))
     }
 
     /// Its waiter gave up (its coroutine is unwinding): cancels the
@@ -572,7 +575,10 @@ impl Uring {
             // Quiet on failure, as epoll's: the ring is then broken and the
             // next `wait` reports it.
             let ud = old.user_data(raw);
-            if self.push_ignored(opcode::PollRemove::new(ud).build()).is_ok() {
+            if self
+                .push_ignored(opcode::PollRemove::new(ud).build())
+                .is_ok()
+            {
                 let _ = self.flush();
             }
         }
