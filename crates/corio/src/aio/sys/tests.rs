@@ -330,3 +330,46 @@ fn uring_read_completes_and_wakes() {
     assert_eq!(woken.len(), 1);
     assert!(m.take_op(id).is_none());
 }
+
+/// A signal that interrupts a blocking wait (`EINTR`) makes it return `Ok`
+/// with no events, on both monitors.
+fn interrupted_wait(mut m: Box<dyn FdMonitor>) {
+    use std::os::unix::thread::JoinHandleExt;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    extern "C" fn on_signal(_: libc::c_int) {}
+    // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+    // No SA_RESTART: the wait must see EINTR.
+    // SAFETY: `sa` is initialised; the handler only returns.
+    let r = unsafe { libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut()) };
+    assert_eq!(r, 0);
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let d2 = done.clone();
+    let t = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let r = m.wait(-1, &mut out);
+        d2.store(true, SeqCst);
+        (r.map_err(|e| e.to_string()), out)
+    });
+    let end = Instant::now() + DEADLINE;
+    while !done.load(SeqCst) {
+        assert!(Instant::now() < end, "the signal never ended the wait");
+        std::thread::sleep(Duration::from_millis(5));
+        // SAFETY: the thread is joined only below, so its pthread_t is valid.
+        unsafe { libc::pthread_kill(t.as_pthread_t(), libc::SIGUSR2) };
+    }
+    let (r, out) = t.join().unwrap();
+    assert_eq!(r, Ok(()), "EINTR must not be an error");
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn epoll_interrupted_wait() {
+    interrupted_wait(Box::new(Epoll::new().unwrap()));
+}
+
+#[test]
+fn uring_interrupted_wait() {
+    interrupted_wait(Box::new(Uring::new().unwrap()));
+}
