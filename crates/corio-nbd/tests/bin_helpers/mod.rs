@@ -65,6 +65,13 @@ impl ServerProc {
 
     fn start_with(program: &str, args: &[&str], socket: &Path, probe: bool) -> ServerProc {
         let what = format!("{program} {}", args.join(" "));
+        if probe {
+            // A stale path of a killed server must not pass the probe: with
+            // the io_uring fd monitor its listener outlives the process
+            // until the kernel tears the ring down, and accepts (then
+            // resets) connections meanwhile.
+            let _ = std::fs::remove_file(socket);
+        }
         let child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
