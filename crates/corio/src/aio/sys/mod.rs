@@ -15,6 +15,18 @@
 //!   whatever the interest). An interrupted wait (`EINTR`) returns `Ok` with
 //!   no events.
 //! * Backends hold no callbacks: the context maps fds to handlers.
+//!
+//! # Backends
+//!
+//! * [`Epoll`] (`epoll.rs`): one `epoll_ctl` per change, checked at once
+//!   (a bad fd or a regular file is refused by `register`).
+//! * [`Uring`] (`uring.rs`, QEMU's fdmon-io_uring): changes are queued and
+//!   go to the kernel with the next `wait`, one `io_uring_enter` per loop
+//!   iteration; so an fd that is bad when that happens is reported once as
+//!   `ERR | NVAL` instead of refused. Its ring also runs file operations
+//!   ([`FileOp`]) for [`crate::io::AioFile`].
+//!
+//! The context picks one per [`FdMon`]; `tests.rs` runs the contract on both.
 
 mod epoll;
 #[cfg(all(test, not(loom)))]
