@@ -118,69 +118,75 @@ fn block_on_stress_wakers_from_many_threads() {
     const FIRERS: usize = 4;
     let rounds = if thorough() { 5000 } else { 200 };
     let secs = if thorough() { 600 } else { 120 };
-    deadline("block_on_stress_wakers_from_many_threads", secs, move || {
-        let threads: Arc<Vec<IoThread>> = Arc::new(
-            (0..IOTHREADS)
-                .map(|i| IoThread::with_name(&format!("iothread{i}")).unwrap())
-                .collect(),
-        );
-        let mut firer_tx = Vec::new();
-        let mut firers = Vec::new();
-        for f in 0..FIRERS {
-            let (tx, rx) = mpsc::channel::<Gate>();
-            firer_tx.push(tx);
-            firers.push(std::thread::spawn(move || {
-                let mut rng = Rng::new(f as u64 + 100);
-                while let Ok(gate) = rx.recv() {
-                    for _ in 0..rng.below(50) {
-                        std::hint::spin_loop();
-                    }
-                    gate.open(rng.below(4));
-                }
-            }));
-        }
-        let mut handles = Vec::new();
-        for (t, io) in threads.iter().enumerate() {
-            for c in 0..COROUTINES {
-                let seed = (t * COROUTINES + c) as u64;
-                let tx = firer_tx.clone();
-                let others = threads.clone();
-                handles.push(io.spawn(move || {
-                    let mut rng = Rng::new(seed);
-                    let mut done = 0;
-                    for _ in 0..rounds {
-                        match rng.below(8) {
-                            0 => block_on(SelfWake(rng.below(3 * corio::future::POLL_BUDGET as usize))),
-                            1 => {
-                                let other = &others[rng.below(IOTHREADS)];
-                                let v = block_on(other.spawn(move || seed)).unwrap();
-                                assert_eq!(v, seed);
-                            }
-                            _ => {
-                                let gate = Gate::default();
-                                let a = rng.below(FIRERS);
-                                let b = (a + 1 + rng.below(FIRERS - 1)) % FIRERS;
-                                tx[a].send(gate.clone()).unwrap();
-                                tx[b].send(gate.clone()).unwrap();
-                                block_on(gate);
-                            }
+    deadline(
+        "block_on_stress_wakers_from_many_threads",
+        secs,
+        move || {
+            let threads: Arc<Vec<IoThread>> = Arc::new(
+                (0..IOTHREADS)
+                    .map(|i| IoThread::with_name(&format!("iothread{i}")).unwrap())
+                    .collect(),
+            );
+            let mut firer_tx = Vec::new();
+            let mut firers = Vec::new();
+            for f in 0..FIRERS {
+                let (tx, rx) = mpsc::channel::<Gate>();
+                firer_tx.push(tx);
+                firers.push(std::thread::spawn(move || {
+                    let mut rng = Rng::new(f as u64 + 100);
+                    while let Ok(gate) = rx.recv() {
+                        for _ in 0..rng.below(50) {
+                            std::hint::spin_loop();
                         }
-                        done += 1;
+                        gate.open(rng.below(4));
                     }
-                    done
                 }));
             }
-        }
-        drop(firer_tx);
-        let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
-        assert_eq!(total, IOTHREADS * COROUTINES * rounds);
-        for f in firers {
-            f.join().unwrap();
-        }
-        for t in Arc::try_unwrap(threads).ok().unwrap() {
-            t.join();
-        }
-    });
+            let mut handles = Vec::new();
+            for (t, io) in threads.iter().enumerate() {
+                for c in 0..COROUTINES {
+                    let seed = (t * COROUTINES + c) as u64;
+                    let tx = firer_tx.clone();
+                    let others = threads.clone();
+                    handles.push(io.spawn(move || {
+                        let mut rng = Rng::new(seed);
+                        let mut done = 0;
+                        for _ in 0..rounds {
+                            match rng.below(8) {
+                                0 => block_on(SelfWake(
+                                    rng.below(3 * corio::future::POLL_BUDGET as usize),
+                                )),
+                                1 => {
+                                    let other = &others[rng.below(IOTHREADS)];
+                                    let v = block_on(other.spawn(move || seed)).unwrap();
+                                    assert_eq!(v, seed);
+                                }
+                                _ => {
+                                    let gate = Gate::default();
+                                    let a = rng.below(FIRERS);
+                                    let b = (a + 1 + rng.below(FIRERS - 1)) % FIRERS;
+                                    tx[a].send(gate.clone()).unwrap();
+                                    tx[b].send(gate.clone()).unwrap();
+                                    block_on(gate);
+                                }
+                            }
+                            done += 1;
+                        }
+                        done
+                    }));
+                }
+            }
+            drop(firer_tx);
+            let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+            assert_eq!(total, IOTHREADS * COROUTINES * rounds);
+            for f in firers {
+                f.join().unwrap();
+            }
+            for t in Arc::try_unwrap(threads).ok().unwrap() {
+                t.join();
+            }
+        },
+    );
 }
 
 fn tokio_runtime() -> tokio::runtime::Runtime {

@@ -7,7 +7,7 @@
 //! channel, an async client) can still be used from a coroutine:
 //! `block_on(fut)` polls the future and, while it is pending, suspends the
 //! coroutine so that its thread serves everyone else. The future's
-//! [`Waker`](std::task::Waker) is `Send + Sync`; called from any thread, it
+//! [`Waker`] is `Send + Sync`; called from any thread, it
 //! resumes the coroutine in its home context, on its home thread, where the
 //! future is polled again.
 //!

@@ -209,7 +209,11 @@ fn block_on_spurious_resume_racing_wake_resumes_once() {
     co.enter();
     assert_eq!((stage.get(), second.polls()), (1, 1));
     drain(&ctx);
-    assert_eq!(second.polls(), 1, "a stale resume entered the next block_on");
+    assert_eq!(
+        second.polls(),
+        1,
+        "a stale resume entered the next block_on"
+    );
     // And a wake of the finished first block_on does nothing either.
     first.wake();
     second.open();
@@ -217,7 +221,11 @@ fn block_on_spurious_resume_racing_wake_resumes_once() {
     assert_eq!(stage.get(), 2);
     first.wake();
     drain(&ctx);
-    assert_eq!(stage.get(), 2, "a finished block_on's waker entered the coroutine");
+    assert_eq!(
+        stage.get(),
+        2,
+        "a finished block_on's waker entered the coroutine"
+    );
     co.enter();
     assert_eq!(stage.get(), 3);
 }
@@ -270,8 +278,8 @@ fn block_on_waker_after_coroutine_finished() {
         }
         assert!(co.is_terminated());
         drop(co); // the coroutine object goes back to the pool
-        // A new coroutine may reuse the object: the old waker must not
-        // touch it.
+                  // A new coroutine may reuse the object: the old waker must not
+                  // touch it.
         let next = Gate::default();
         let (co2, done2) = parked_on(&next);
         let threads: Vec<_> = (0..4)
@@ -318,7 +326,9 @@ fn block_on_waker_clones_on_many_threads() {
                 let g = gate.clone();
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        w.clone().wake();
+                        // A clone per wake, woken by value: dropped here.
+                        let c = w.clone();
+                        c.wake();
                     }
                     if i == 7 {
                         g.open();
@@ -436,7 +446,10 @@ fn block_on_cancelled_drops_future_at_home() {
         h.abort();
         assert!(matches!(h.join(), Err(JoinError::Cancelled)));
         let dropped_on = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-        assert_eq!(dropped_on, home, "the future was dropped off its home thread");
+        assert_eq!(
+            dropped_on, home,
+            "the future was dropped off its home thread"
+        );
         waker.wake_by_ref();
         gate.open();
         // The iothread is still fine.
@@ -516,7 +529,10 @@ fn block_on_outside_coroutine_parks_thread() {
         });
         block_on(gate.clone());
         opener.join().unwrap();
-        assert!(AioContext::try_current().is_none(), "block_on made a context");
+        assert!(
+            AioContext::try_current().is_none(),
+            "block_on made a context"
+        );
     });
 }
 
