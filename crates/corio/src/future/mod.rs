@@ -35,7 +35,10 @@
 //!   the future is dropped then, on the coroutine's home thread.
 //!
 //! The future is polled only on the coroutine's home thread, so it need not
-//! be `Send`. The context must be polled for the coroutine to resume (an
+//! be `Send`. (A coroutine moved to another thread while it waits, by the
+//! unsafe [`AioContext::co_schedule_migrate`], polls it there, with a new
+//! waker for its new home; the caller of that function vouches for the
+//! future being `Send`.) The context must be polled for the coroutine to resume (an
 //! [`IoThread`](crate::IoThread) does that; on a thread of your own, call
 //! [`AioContext::poll`]).
 //!
@@ -188,34 +191,56 @@ pub fn block_on<F: IntoFuture>(fut: F) -> F::Output {
     }
 }
 
+/// The waker of one coroutine's `block_on`, for as long as the coroutine
+/// stays on one thread. Dropping it ends the waker's life (later wakes are
+/// no-ops): when `block_on` returns or is unwound (cancelled), before the
+/// future drops.
+struct CoWait {
+    shared: Arc<CoWaker>,
+    waker: Waker,
+    /// The coroutine's home context when the waker was made.
+    home: AioContext,
+}
+
+impl CoWait {
+    fn new(me: Coroutine) -> CoWait {
+        let home = me.context();
+        let shared = Arc::new(CoWaker::new(me.handle(), &home));
+        CoWait {
+            waker: Waker::from(Arc::clone(&shared)),
+            shared,
+            home,
+        }
+    }
+}
+
+impl Drop for CoWait {
+    fn drop(&mut self) {
+        self.shared.finish();
+    }
+}
+
 /// `block_on` in the coroutine `me`.
 fn block_on_co<F: Future>(me: Coroutine, fut: F) -> F::Output {
     let mut fut = pin!(fut);
-    let ctx = me.context();
-    let shared = Arc::new(CoWaker::new(me.handle(), &ctx));
-    drop((me, ctx));
-    /// Ends the waker's life when `block_on` returns or is unwound
-    /// (cancelled), before the future drops.
-    struct Finish<'a>(&'a CoWaker);
-    impl Drop for Finish<'_> {
-        fn drop(&mut self) {
-            self.0.finish();
-        }
-    }
-    let finish = Finish(&shared);
-    let waker = Waker::from(Arc::clone(&shared));
-    let mut cx = Context::from_waker(&waker);
+    let mut wait = CoWait::new(me);
     let mut notified_polls = 0;
     loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            drop(finish);
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(&wait.waker)) {
+            drop(wait);
             return v;
         }
-        if shared.park.park() {
+        if wait.shared.park.park() {
             coroutine::yield_now();
             // Woken, or resumed spuriously: either way, poll again.
-            shared.park.take();
+            wait.shared.park.take();
             notified_polls = 0;
+            if !wait.home.in_home_thread() {
+                // Moved to another thread while parked (an unsafe
+                // `co_schedule_migrate`): wakes must now go to the new
+                // home. The next poll hands the future the new waker.
+                wait = CoWait::new(coroutine::current_for("block_on"));
+            }
         } else {
             // Woken during the poll (park took the notification).
             notified_polls += 1;

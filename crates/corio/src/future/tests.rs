@@ -560,3 +560,40 @@ fn block_on_outside_coroutine_polls_context() {
         opener.join().unwrap();
     });
 }
+
+/// A coroutine moved to another IoThread while parked in `block_on` (the
+/// unsafe `co_schedule_migrate`) polls the future there with a waker for
+/// its new home: the wake that completes it reaches it on the new thread.
+#[test]
+fn block_on_migrated_while_parked_wakes_at_new_home() {
+    deadline("block_on_migrated_while_parked_wakes_at_new_home", || {
+        let a = IoThread::with_name("bridge-a").unwrap();
+        let b = IoThread::with_name("bridge-b").unwrap();
+        let gate = Gate::default();
+        let g = gate.clone();
+        let (co_tx, co_rx) = mpsc::channel();
+        let h = a.spawn(move || {
+            co_tx.send(Coroutine::current().unwrap().handle()).unwrap();
+            block_on(g);
+            std::thread::current().name().map(str::to_owned)
+        });
+        let co = co_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        let to = b.context().clone();
+        // On a's thread, after the coroutine has parked (a's thread ran it
+        // up to its yield before taking this call).
+        a.context().run_in(move || {
+            // SAFETY: the coroutine's stack holds only `Send` values at its
+            // yield in `block_on` (the gate, the waker, contexts, handles)
+            // and no thread-local reference; nothing wakes it on a's
+            // context but the bridge's waker, which block_on replaces.
+            unsafe { to.co_schedule_migrate(&co) };
+        });
+        while gate.polls() < 2 {
+            std::thread::yield_now(); // re-polled on b, with b's waker
+        }
+        gate.open();
+        assert_eq!(h.join().unwrap().as_deref(), Some("bridge-b"));
+        b.join();
+        a.join();
+    });
+}
