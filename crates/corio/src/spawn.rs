@@ -285,10 +285,10 @@ impl<T> JoinHandle<T> {
 
 /// A handle is a `Future` of the coroutine's outcome, for async code: any
 /// executor may poll it, from any thread, and its waker is called from the
-/// thread where the coroutine finishes (the coroutine's home thread, or
-/// the thread that cancelled it). In a coroutine, [`join`](Self::join) does
-/// the same without a waker; [`crate::future::block_on`] accepts a handle
-/// too.
+/// thread where the coroutine finishes or its closure is dropped (its home
+/// thread, unless its context was dropped elsewhere). In a coroutine,
+/// [`join`](JoinHandle::join) does the same without a waker;
+/// [`crate::future::block_on`] accepts a handle too.
 ///
 /// # Panics
 /// If polled again after it returned `Ready`, or after

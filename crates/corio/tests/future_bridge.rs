@@ -252,14 +252,14 @@ fn tokio_reactor_futures_through_runtime_spawn() {
         let threads = [IoThread::new().unwrap(), IoThread::new().unwrap()];
         let mut handles = Vec::new();
         for i in 0..20u64 {
-            let tokio = rt.handle().clone();
+            let rt_handle = rt.handle().clone();
             handles.push(threads[i as usize % 2].spawn(move || {
-                let slept = tokio.spawn(async move {
+                let slept = rt_handle.spawn(async move {
                     tokio::time::sleep(Duration::from_millis(i % 3)).await;
                     i
                 });
                 assert_eq!(block_on(slept).unwrap(), i);
-                let echoed = tokio.spawn(async move {
+                let echoed = rt_handle.spawn(async move {
                     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
                     s.write_all(&i.to_le_bytes()).await.unwrap();
                     let mut buf = [0u8; 8];

@@ -7,9 +7,9 @@
 //! channel, an async client) can still be used from a coroutine:
 //! `block_on(fut)` polls the future and, while it is pending, suspends the
 //! coroutine so that its thread serves everyone else. The future's
-//! [`Waker`] is `Send + Sync`; called from any thread, it
-//! resumes the coroutine in its home context, on its home thread, where the
-//! future is polled again.
+//! [`Waker`] is `Send + Sync`; called from any thread, it resumes the
+//! coroutine in its home context, on its home thread, where the future is
+//! polled again.
 //!
 //! # What `block_on` guarantees
 //!
@@ -35,12 +35,12 @@
 //!   the future is dropped then, on the coroutine's home thread.
 //!
 //! The future is polled only on the coroutine's home thread, so it need not
-//! be `Send`. (A coroutine moved to another thread while it waits, by the
-//! unsafe [`AioContext::co_schedule_migrate`], polls it there, with a new
-//! waker for its new home; the caller of that function vouches for the
-//! future being `Send`.) The context must be polled for the coroutine to resume (an
-//! [`IoThread`](crate::IoThread) does that; on a thread of your own, call
-//! [`AioContext::poll`]).
+//! be `Send`. The home context must be polled for the coroutine to resume
+//! (an [`IoThread`](crate::IoThread) does that; on a thread of your own,
+//! call [`AioContext::poll`]). A coroutine moved to another thread while it
+//! waits, by the unsafe [`AioContext::co_schedule_migrate`], polls the
+//! future there, with a new waker for its new home (the caller of that
+//! function vouches for the future being `Send`).
 //!
 //! Outside a coroutine, `block_on` blocks the calling thread (see
 //! [`block_on`] for the exact rules).
@@ -105,10 +105,10 @@
 //!     .enable_all()
 //!     .build()
 //!     .unwrap();
-//! let tokio = rt.handle().clone();
+//! let rt_handle = rt.handle().clone();
 //! let t = IoThread::new().unwrap();
 //! let h = t.spawn(move || {
-//!     let slept = tokio.spawn(async {
+//!     let slept = rt_handle.spawn(async {
 //!         tokio::time::sleep(Duration::from_millis(1)).await; // needs tokio's timer
 //!         "slept on tokio"
 //!     });
