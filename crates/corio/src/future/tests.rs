@@ -597,3 +597,32 @@ fn block_on_migrated_while_parked_wakes_at_new_home() {
         a.join();
     });
 }
+
+/// The future need not be `Send`: it is polled only on the coroutine's
+/// home thread (an `Rc` held across an await woken from another thread).
+#[test]
+fn block_on_non_send_future() {
+    deadline("block_on_non_send_future", || {
+        let t = IoThread::new().unwrap();
+        let h = t.spawn(|| {
+            let gate = Gate::default();
+            let g = gate.clone();
+            let opener = std::thread::spawn(move || {
+                while g.waker().is_none() {
+                    std::thread::yield_now();
+                }
+                g.open();
+            });
+            let v = block_on(async move {
+                let local = Rc::new(Cell::new(20)); // !Send, alive across the await
+                gate.await;
+                local.set(local.get() + 1);
+                local.get()
+            });
+            opener.join().unwrap();
+            v
+        });
+        assert_eq!(h.join().unwrap(), 21);
+        t.join();
+    });
+}
