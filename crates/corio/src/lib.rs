@@ -14,6 +14,7 @@
 //! | [`coroutine`] | [`Coroutine`], [`CoHandle`], [`yield_now`]: QEMU's coroutines, with the threading rules that make them sound |
 //! | [`aio`] | [`AioContext`]: an event loop with bottom halves, fd handlers, timers, `poll`, `notify`, and `co_schedule` from any thread |
 //! | [`spawn`] | [`AioContext::spawn`], [`IoThread::spawn`], [`spawn_local`]: start a coroutine anywhere and get its value (or its panic) in a [`JoinHandle`] |
+//! | [`future`] | [`block_on`](future::block_on): wait on any `std::future::Future` in a coroutine (its waker resumes the coroutine from any thread); a [`JoinHandle`] is a `Future` |
 //! | [`iothread`] | [`IoThread`]: a thread that owns and polls a context |
 //! | [`main_loop`] | the process-wide main-loop context ([`main_loop::init`]) |
 //! | [`sync`] | locks for coroutines: [`CoMutex`](sync::CoMutex), [`CoQueue`](sync::CoQueue), [`CoRwLock`](sync::CoRwLock), [`co_sleep_ns`](sync::co_sleep_ns) |
@@ -147,6 +148,7 @@
 
 pub mod aio;
 pub mod coroutine;
+pub mod future;
 pub mod io;
 pub mod iothread;
 mod loom;

@@ -690,6 +690,14 @@ impl CoInner {
         }
     }
 
+    /// Claims the coroutine like [`mark_scheduled`](Self::mark_scheduled),
+    /// but returns `false` instead of panicking if someone else holds the
+    /// claim (that one's wakeup will enter it).
+    pub(crate) fn try_mark_scheduled(&self, who: Scheduler) -> bool {
+        // Its ordering: see `Claim::mark`.
+        self.scheduled.mark(who).is_ok()
+    }
+
     /// Releases a claim taken with [`mark_scheduled`](Self::mark_scheduled)
     /// by `who` without queueing the coroutine (a sleep ending). Returns
     /// whether `who` held the claim.
