@@ -43,13 +43,16 @@
 //! assert!(co.is_terminated());
 //! ```
 
+#[allow(unsafe_code)] // BH nodes in the intrusive list; the callback cell (home thread only)
 mod bh;
 mod fd;
 mod lifecycle;
 mod notify;
+#[allow(unsafe_code)] // coroutines in and out of the co_schedule queue as raw Arcs
 mod schedule;
 
 pub use schedule::co_reschedule_self;
+#[allow(unsafe_code)] // the lock-free intrusive stack (`Linked`, `push`)
 pub(crate) mod queue;
 mod sys;
 mod timer;
@@ -109,6 +112,9 @@ struct Shared {
     thread_pool: std::sync::OnceLock<crate::thread_pool::PoolOwner>,
 }
 
+// unsafe: this impl, `Shared`'s drop and `bh_poll` are the only items of
+// this file that allow `unsafe_code`.
+#[allow(unsafe_code)]
 // SAFETY: `local` is the only field that is not thread-safe; it is reached
 // only through `Shared::local`, which asserts that the caller is the home
 // thread, and every borrow of it ends before a callback runs. Its contents are
@@ -156,6 +162,7 @@ struct PollParams {
 /// Where adaptive polling starts (QEMU: 4 µs).
 const POLL_NS_START: i64 = 4_000;
 
+#[allow(unsafe_code)] // the Arcs left in `co_queue`
 impl Drop for Shared {
     fn drop(&mut self) {
         bh::take_all(&self.bh_list).for_each(drop);
@@ -386,6 +393,7 @@ impl AioContext {
 
     /// Runs the bottom halves taken so far; returns whether any non-idle one
     /// ran (QEMU's `aio_bh_poll`).
+    #[allow(unsafe_code)] // `BhInner::call` and `release`: home thread only
     fn bh_poll(&self) -> bool {
         let s = &*self.shared;
         let mut progress = false;

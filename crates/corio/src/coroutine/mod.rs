@@ -79,11 +79,17 @@
 //! assert!(co.is_terminated());
 //! ```
 
+// `unsafe_code` is allowed for this module (lib.rs) for mod.rs, enter.rs and
+// cancel.rs, which touch the switch state; the rest deny it again.
 mod cancel;
+#[deny(unsafe_code)] // its loom model allows it for loom's UnsafeCell
 mod claim;
 mod enter;
+#[deny(unsafe_code)]
 mod recycle;
+#[deny(unsafe_code)]
 mod stack;
+#[deny(unsafe_code)]
 pub(crate) mod tls;
 
 pub(crate) use self::enter::*;
