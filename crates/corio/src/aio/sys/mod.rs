@@ -16,6 +16,7 @@
 //!   no events.
 //! * Backends hold no callbacks: the context maps fds to handlers.
 
+#[allow(unsafe_code)] // epoll's event buffer is Send
 mod epoll;
 
 pub(crate) use epoll::Epoll;
