@@ -163,7 +163,7 @@
 //! | 2 | `aio` | the event loop: bottom halves, fd handlers, timers, `co_schedule`, each thread's current context |
 //! | 3 | `spawn` | coroutines with a result on a context |
 //! | 4 | `sync`, `thread_pool`, `iothread`, `main_loop` | what a coroutine waits on; threads that own contexts |
-//! | 5 | `io` | channels, watches, listeners, QIOTask |
+//! | 5 | `io`, `future` | channels, watches, listeners, QIOTask; std futures awaited in coroutines (its tests run IoThreads) |
 //!
 //! corio-nbd stands above them all. Where a lower floor must reach up, the
 //! upper one hands it a trait object or a value it cannot look into:

@@ -132,7 +132,9 @@
 mod park;
 mod waker;
 
+// The tests move a parked coroutine with the unsafe `co_schedule_migrate`.
 #[cfg(all(test, not(loom)))]
+#[allow(unsafe_code)]
 mod tests;
 
 use std::future::{Future, IntoFuture};
