@@ -14,6 +14,7 @@
 //! | [`coroutine`] | [`Coroutine`], [`CoHandle`], [`yield_now`]: QEMU's coroutines, with the threading rules that make them sound |
 //! | [`aio`] | [`AioContext`]: an event loop with bottom halves, fd handlers, timers, `poll`, `notify`, and `co_schedule` from any thread |
 //! | [`spawn`] | [`AioContext::spawn`], [`IoThread::spawn`], [`spawn_local`]: start a coroutine anywhere and get its value (or its panic) in a [`JoinHandle`] |
+//! | [`future`] | [`block_on`](future::block_on): wait on any `std::future::Future` in a coroutine (its waker resumes the coroutine from any thread); a [`JoinHandle`] is a `Future` |
 //! | [`iothread`] | [`IoThread`]: a thread that owns and polls a context |
 //! | [`main_loop`] | the process-wide main-loop context ([`main_loop::init`]) |
 //! | [`sync`] | locks for coroutines: [`CoMutex`](sync::CoMutex), [`CoQueue`](sync::CoQueue), [`CoRwLock`](sync::CoRwLock), [`co_sleep_ns`](sync::co_sleep_ns) |
@@ -144,9 +145,66 @@
 //!
 //! The threading rules, which make all this sound, are in the [`coroutine`]
 //! module documentation.
+//!
+//! # Floors, not circles
+//!
+//! The modules stand on floors (DESIGN.md §1's layout, STYLE.md's "floors,
+//! not circles"). A module may use the modules on the floors below its own,
+//! never one on its own floor or above: no `crate::` path in its files
+//! (imports, re-exports reached through the crate root such as
+//! `crate::AioContext`, or `$crate::` in macros) names an upper module. The
+//! test `tests/module_floors.rs` reads this table and checks every file
+//! under `src/` against it; adding a module means adding it here.
+//!
+//! | floor | modules | what they know |
+//! | --- | --- | --- |
+//! | 0 | `trace`, `loom` | nothing of corio |
+//! | 1 | `coroutine` | the stack switch, the wakeup lists, the coroutine thread-locals; of the event loop only "a place to wake me" |
+//! | 2 | `aio` | the event loop: bottom halves, fd handlers, timers, `co_schedule`, each thread's current context |
+//! | 3 | `spawn` | coroutines with a result on a context |
+//! | 4 | `sync`, `thread_pool`, `iothread`, `main_loop` | what a coroutine waits on; threads that own contexts |
+//! | 5 | `io`, `future` | channels, watches, listeners, QIOTask; std futures awaited in coroutines (its tests run IoThreads) |
+//!
+//! corio-nbd stands above them all. Where a lower floor must reach up, the
+//! upper one hands it a trait object or a value it cannot look into:
+//!
+//! * A coroutine's home context is, to the coroutine layer, an
+//!   `Arc<dyn Home>` ("a place to wake me": queue this coroutine there, run
+//!   this closure there), which `aio` implements for its context and fills
+//!   in. The coroutine layer wakes across threads, sends a never-entered
+//!   closure home and reschedules an interrupted wakeup chain through it,
+//!   without naming `AioContext`. `co_reschedule_self` lends the coroutine a
+//!   `dyn MoveTarget` (the target context) for its enterer to hand it to.
+//!   When a coroutine with no home yet needs one, the coroutine layer calls
+//!   the function `aio` installed when it made its first context ("the
+//!   caller's current context", a thread-local that lives in `aio`).
+//! * The methods that return a context ([`Coroutine::context`],
+//!   [`CoHandle::context`], [`Coroutine::handle`], which picks the home) are
+//!   written in `aio` (inherent methods may live in any module of the crate),
+//!   so the public API did not move.
+//! * A context keeps its thread pool in a slot whose type it does not know
+//!   (`Box<dyn Any>`): the pool, a floor above, puts its own type there and
+//!   takes it back.
+//!
+//! # Where the unsafe code is
+//!
+//! The crate denies `unsafe_code`; the modules that need it allow it on their
+//! `mod` line, each with a comment saying what it holds: the stack switch
+//! ([`coroutine`]), the lock-free intrusive lists (`aio::queue` and its users
+//! `aio::bh`, `aio::schedule`), the epoll event buffer (`aio::sys::epoll`), the
+//! [`CoMutex`](sync::CoMutex) data cell (`sync::mutex`) and borrowing a
+//! numbered fd (`io::socket::fd`); `AioContext`'s own file allows it on two
+//! items only (the home-thread `Sync` impl and the bottom-half loop).
+
+#![deny(unsafe_code)]
 
 pub mod aio;
+// unsafe: the stack switch (raw pointers to the running coroutine and its
+// yielder, the home-thread cells of `CoInner`, reference counts by hand) in
+// coroutine/{mod,enter,cancel}.rs; its other files deny it again.
+#[allow(unsafe_code)]
 pub mod coroutine;
+pub mod future;
 pub mod io;
 pub mod iothread;
 mod loom;

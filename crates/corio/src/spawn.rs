@@ -41,9 +41,12 @@
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use crate::aio::AioContext;
 use crate::coroutine::{self, CoHandle, Coroutine};
@@ -110,6 +113,8 @@ enum Waiter {
     /// A thread polling its context (outside any coroutine): kicked with an
     /// empty bottom half.
     Ctx(AioContext),
+    /// An executor that polled the handle as a `Future`.
+    Task(Waker),
 }
 
 /// What the coroutine and its handle share. The mutex guards all of it.
@@ -157,6 +162,7 @@ impl<T> JoinState<T> {
             // The joiner polls that context: if it is this thread, it sees
             // the result when the poll running us returns.
             Some(Waiter::Ctx(ctx)) if !ctx.in_home_thread() => ctx.bh_schedule_oneshot(|| {}),
+            Some(Waiter::Task(w)) => w.wake(),
             _ => {}
         }
     }
@@ -274,6 +280,36 @@ impl<T> JoinHandle<T> {
             cancel_at_home(co);
         }
         // Not created yet: the start bottom half sees `abort`.
+    }
+}
+
+/// A handle is a `Future` of the coroutine's outcome, for async code: any
+/// executor may poll it, from any thread, and its waker is called from the
+/// thread where the coroutine finishes or its closure is dropped (its home
+/// thread, unless its context was dropped elsewhere). In a coroutine,
+/// [`join`](JoinHandle::join) does the same without a waker;
+/// [`crate::future::block_on`] accepts a handle too.
+///
+/// # Panics
+/// If polled again after it returned `Ready`, or after
+/// [`try_join`](Self::try_join) took the result.
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut slot = self.state.lock();
+        if let Some(r) = slot.result.take() {
+            return Poll::Ready(r);
+        }
+        assert!(
+            !slot.finished,
+            "JoinHandle polled after its result was taken (it returned Ready, or try_join took it)"
+        );
+        match &slot.waiter {
+            Some(Waiter::Task(w)) if w.will_wake(cx.waker()) => {}
+            _ => slot.waiter = Some(Waiter::Task(cx.waker().clone())),
+        }
+        Poll::Pending
     }
 }
 

@@ -43,13 +43,20 @@
 //! assert!(co.is_terminated());
 //! ```
 
+#[allow(unsafe_code)] // BH nodes in the intrusive list; the callback cell (home thread only)
 mod bh;
+mod current;
 mod fd;
+mod home;
 mod lifecycle;
 mod notify;
+#[allow(unsafe_code)]
+// coroutines in and out of the co_schedule queue as raw Arcs (`Linked for CoInner`)
 mod schedule;
+mod slot;
 
 pub use schedule::co_reschedule_self;
+#[allow(unsafe_code)] // the lock-free intrusive stack (`Linked`, `push`)
 pub(crate) mod queue;
 mod sys;
 mod timer;
@@ -70,9 +77,11 @@ pub use sys::{events, FdMon};
 pub use timer::{Clock, Timer};
 
 use self::bh::{BhInner, DELETED, IDLE, ONESHOT, SCHEDULED};
+use self::current::current_ctx;
 use self::fd::FdNode;
 use self::notify::NotifyMe;
 use self::queue::AtomicStack;
+use self::slot::OpaqueSlot;
 use self::sys::{Epoll, FdMonitor, Monitor, Ready};
 use self::timer::TimerInner;
 use crate::coroutine::{self, tls, CoHandle, CoInner};
@@ -108,9 +117,13 @@ struct Shared {
     local: RefCell<Local>,
     /// The context's thread pool, created on first use (QEMU's
     /// `ctx->thread_pool`); dropping it with the context stops its workers.
-    thread_pool: std::sync::OnceLock<crate::thread_pool::PoolOwner>,
+    /// Opaque here: the pool (a floor above) puts and takes its own type.
+    thread_pool: OpaqueSlot,
 }
 
+// unsafe: this impl, `Shared`'s drop and `bh_poll` are the only items of
+// this file that allow `unsafe_code`.
+#[allow(unsafe_code)]
 // SAFETY: `local` is the only field that is not thread-safe; it is reached
 // only through `Shared::local`, which asserts that the caller is the home
 // thread, and every borrow of it ends before a callback runs. Its contents are
@@ -160,6 +173,7 @@ struct PollParams {
 /// Where adaptive polling starts (QEMU: 4 µs).
 const POLL_NS_START: i64 = 4_000;
 
+#[allow(unsafe_code)] // the Arcs left in `co_queue`
 impl Drop for Shared {
     fn drop(&mut self) {
         bh::take_all(&self.bh_list).for_each(drop);
@@ -266,14 +280,17 @@ impl AioContext {
                     poll: PollParams::default(),
                     owned: HashMap::new(),
                 }),
-                thread_pool: std::sync::OnceLock::new(),
+                thread_pool: OpaqueSlot::default(),
             }
         });
         let ctx = AioContext { shared };
         if let Some(f) = &fallback {
             uring::report_fallback(&ctx, f);
         }
-        tls::set_current_ctx_if_none(&ctx);
+        coroutine::install_current_home(home::current_home);
+        if current::set_current_ctx_if_none(&ctx) {
+            ctx.adopt_orphans();
+        }
         Ok(ctx)
     }
 
@@ -283,14 +300,14 @@ impl AioContext {
     /// # Panics
     /// If a context has to be created and cannot be (out of fds).
     pub fn current() -> AioContext {
-        tls::current_ctx().unwrap_or_else(|| {
+        current_ctx().unwrap_or_else(|| {
             AioContext::new().unwrap_or_else(|e| panic!("cannot create an AioContext: {e}"))
         })
     }
 
     /// The calling thread's current context, if it has one.
     pub fn try_current() -> Option<AioContext> {
-        tls::current_ctx()
+        current_ctx()
     }
 
     /// Makes this context the calling thread's current one, returning the
@@ -300,7 +317,7 @@ impl AioContext {
     /// If the calling thread is not the context's home.
     pub fn set_current(&self) -> Option<AioContext> {
         self.assert_home("set_current");
-        tls::replace_current_ctx(Some(self.clone()))
+        current::replace_current_ctx(Some(self.clone()))
     }
 
     /// Whether the calling thread is this context's home (QEMU's
@@ -338,7 +355,8 @@ impl AioContext {
         }
     }
 
-    pub(crate) fn thread_pool_slot(&self) -> &std::sync::OnceLock<crate::thread_pool::PoolOwner> {
+    /// The thread pool's slot: opaque to this layer (see `Shared::thread_pool`).
+    pub(crate) fn thread_pool_slot(&self) -> &OpaqueSlot {
         &self.shared.thread_pool
     }
 
@@ -411,6 +429,7 @@ impl AioContext {
 
     /// Runs the bottom halves taken so far; returns whether any non-idle one
     /// ran (QEMU's `aio_bh_poll`).
+    #[allow(unsafe_code)] // `BhInner::call` and `release`: home thread only
     fn bh_poll(&self) -> bool {
         let s = &*self.shared;
         let mut progress = false;

@@ -87,6 +87,7 @@ impl NotifyMe {
 ///
 /// [`AtomicStack`]: super::queue::AtomicStack
 #[cfg(all(test, loom))]
+#[allow(unsafe_code)] // an intrusive list of test nodes
 mod loom_tests {
     use super::*;
     use crate::aio::queue::{AtomicStack, Linked};

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use super::bh::SCHEDULED;
 use super::queue;
 use super::AioContext;
-use crate::coroutine::{self, tls, CoHandle, CoInner, Scheduler};
+use super::{current_ctx, home};
+use crate::coroutine::{self, CoHandle, CoInner, Scheduler};
+use crate::loom::AtomicPtr;
 use crate::trace;
 
 impl AioContext {
@@ -57,7 +59,7 @@ impl AioContext {
             "co_schedule_migrate: call it on the coroutine's home thread, while it is not running"
         );
         co.inner.mark_scheduled(Scheduler::AioCoSchedule);
-        co.inner.set_home(self);
+        co.inner.set_home(self.as_home(), self.home_token());
         self.push_scheduled(co.inner.clone());
     }
 
@@ -149,7 +151,7 @@ impl AioContext {
             return f();
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let waiter = tls::current_ctx();
+        let waiter = current_ctx();
         let kick = waiter.clone();
         self.bh_schedule_oneshot(move || {
             let r = catch_unwind(AssertUnwindSafe(f));
@@ -192,8 +194,25 @@ pub unsafe fn co_reschedule_self(ctx: &AioContext) {
     // uses a oneshot bottom half on the old context for the same reason:
     // the other thread must not enter us before we have left). `ctx` stays
     // borrowed until we are resumed there, which the hand-over relies on.
-    // SAFETY: the caller of `co_reschedule_self` vouched for the stack.
-    if unsafe { crate::coroutine::request_migration(ctx) } {
-        crate::coroutine::yield_now();
+    // Contexts, not threads, as QEMU compares them: a move between two
+    // contexts of one thread still changes where later wakes go. Another
+    // thread's context cannot be the home: no lock needed to tell.
+    let already_home = |me: &CoInner| {
+        ctx.home_token() == me.home_token()
+            && ctx.is_home_of(&me.home_or_insert_with(home::current_home))
+    };
+    // SAFETY: the caller of `co_reschedule_self` vouched for the stack, and
+    // `ctx` stays borrowed until the coroutine is resumed.
+    if unsafe { coroutine::request_migration(ctx, already_home) } {
+        coroutine::yield_now();
+    }
+}
+
+// SAFETY: `next` is used by one co_schedule queue at a time: a coroutine is
+// pushed only after winning the `scheduled` compare-exchange, and taken out
+// before `scheduled` is cleared.
+unsafe impl queue::Linked for CoInner {
+    fn link(&self) -> &AtomicPtr<CoInner> {
+        &self.next
     }
 }

@@ -10,6 +10,8 @@
 //! its own; *retry* when the slot was empty), then publishes itself and
 //! yields. Trace events can be switched on with `CORIO_TRACE=aio_co_*`.
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};

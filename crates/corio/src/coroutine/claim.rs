@@ -85,6 +85,7 @@ impl Claim {
 
 /// loom models of the claim, run on the real [`Claim`].
 #[cfg(all(test, loom))]
+#[allow(unsafe_code)] // loom's UnsafeCell accessors
 mod loom_tests {
     use super::*;
     use loom::cell::UnsafeCell;

@@ -67,17 +67,21 @@ pub(super) fn run_wakeups(co: &CoInner) {
 /// yielded (the second half of `co_reschedule_self`): no bottom half and
 /// no allocation, one push onto `ctx`'s queue from `migrate_if_asked`.
 ///
+/// Returns false, asking nothing, if `already_home` says that `target` is
+/// the coroutine's home already.
+///
 /// # Safety
-/// As `AioContext::co_schedule_migrate`; the caller then yields at once.
-pub(crate) unsafe fn request_migration(ctx: &AioContext) -> bool {
+/// As `AioContext::co_schedule_migrate`; the caller then yields at once,
+/// and `target` stays borrowed until the coroutine is resumed (there).
+pub(crate) unsafe fn request_migration(
+    target: &(dyn MoveTarget + 'static),
+    already_home: impl FnOnce(&CoInner) -> bool,
+) -> bool {
     let me = tls::current_co();
     assert!(!me.is_null(), "co_reschedule_self outside a coroutine");
     // SAFETY: the running coroutine is live (its enterer holds it).
     let me = unsafe { &*me };
-    // Contexts, not threads, as QEMU compares them: a move between two
-    // contexts of one thread still changes where later wakes go. Another
-    // thread's context cannot be the home: no lock needed to tell.
-    if ctx.home_token() == me.home_token() && home_context(me) == *ctx {
+    if already_home(me) {
         return false;
     }
     assert!(
@@ -85,7 +89,7 @@ pub(crate) unsafe fn request_migration(ctx: &AioContext) -> bool {
         "co_reschedule_self: the coroutine is inside AioContext::poll (a callback of a poll \
          running on its own stack); it cannot leave its thread before that poll returns"
     );
-    me.migrate_to.set(ctx);
+    me.migrate_to.set(Some(NonNull::from(target)));
     me.state.set(me.state.get() | state::WAKEUPS);
     true
 }
@@ -125,23 +129,22 @@ impl Drop for PollFrame {
 /// the target context's queue. Called on the home thread with `co` idle.
 #[inline]
 pub(super) fn migrate_if_asked(co: &CoInner) {
-    let target = co.migrate_to.replace(ptr::null());
+    let target = co.migrate_to.replace(None);
     // Only a coroutine that yielded (state idle) still has the
     // `co_reschedule_self` frame that `target` borrows from; one that
     // terminated instead (a panic before the switch) is not moved.
-    if !target.is_null() && co.state.get() == 0 {
+    if let Some(target) = target.filter(|_| co.state.get() == 0) {
         // SAFETY: `request_migration` stored a reference that the yielded
         // coroutine's `co_reschedule_self` frame still borrows; the
-        // coroutine is suspended until the push below hands it over.
-        migrate_now(co, unsafe { &*target });
+        // coroutine is suspended until `take_in` below hands it over.
+        migrate_now(co, unsafe { target.as_ref() });
     }
 }
 
 #[cold]
 #[inline(never)]
-pub(super) fn migrate_now(co: &CoInner, target: &AioContext) {
+pub(super) fn migrate_now(co: &CoInner, target: &dyn MoveTarget) {
     co.mark_scheduled(Scheduler::AioCoSchedule);
-    co.set_home(target);
     // SAFETY: every `CoInner` lives in an `Arc` (created by
     // `Coroutine::new`), and the enterer holds one for the whole switch, so
     // the count is at least 1: taking one more reference is sound.
@@ -149,7 +152,8 @@ pub(super) fn migrate_now(co: &CoInner, target: &AioContext) {
         Arc::increment_strong_count(co);
         Arc::from_raw(co as *const CoInner)
     };
-    target.push_scheduled(arc);
+    // Sets the new home (and its thread), then pushes onto its queue.
+    target.take_in(arc);
 }
 
 /// Hands queued wakeups to this thread's context instead of entering them
@@ -167,7 +171,7 @@ pub(super) fn reschedule_wakeups(list: VecDeque<Arc<CoInner>>) {
             .scheduled
             .hand_over(Scheduler::AioCoWake, Scheduler::AioCoSchedule)
         {
-            home_context(&co).push_scheduled(co);
+            home::push_home(co);
         }
     }
 }

@@ -8,11 +8,12 @@
 //! # Threads
 //!
 //! A coroutine belongs to the thread that created it (its *home*), and to that
-//! thread's [`AioContext`]. [`Coroutine`] is `!Send`; to wake a coroutine from
-//! another thread, take a [`CoHandle`] with [`Coroutine::handle`]: it is
-//! `Send`, and [`CoHandle::wake`] queues the coroutine on its home context,
-//! where it resumes on its home thread. Moving a coroutine to another thread is
-//! `unsafe` ([`AioContext::co_schedule_migrate`],
+//! thread's [`AioContext`](crate::AioContext). [`Coroutine`] is `!Send`; to
+//! wake a coroutine from another thread, take a [`CoHandle`] with
+//! [`Coroutine::handle`]: it is `Send`, and [`CoHandle::wake`] queues the
+//! coroutine on its home context, where it resumes on its home thread.
+//! Moving a coroutine to another thread is `unsafe`
+//! ([`AioContext::co_schedule_migrate`](crate::AioContext::co_schedule_migrate),
 //! [`co_reschedule_self`](crate::co_reschedule_self)), because its stack may
 //! hold values that are not `Send`.
 //!
@@ -55,9 +56,10 @@
 //! the process then aborts. Release resources without waiting (drop a
 //! guard, close a channel, `try_lock`).
 //!
-//! Coroutines started with [`AioContext::spawn`] are also owned by their
-//! context until they finish, and can be cancelled
-//! ([`JoinHandle::abort`](crate::JoinHandle::abort), [`AioContext::shutdown`]).
+//! Coroutines started with [`AioContext::spawn`](crate::AioContext::spawn)
+//! are also owned by their context until they finish, and can be cancelled
+//! ([`JoinHandle::abort`](crate::JoinHandle::abort),
+//! [`AioContext::shutdown`](crate::AioContext::shutdown)).
 //!
 //! # Examples
 //!
@@ -79,24 +81,33 @@
 //! assert!(co.is_terminated());
 //! ```
 
+// `unsafe_code` is allowed for this module (lib.rs) for mod.rs, enter.rs and
+// cancel.rs, which touch the switch state; the rest deny it again.
 mod cancel;
+#[deny(unsafe_code)] // its loom model allows it for loom's UnsafeCell
 mod claim;
 mod enter;
+#[deny(unsafe_code)]
+mod home;
+#[deny(unsafe_code)]
 mod recycle;
+#[deny(unsafe_code)]
 mod stack;
+#[deny(unsafe_code)]
 pub(crate) mod tls;
 
 pub(crate) use self::enter::*;
 use self::recycle::*;
 
 pub(crate) use cancel::{cancel, cancelling, Cancel};
+pub(crate) use home::{install_current_home, take_orphans, Home, MoveTarget};
 
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
-use std::ptr;
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -107,7 +118,6 @@ pub use stack::{
     dec_pool_size, inc_pool_size, pool_max, pooled, set_stack_size, stack_size, DEFAULT_STACK_SIZE,
 };
 
-use crate::aio::AioContext;
 use crate::loom::AtomicPtr;
 use crate::trace;
 
@@ -170,9 +180,10 @@ pub(crate) struct CoInner {
     /// exclusively (it is scheduled and not running); the queue push and take
     /// publish the change to the new thread.
     home_thread: AtomicUsize,
-    /// The home AioContext, filled on demand on the home thread; read by
-    /// wakers on other threads. Emptied when the object is pooled.
-    home: Mutex<Option<AioContext>>,
+    /// The home context ("a place to wake me", see [`Home`]), filled on
+    /// demand on the home thread; read by wakers on other threads. Emptied
+    /// when the object is pooled.
+    home: Mutex<Option<Arc<dyn Home>>>,
     // ---- Home thread only (see the `Sync` impl) ----
     /// The corosensei coroutine: a finished one (holding its stack) once
     /// terminated; `None` only after `Drop` took it. Borrowed mutably only by
@@ -203,7 +214,7 @@ pub(crate) struct CoInner {
     /// hand-over because that call returns only once the coroutine has been
     /// resumed, after the push (saves two contended reference-count updates
     /// per hop).
-    migrate_to: Cell<*const AioContext>,
+    migrate_to: Cell<Option<NonNull<dyn MoveTarget>>>,
     /// How many `AioContext::poll` calls are in progress on this coroutine's
     /// stack: while any is, the coroutine must not migrate (those frames use
     /// their context's home-thread state), see [`PollFrame`].
@@ -223,15 +234,6 @@ pub(crate) struct CoInner {
 unsafe impl Send for CoInner {}
 // SAFETY: see above.
 unsafe impl Sync for CoInner {}
-
-// SAFETY: `next` is used by one co_schedule queue at a time: a coroutine is
-// pushed only after winning the `scheduled` compare-exchange, and taken out
-// before `scheduled` is cleared.
-unsafe impl crate::aio::queue::Linked for CoInner {
-    fn link(&self) -> &AtomicPtr<CoInner> {
-        &self.next
-    }
-}
 
 impl Drop for CoInner {
     fn drop(&mut self) {
@@ -312,13 +314,13 @@ impl Drop for HomeBound {
 /// Drops a never-entered coroutine from a bottom half of its home context;
 /// leaks it if it has no context (or the bottom half never runs there).
 #[cold]
-fn send_home(raw: RawCo, home_thread: usize, home: Option<AioContext>) {
+fn send_home(raw: RawCo, home_thread: usize, home: Option<Arc<dyn Home>>) {
     let bound = HomeBound {
         raw: ManuallyDrop::new(raw),
         home_thread,
     };
     match home {
-        Some(ctx) => ctx.bh_schedule_oneshot(move || drop(bound)),
+        Some(home) => home.run_at_home(Box::new(move || drop(bound))),
         None => std::mem::forget(bound),
     }
 }
@@ -405,7 +407,7 @@ impl Coroutine {
                 holds_stack: Cell::new(false),
                 cancelled: Cell::new(false),
                 wakeup: RefCell::new(VecDeque::new()),
-                migrate_to: Cell::new(ptr::null()),
+                migrate_to: Cell::new(None),
                 polls: Cell::new(0),
             })),
         }
@@ -466,31 +468,17 @@ impl Coroutine {
         wake_local(&self.inner);
     }
 
-    /// A `Send` handle for waking this coroutine from other threads. Gives the
-    /// home thread an [`AioContext`] if it has none yet.
-    pub fn handle(&self) -> CoHandle {
-        home_context(&self.inner);
-        CoHandle {
-            inner: Arc::clone(&self.inner),
-        }
-    }
+    // `handle`, `context` and `set_home_context` are aio's (aio/home.rs):
+    // they name the `AioContext`.
 
-    /// The coroutine's home context (QEMU's `qemu_coroutine_get_aio_context`).
-    pub fn context(&self) -> AioContext {
-        home_context(&self.inner)
+    /// The shared state, for the layers above (aio).
+    pub(crate) fn inner(&self) -> &Arc<CoInner> {
+        &self.inner
     }
 
     /// An address that identifies the coroutine, for traces and logs.
     pub fn as_ptr(&self) -> *const () {
         Arc::as_ptr(&self.inner).cast()
-    }
-
-    /// Makes `ctx` the coroutine's home context. `ctx` must belong to the
-    /// coroutine's home thread (checked): this changes where wakes go, not
-    /// the thread.
-    pub(crate) fn set_home_context(&self, ctx: &AioContext) {
-        assert_eq!(ctx.home_token(), self.inner.home_token());
-        *self.inner.home.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
     }
 
     /// Whether both handles name the same coroutine.
@@ -544,20 +532,16 @@ impl CoHandle {
         if self.is_home() {
             wake_local(&self.inner);
         } else {
-            self.context()
-                .co_schedule_inner(self.inner.clone(), Scheduler::AioCoSchedule);
+            let home = self
+                .inner
+                .home()
+                .expect("CoHandle always has a home context");
+            self.inner.mark_scheduled(Scheduler::AioCoSchedule);
+            home.push_scheduled(self.inner.clone());
         }
     }
 
-    /// The coroutine's home context.
-    pub fn context(&self) -> AioContext {
-        self.inner
-            .home
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .expect("CoHandle always has a home context")
-    }
+    // `context` is aio's (aio/home.rs).
 
     /// The coroutine itself, if the caller is on its home thread.
     pub fn local(&self) -> Option<Coroutine> {
@@ -665,20 +649,33 @@ fn yield_to_no_one() -> ! {
     panic!("Co-routine is yielding to no one");
 }
 
-fn home_context(co: &CoInner) -> AioContext {
-    let mut home = co.home.lock().unwrap_or_else(|e| e.into_inner());
-    home.get_or_insert_with(|| {
-        assert_eq!(
-            co.home_thread.load(Relaxed),
-            tls::thread_token(),
-            "a coroutine's home context is chosen on its home thread"
-        );
-        AioContext::current()
-    })
-    .clone()
-}
-
 impl CoInner {
+    /// The home context, if it has one yet.
+    pub(crate) fn home(&self) -> Option<Arc<dyn Home>> {
+        self.home.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The home context; if it has none, `current()` becomes it (the
+    /// caller's current context: only the home thread may choose).
+    ///
+    /// # Panics
+    /// If a home has to be chosen off the home thread.
+    pub(crate) fn home_or_insert_with(
+        &self,
+        current: impl FnOnce() -> Arc<dyn Home>,
+    ) -> Arc<dyn Home> {
+        let mut home = self.home.lock().unwrap_or_else(|e| e.into_inner());
+        home.get_or_insert_with(|| {
+            assert_eq!(
+                self.home_thread.load(Relaxed),
+                tls::thread_token(),
+                "a coroutine's home context is chosen on its home thread"
+            );
+            current()
+        })
+        .clone()
+    }
+
     /// Claims the coroutine for a queue; panics if it is already scheduled.
     pub(crate) fn mark_scheduled(&self, who: Scheduler) {
         // Its ordering: see `Claim::mark`.
@@ -688,6 +685,14 @@ impl CoInner {
                 scheduler_name(prev)
             );
         }
+    }
+
+    /// Claims the coroutine like [`mark_scheduled`](Self::mark_scheduled),
+    /// but returns `false` instead of panicking if someone else holds the
+    /// claim (that one's wakeup will enter it).
+    pub(crate) fn try_mark_scheduled(&self, who: Scheduler) -> bool {
+        // Its ordering: see `Claim::mark`.
+        self.scheduled.mark(who).is_ok()
     }
 
     /// Releases a claim taken with [`mark_scheduled`](Self::mark_scheduled)
@@ -710,10 +715,17 @@ impl CoInner {
         self.home_thread.load(Relaxed)
     }
 
-    /// Moves the coroutine's home; the caller has claimed it (scheduled).
-    pub(crate) fn set_home(&self, ctx: &AioContext) {
-        *self.home.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
+    /// Makes `home` the home context; the caller checked that it belongs to
+    /// the coroutine's home thread.
+    pub(crate) fn replace_home(&self, home: Arc<dyn Home>) {
+        *self.home.lock().unwrap_or_else(|e| e.into_inner()) = Some(home);
+    }
+
+    /// Moves the coroutine's home to `home`, whose thread is `token`; the
+    /// caller has claimed it (scheduled).
+    pub(crate) fn set_home(&self, home: Arc<dyn Home>, token: usize) {
+        *self.home.lock().unwrap_or_else(|e| e.into_inner()) = Some(home);
         // Relaxed: published to the new thread by the queue push (Release).
-        self.home_thread.store(ctx.home_token(), Relaxed);
+        self.home_thread.store(token, Relaxed);
     }
 }

@@ -111,6 +111,6 @@ pub(super) fn recyclable(inner: &mut CoInner) -> bool {
 }
 
 #[cold]
-pub(super) fn drop_home(home: &mut Option<AioContext>) {
+pub(super) fn drop_home(home: &mut Option<Arc<dyn Home>>) {
     *home = None;
 }

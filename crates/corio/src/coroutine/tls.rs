@@ -11,12 +11,11 @@
 //! `yield_now`) are not inlined either, and do no thread-local access after
 //! the switch returns inside the coroutine.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use super::CoInner;
-use crate::aio::AioContext;
 
 /// Per-thread switch state, in one thread-local so that the switch path
 /// computes one address.
@@ -68,7 +67,6 @@ thread_local! {
             kept_stacks: Cell::new(0),
         }
     };
-    static CURRENT_CTX: RefCell<Option<AioContext>> = const { RefCell::new(None) };
 }
 
 /// Counts one more terminated coroutine keeping its stack, if fewer than
@@ -114,30 +112,4 @@ pub(crate) fn current_co() -> *const CoInner {
 #[inline(never)]
 pub(crate) fn thread_token() -> usize {
     STATE.with(ThreadState::token)
-}
-
-/// This thread's current AioContext, if it has one.
-#[inline(never)]
-pub(crate) fn current_ctx() -> Option<AioContext> {
-    CURRENT_CTX.try_with(|c| c.borrow().clone()).ok().flatten()
-}
-
-/// Makes `ctx` this thread's current context if it has none yet.
-#[inline(never)]
-pub(crate) fn set_current_ctx_if_none(ctx: &AioContext) {
-    let _ = CURRENT_CTX.try_with(|c| {
-        let mut c = c.borrow_mut();
-        if c.is_none() {
-            *c = Some(ctx.clone());
-        }
-    });
-}
-
-/// Replaces this thread's current context; returns the old one.
-#[inline(never)]
-pub(crate) fn replace_current_ctx(ctx: Option<AioContext>) -> Option<AioContext> {
-    CURRENT_CTX
-        .try_with(|c| std::mem::replace(&mut *c.borrow_mut(), ctx))
-        .ok()
-        .flatten()
 }

@@ -39,6 +39,7 @@ use crate::aio::{events, AioContext};
 use crate::coroutine;
 use crate::trace;
 
+#[allow(unsafe_code)] // borrows the fd named by an `fd:N` address
 mod fd;
 use self::fd::{fd_connect, fd_listen};
 

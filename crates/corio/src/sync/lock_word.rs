@@ -290,6 +290,7 @@ impl<W: Clone> Core<W> {
 /// loom models of the lock word and the waiter queue:
 /// `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p corio --profile loom --lib loom_`.
 #[cfg(all(test, loom))]
+#[allow(unsafe_code)] // loom's UnsafeCell accessors
 mod loom_tests {
     use super::*;
     use loom::cell::UnsafeCell;

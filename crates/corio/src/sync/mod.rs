@@ -20,6 +20,7 @@
 //! [`CoHandle::wake`]: crate::CoHandle::wake
 
 mod lock_word;
+#[allow(unsafe_code)] // the CoMutex data cell: Send/Sync impls, the guard's deref
 mod mutex;
 mod queue;
 mod rwlock;

@@ -1,6 +1,8 @@
 //! corio-nbd: serve a raw disk image over NBD, with qemu-nbd's command
 //! line. A thin layer over `corio_nbd::server`.
 
+#![deny(unsafe_code)]
+
 mod args;
 mod list;
 mod objects;

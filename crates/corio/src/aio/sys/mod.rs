@@ -28,9 +28,12 @@
 //!
 //! The context picks one per [`FdMon`]; `tests.rs` runs the contract on both.
 
+#[allow(unsafe_code)] // epoll's event buffer is Send
 mod epoll;
 #[cfg(all(test, not(loom)))]
+#[allow(unsafe_code)] // borrowing a raw fd number; sigaction and pthread_kill for EINTR
 mod tests;
+#[allow(unsafe_code)] // SQEs with buffer pointers (`push`): see its module doc
 mod uring;
 
 pub(crate) use epoll::Epoll;

@@ -1,0 +1,90 @@
+//! "A place to wake me": all the coroutine layer knows of the event loop a
+//! coroutine belongs to.
+//!
+//! The coroutine layer sits below `aio` and names no `AioContext`. A
+//! coroutine's home is an `Arc<dyn Home>`, which `aio` fills in (its
+//! `AioContext` implements [`Home`], in `aio/home.rs`); the coroutine layer
+//! only queues coroutines there and runs closures there. A coroutine that
+//! asked to move (`co_reschedule_self`) points at a [`MoveTarget`] that its
+//! enterer hands it to once it has yielded.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
+
+use super::CoInner;
+
+/// The event loop a coroutine belongs to, as the coroutine layer sees it.
+pub(crate) trait Home: Send + Sync + 'static {
+    /// Queues `co`, whose schedule claim the caller holds, to be entered on
+    /// this home's thread (QEMU's `aio_co_schedule` after the claim).
+    ///
+    /// # Thread context
+    /// Any thread.
+    fn push_scheduled(self: Arc<Self>, co: Arc<CoInner>);
+
+    /// Runs `f` on this home's thread, from its next turn (never now).
+    ///
+    /// # Thread context
+    /// Any thread.
+    fn run_at_home(self: Arc<Self>, f: Box<dyn FnOnce() + Send>);
+
+    /// The implementer, for the layer that installed it to take its own type
+    /// back.
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+/// Where a coroutine asked to move: borrowed from the `co_reschedule_self`
+/// frame until its enterer hands the coroutine over.
+pub(crate) trait MoveTarget {
+    /// Makes this the home of `co` (claimed, idle, on the caller's thread)
+    /// and queues it here.
+    fn take_in(&self, co: Arc<CoInner>);
+}
+
+/// Gives the calling thread's current home, creating one if it has none;
+/// installed by `aio` when it creates its first context.
+static CURRENT_HOME: OnceLock<fn() -> Arc<dyn Home>> = OnceLock::new();
+
+thread_local! {
+    /// Coroutines to queue on this thread's first home: woken before any
+    /// event loop existed in the process, then rescheduled (a panic cut their
+    /// wakeup chain). Taken by `aio` when it creates this thread's context.
+    static ORPHANS: RefCell<Vec<Arc<CoInner>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Installs `f`, which gives the calling thread's current home (the first
+/// call wins; `aio` always passes the same function).
+pub(crate) fn install_current_home(f: fn() -> Arc<dyn Home>) {
+    if CURRENT_HOME.get().is_none() {
+        let _ = CURRENT_HOME.set(f);
+    }
+}
+
+/// The home of `co`, chosen now if it has none yet (it is then the current
+/// home of the calling thread, which must be `co`'s home thread). `None`
+/// only before `aio` created any context in the process.
+pub(super) fn home_or_current(co: &CoInner) -> Option<Arc<dyn Home>> {
+    match CURRENT_HOME.get() {
+        Some(current) => Some(co.home_or_insert_with(current)),
+        None => co.home(),
+    }
+}
+
+/// Queues a claimed coroutine on its home, or keeps it for this thread's
+/// first home if no event loop exists yet.
+pub(super) fn push_home(co: Arc<CoInner>) {
+    match home_or_current(&co) {
+        Some(home) => home.push_scheduled(co),
+        None => {
+            let _ = ORPHANS.try_with(|o| o.borrow_mut().push(co));
+        }
+    }
+}
+
+/// The coroutines kept by [`push_home`] on this thread, for its new home.
+pub(crate) fn take_orphans() -> Vec<Arc<CoInner>> {
+    ORPHANS
+        .try_with(|o| std::mem::take(&mut *o.borrow_mut()))
+        .unwrap_or_default()
+}
