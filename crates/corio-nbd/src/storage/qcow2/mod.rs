@@ -254,7 +254,7 @@ impl Storage for Qcow2Storage {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             writable: !self.inner.opts.read_only,
-            trim: self.inner.zero_clusters,
+            trim: true,
             fast_zero: self.inner.zero_clusters,
             rotational: false,
             mapped_reads: true,
@@ -286,14 +286,16 @@ impl Storage for Qcow2Storage {
 
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
         self.check_writable()?;
-        if !self.inner.zero_clusters {
-            // Version 2: imago cannot discard safely there (no zero
-            // clusters to stop a backing file showing through). TRIM is
-            // advisory: keep the data.
-            return Ok(());
-        }
         self.exclusive(move |inner, image| {
-            image.discard_to_zero(offset, len)?;
+            if inner.zero_clusters {
+                // As QEMU on version 3: the clusters read as zeroes.
+                image.discard_to_zero(offset, len)?;
+            } else {
+                // Version 2 has no zero clusters: as QEMU, the clusters
+                // become unallocated (a backing file shows through, which
+                // NBD allows: what a trimmed range reads is unspecified).
+                image.discard_to_backing(offset, len)?;
+            }
             inner.after_write(image, fua)
         })
     }
