@@ -11,20 +11,23 @@ use std::path::Path;
 use std::thread;
 
 use bin_helpers::{run, TempDir};
-use qcow2_helpers::{check_clean, compare, ok, qemu_io, raw_shadow, s, serve, serve_qemu, uri};
+use qcow2_helpers::{
+    check_clean, compare, ok, qemu_io, raw_shadow, s, serve, serve_qemu, shm_dir, uri,
+};
 
 const MIB: u64 = 1 << 20;
 
-#[test]
-fn concurrent_clients_on_two_iothreads() {
+/// Four clients at once over two IOThreads, each writing its own quarter
+/// (allocating clusters concurrently), then qemu-img checks the image
+/// and reads each quarter's pattern.
+fn concurrent_clients(dir: &TempDir) {
     const CLIENTS: u64 = 4;
     const SPAN: u64 = 4 * MIB;
-    let dir = TempDir::new("q2-conc");
     let img = dir.path("conc.qcow2");
     let size = (CLIENTS * SPAN).to_string();
     ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), &size]);
     let srv = serve(
-        &dir,
+        dir,
         "c",
         &["-f", "qcow2", "-t", "-e", "0", "--iothreads", "2"],
         &img,
@@ -34,8 +37,7 @@ fn concurrent_clients_on_two_iothreads() {
         for i in 0..CLIENTS {
             let u = u.clone();
             sc.spawn(move || {
-                // 64 KiB and odd-sized writes, interleaved with the other
-                // clients' (each allocates clusters concurrently).
+                // 64 KiB writes interleaved with the other clients'.
                 let mut cmds = Vec::new();
                 for chunk in 0..(SPAN / (64 << 10)) {
                     let off = i * SPAN + chunk * (64 << 10);
@@ -54,6 +56,18 @@ fn concurrent_clients_on_two_iothreads() {
         let cmd = format!("read -P {} {} {SPAN}", 0x10 + i, i * SPAN);
         qemu_io("qcow2", s(&img), &[&cmd]);
     }
+}
+
+#[test]
+fn concurrent_clients_on_two_iothreads() {
+    let dir = TempDir::new("q2-conc");
+    concurrent_clients(&dir);
+}
+
+#[test]
+fn concurrent_clients_on_two_iothreads_in_place() {
+    let dir = shm_dir("q2-conc-shm");
+    concurrent_clients(&dir);
 }
 
 /// A qcow2 image with data, zero clusters and unallocated space.

@@ -9,7 +9,9 @@ mod bin_helpers;
 mod qcow2_helpers;
 
 use bin_helpers::TempDir;
-use qcow2_helpers::{check_clean, ok, qemu_io, raw_shadow, s, write_and_verify, WRITES};
+use qcow2_helpers::{
+    check_clean, ok, qemu_io, raw_shadow, s, served_in_place, shm_dir, write_and_verify, WRITES,
+};
 
 /// Fills `image` (any format qemu-io opens) with a pattern in a few
 /// places, so that writes land on data, zeroes and unallocated space.
@@ -30,7 +32,36 @@ fn fresh_image() {
     let dir = TempDir::new("q2-fresh");
     let img = dir.path("fresh.qcow2");
     ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "8M"]);
+    assert!(!served_in_place(&img), "{} is not on tmpfs", img.display());
     write_and_verify(&dir, &img, &["-f", "qcow2"], WRITES);
+}
+
+/// On tmpfs requests run in place (no thread pool): the same checks.
+#[test]
+fn fresh_and_overlay_images_on_tmpfs() {
+    let dir = shm_dir("q2-shm");
+    let base = dir.path("base.qcow2");
+    let top = dir.path("top.qcow2");
+    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&base), "8M"]);
+    assert!(served_in_place(&base));
+    seed("qcow2", &base);
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            s(&top),
+            "8M",
+        ],
+    );
+    write_and_verify(&dir, &top, &["-f", "qcow2"], WRITES);
+    write_and_verify(&dir, &base, &["-f", "qcow2"], WRITES);
 }
 
 #[test]

@@ -9,6 +9,31 @@ use std::path::{Path, PathBuf};
 
 use crate::bin_helpers::{corio_nbd, run, Run, ServerProc, TempDir};
 
+/// A temporary directory on tmpfs (/dev/shm), where the qcow2 backend
+/// serves requests in place rather than in the thread pool.
+pub fn shm_dir(tag: &str) -> TempDir {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let p = PathBuf::from("/dev/shm").join(format!(
+        "corio-nbd-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&p).unwrap();
+    TempDir(p)
+}
+
+/// Whether corio-nbd's qcow2 backend serves `image` in place (tmpfs) or
+/// through the thread pool.
+pub fn served_in_place(image: &Path) -> bool {
+    use corio_nbd::storage::qcow2::{Qcow2Options, Qcow2Storage};
+    let opts = Qcow2Options {
+        read_only: true,
+        ..Qcow2Options::default()
+    };
+    Qcow2Storage::open(image, opts).unwrap().in_place()
+}
+
 /// Runs a tool that must succeed; returns its stdout.
 pub fn ok(program: &str, args: &[&str]) -> String {
     let r = run(program, args);

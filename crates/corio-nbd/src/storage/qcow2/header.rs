@@ -28,6 +28,7 @@ mod incompat {
 /// Header extension types this module reads.
 const EXT_END: u32 = 0;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+const EXT_DATA_FILE: u32 = 0x4441_5441;
 
 /// The header fields the server uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +49,8 @@ pub struct Header {
     pub backing_file: Option<String>,
     /// The backing format extension ("qcow2", "raw"), if any.
     pub backing_format: Option<String>,
+    /// The external data file name extension, if any.
+    pub data_file: Option<String>,
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {
@@ -98,6 +101,7 @@ impl Header {
             compression_type: 0,
             backing_file: None,
             backing_format: None,
+            data_file: None,
         };
         let mut header_len = 72usize;
         if version == 3 {
@@ -117,7 +121,8 @@ impl Header {
                 .ok_or_else(|| invalid(path, "backing file name lies outside the header"))?;
             h.backing_file = Some(String::from_utf8_lossy(name).into_owned());
         }
-        h.backing_format = backing_format_ext(head, header_len.max(72));
+        h.backing_format = extension(head, header_len.max(72), EXT_BACKING_FORMAT);
+        h.data_file = extension(head, header_len.max(72), EXT_DATA_FILE);
         Ok(h)
     }
 
@@ -209,15 +214,15 @@ impl Header {
     }
 }
 
-/// The backing format header extension, if present.
-fn backing_format_ext(head: &[u8], mut at: usize) -> Option<String> {
+/// The header extension of type `want`, as text, if present.
+fn extension(head: &[u8], mut at: usize, want: u32) -> Option<String> {
     while at + 8 <= head.len() {
         let kind = be32(head, at);
         let len = be32(head, at + 4) as usize;
         let data = head.get(at + 8..at + 8 + len)?;
         match kind {
             EXT_END => return None,
-            EXT_BACKING_FORMAT => return Some(String::from_utf8_lossy(data).into_owned()),
+            k if k == want => return Some(String::from_utf8_lossy(data).into_owned()),
             _ => at += 8 + len.next_multiple_of(8),
         }
     }
@@ -243,6 +248,10 @@ pub struct Chain {
     /// imago names it (relative names joined to the directory of the
     /// image naming them).
     pub raw_backing: Option<PathBuf>,
+    /// Every file the image reads or writes: the images of the chain,
+    /// external data files, the raw backing file. `None` when an image
+    /// needs an external data file whose name its header does not give.
+    pub files: Option<Vec<PathBuf>>,
 }
 
 /// Checks `path` and every qcow2 image of its backing chain.
@@ -253,13 +262,16 @@ pub struct Chain {
 pub fn check_chain(path: &Path) -> io::Result<Chain> {
     let top = Header::read(path)?;
     top.check_supported(path)?;
+    let mut files = Some(Vec::new());
     let mut cur = top.clone();
     let mut cur_path = path.to_owned();
     for _ in 0..64 {
+        note_files(&mut files, &cur, &cur_path);
         let Some(name) = cur.backing_file.clone() else {
             return Ok(Chain {
                 top,
                 raw_backing: None,
+                files,
             });
         };
         let next = resolve_backing(&cur_path, &name);
@@ -284,9 +296,13 @@ pub fn check_chain(path: &Path) -> io::Result<Chain> {
             }
         };
         if !qcow2 {
+            if let Some(f) = files.as_mut() {
+                f.push(next.clone());
+            }
             return Ok(Chain {
                 top,
                 raw_backing: Some(next),
+                files,
             });
         }
         cur = Header::read(&next)?;
@@ -297,6 +313,20 @@ pub fn check_chain(path: &Path) -> io::Result<Chain> {
         path,
         "backing chain longer than 64 images (a loop?)",
     ))
+}
+
+/// Adds `image` and its external data file to `files`.
+fn note_files(files: &mut Option<Vec<PathBuf>>, h: &Header, image: &Path) {
+    let Some(f) = files.as_mut() else {
+        return;
+    };
+    f.push(image.to_owned());
+    if h.incompatible & incompat::DATA_FILE != 0 {
+        match &h.data_file {
+            Some(name) => f.push(resolve_backing(image, name)),
+            None => *files = None,
+        }
+    }
 }
 
 #[cfg(test)]

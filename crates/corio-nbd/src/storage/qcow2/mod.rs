@@ -8,6 +8,13 @@
 //! image is shared by every client and every IOThread; imago's own locks
 //! serialise what must be.
 //!
+//! Except on tmpfs: when every file of the image (the chain, data files)
+//! is on tmpfs, requests run in place in the client's coroutine, as the
+//! raw file backend does there. The pages are the file: a "blocking" call
+//! waits for nothing but memory copies and imago's short-held locks,
+//! and the hop to a worker and back would cost more than the request
+//! (measured: 4 KiB random reads at QD1 several times faster in place).
+//!
 //! Before imago sees the image, [`header::check_chain`] reads every
 //! qcow2 header of the chain and refuses what imago would serve wrong or
 //! refuse obscurely (encryption, the dirty bit, zstd, extended L2).
@@ -74,6 +81,8 @@ struct Inner {
     /// A raw file at the bottom of the chain: its holes are holes in
     /// `base:allocation` (as QEMU's file driver reports them).
     raw_backing: Option<map::RawBacking>,
+    /// Every file is on tmpfs: requests run in place, not in the pool.
+    in_place: bool,
 }
 
 /// A qcow2 image served through imago.
@@ -127,8 +136,8 @@ impl Qcow2Storage {
     /// the path.
     pub fn open(path: &Path, opts: Qcow2Options) -> io::Result<Qcow2Storage> {
         let chain = header::check_chain(path)?;
-        let top = chain.top;
-        let raw_backing = match chain.raw_backing {
+        let top = chain.top.clone();
+        let raw_backing = match chain.raw_backing.clone() {
             Some(p) => Some(map::RawBacking::open(p)?),
             None => None,
         };
@@ -143,6 +152,11 @@ impl Qcow2Storage {
             .open(gate)
             .map_err(|e| io::Error::new(e.kind(), format!("'{}': {e}", path.display())))?;
         let image = FormatAccess::new(qcow2);
+        let in_place = !direct
+            && chain
+                .files
+                .as_ref()
+                .is_some_and(|f| f.iter().all(|p| on_tmpfs(p)));
         Ok(Qcow2Storage {
             inner: Arc::new(Inner {
                 size: image.size(),
@@ -152,6 +166,7 @@ impl Qcow2Storage {
                 opts,
                 path: path.to_owned(),
                 raw_backing,
+                in_place,
             }),
         })
     }
@@ -169,11 +184,22 @@ impl Qcow2Storage {
         }
     }
 
-    /// Runs `f` on a pool worker with shared access to the image.
+    /// Whether requests run in place (every file on tmpfs) rather than
+    /// in the thread pool.
+    pub fn in_place(&self) -> bool {
+        self.inner.in_place
+    }
+
+    /// Runs `f` on a pool worker (in place on tmpfs) with shared access
+    /// to the image.
     fn shared<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Inner, &Image) -> io::Result<R> + Send + 'static,
     ) -> io::Result<R> {
+        if self.inner.in_place {
+            let image = self.inner.read();
+            return f(&self.inner, &image);
+        }
         let inner = self.inner.clone();
         pool(move || {
             let image = inner.read();
@@ -181,17 +207,29 @@ impl Qcow2Storage {
         })
     }
 
-    /// Runs `f` on a pool worker with exclusive access to the image.
+    /// Runs `f` on a pool worker (in place on tmpfs) with exclusive
+    /// access to the image.
     fn exclusive<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Inner, &mut Image) -> io::Result<R> + Send + 'static,
     ) -> io::Result<R> {
+        if self.inner.in_place {
+            let mut image = self.inner.write();
+            return f(&self.inner, &mut image);
+        }
         let inner = self.inner.clone();
         pool(move || {
             let mut image = inner.write();
             f(&inner, &mut image)
         })
     }
+}
+
+/// Whether `path` lies on tmpfs.
+fn on_tmpfs(path: &Path) -> bool {
+    // The field's and the constant's types vary by architecture.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::statfs(path).is_ok_and(|s| s.f_type as i64 == libc::TMPFS_MAGIC as i64)
 }
 
 impl Inner {
