@@ -218,6 +218,9 @@ fn open_storage(args: &Args, cache: CacheMode) -> Result<(Arc<dyn Storage>, u32)
         let opts = Qcow2Options {
             read_only: args.read_only,
             cache,
+            // For benchmarks (scripts/bench-nbd --qcow2-pool): the thread
+            // pool even where requests would run in place (tmpfs).
+            always_pool: std::env::var_os("CORIO_NBD_QCOW2_POOL").is_some(),
         };
         let image = Qcow2Storage::open(path, opts)
             .map_err(|e| format!("Failed to open '{}': {e}", path.display()))?;

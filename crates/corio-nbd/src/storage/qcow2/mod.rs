@@ -68,6 +68,9 @@ pub struct Qcow2Options {
     /// Cache mode (of the image file and its data file; backing files are
     /// opened with the same `O_DIRECT` choice, read-only).
     pub cache: CacheMode,
+    /// Every request through the thread pool, even on tmpfs (to measure
+    /// the one against the other).
+    pub always_pool: bool,
 }
 
 struct Inner {
@@ -153,6 +156,7 @@ impl Qcow2Storage {
             .map_err(|e| io::Error::new(e.kind(), format!("'{}': {e}", path.display())))?;
         let image = FormatAccess::new(qcow2);
         let in_place = !direct
+            && !opts.always_pool
             && chain
                 .files
                 .as_ref()
