@@ -11,14 +11,11 @@ use crate::proto::{
     BlockStatusPayload, ChunkBody, CmdFlags, Command, Errno, Extent, ExtentExt, Mode, Request,
     WireList,
 };
-use crate::storage::{self, ZeroFlags};
+use crate::storage::ZeroFlags;
 
 /// Most extents in one block status reply (qemu's
 /// `NBD_MAX_BLOCK_STATUS_EXTENTS`).
 const MAX_EXTENTS: usize = 1024 * 1024 / 8;
-
-/// `qemu:allocation-depth` value for data present in the image itself.
-const DEPTH_LOCAL: u32 = 1;
 
 type Failure = (Errno, String);
 
@@ -111,24 +108,26 @@ fn read(s: &Session, r: &Request) {
         rb.ok();
         return s.send(&rb);
     }
-    let result = if sparse {
-        read_sparse(s, r)
+    let result = if sparse && st.capabilities().mapped_reads {
+        read_mapped(s, r)
+    } else if sparse {
+        read_sparse(s, r).map(|pieces| (pieces, Vec::new()))
     } else {
         st.read_at(r.offset, s.take_buf(r.length as usize))
-            .map(|buf| vec![Piece::Data(r.offset, buf)])
+            .map(|buf| (vec![Piece::Data(r.offset, buf)], Vec::new()))
             .map_err(io_fail)
     };
     let mut rb = ReplyBuf::new(s.mode, r.cookie, r.offset);
     match &result {
-        Ok(pieces) => {
+        Ok((pieces, shared)) => {
             let last = pieces.len() - 1;
             for (i, p) in pieces.iter().enumerate() {
                 match p {
-                    Piece::Data(off, data) if s.mode == Mode::Simple => {
-                        let _ = off;
+                    Piece::Data(_, data) if s.mode == Mode::Simple => {
                         rb.simple(Errno::OK, Some(data));
                     }
                     Piece::Data(off, data) => rb.data(*off, data, i == last),
+                    Piece::Part(off, range) => rb.data(*off, &shared[range.clone()], i == last),
                     Piece::Hole(offset, length) => {
                         let body = ChunkBody::OffsetHole {
                             offset: *offset,
@@ -144,9 +143,14 @@ fn read(s: &Session, r: &Request) {
     }
     s.send(&rb);
     drop(rb);
-    for p in result.into_iter().flatten() {
-        if let Piece::Data(_, buf) = p {
-            s.give_buf(buf);
+    if let Ok((pieces, shared)) = result {
+        for p in pieces {
+            if let Piece::Data(_, buf) = p {
+                s.give_buf(buf);
+            }
+        }
+        if shared.capacity() > 0 {
+            s.give_buf(shared);
         }
     }
 }
@@ -154,6 +158,34 @@ fn read(s: &Session, r: &Request) {
 enum Piece {
     Data(u64, Vec<u8>),
     Hole(u64, u32),
+    /// Bytes of the read's shared buffer (a mapped read).
+    Part(u64, std::ops::Range<usize>),
+}
+
+/// A structured read of a storage that reads and maps in one call
+/// ([`storage::Storage::read_mapped`]): one buffer, sent in pieces.
+fn read_mapped(s: &Session, r: &Request) -> Result<(Vec<Piece>, Vec<u8>), Failure> {
+    let st = &s.shared.export.storage;
+    let (buf, extents) = st
+        .read_mapped(r.offset, s.take_buf(r.length as usize))
+        .map_err(io_fail)?;
+    let mut pieces = Vec::with_capacity(extents.len());
+    let mut at = 0usize;
+    for e in &extents {
+        let n = (e.length as usize).min(buf.len() - at);
+        let off = r.offset + at as u64;
+        if e.zero {
+            pieces.push(Piece::Hole(off, n as u32));
+        } else {
+            pieces.push(Piece::Part(off, at..at + n));
+        }
+        at += n;
+    }
+    if at != buf.len() || pieces.is_empty() {
+        s.give_buf(buf);
+        return Err(fail(Errno::EIO, "storage mapped less than the read"));
+    }
+    Ok((pieces, buf))
 }
 
 /// A structured read answered extent by extent: holes as `OFFSET_HOLE`
@@ -273,27 +305,21 @@ fn block_status(s: &Session, r: &Request, payload: &[u8]) -> Result<(), Failure>
     let mut rb = ReplyBuf::new(s.mode, r.cookie, r.offset);
     let last = wanted.len() - 1;
     for (i, &(name, id)) in wanted.iter().enumerate() {
-        let extents: Vec<storage::Extent> = if name == super::export::context::BASE_ALLOCATION.0 {
-            s.shared
-                .export
-                .storage
-                .extents(r.offset, len, max)
-                .map_err(io_fail)?
+        let storage = &s.shared.export.storage;
+        let runs: Vec<(u64, u32)> = if name == super::export::context::BASE_ALLOCATION.0 {
+            let extents = storage.extents(r.offset, len, max).map_err(io_fail)?;
+            extents.iter().map(|e| (e.length, e.flags())).collect()
         } else {
-            vec![storage::Extent {
-                length: len,
-                hole: false,
-                zero: false,
-            }]
+            storage
+                .allocation_depth(r.offset, len, max)
+                .map_err(io_fail)?
         };
-        let depth = name != super::export::context::BASE_ALLOCATION.0;
-        let flags = |e: &storage::Extent| if depth { DEPTH_LOCAL } else { e.flags() };
         if s.mode == Mode::Extended {
-            let v: Vec<ExtentExt> = extents
+            let v: Vec<ExtentExt> = runs
                 .iter()
-                .map(|e| ExtentExt {
-                    length: e.length,
-                    flags: u64::from(flags(e)),
+                .map(|&(length, flags)| ExtentExt {
+                    length,
+                    flags: u64::from(flags),
                 })
                 .collect();
             let body = ChunkBody::BlockStatusExt {
@@ -302,11 +328,11 @@ fn block_status(s: &Session, r: &Request, payload: &[u8]) -> Result<(), Failure>
             };
             rb.chunk(body, i == last);
         } else {
-            let v: Vec<Extent> = extents
+            let v: Vec<Extent> = runs
                 .iter()
-                .map(|e| Extent {
-                    length: e.length as u32,
-                    flags: flags(e),
+                .map(|&(length, flags)| Extent {
+                    length: length as u32,
+                    flags,
                 })
                 .collect();
             let body = ChunkBody::BlockStatus {

@@ -157,6 +157,9 @@ fn client(conn: &Conn, shared: &Arc<Shared>) -> io::Result<()> {
     // Answer what is in flight before hanging up (no request lost).
     s.wait_below(1);
     s.flush_queue();
+    if let Err(e) = shared.export.storage.disconnected() {
+        eprintln!("corio-nbd: writing back the image after a client left: {e}");
+    }
     r
 }
 

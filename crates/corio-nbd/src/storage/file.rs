@@ -175,7 +175,9 @@ pub struct FileStorage {
     inner: Arc<Inner>,
 }
 
-fn pool<R: Send + 'static>(f: impl FnOnce() -> io::Result<R> + Send + 'static) -> io::Result<R> {
+pub(super) fn pool<R: Send + 'static>(
+    f: impl FnOnce() -> io::Result<R> + Send + 'static,
+) -> io::Result<R> {
     if corio::in_coroutine() {
         corio::thread_pool::submit_co(f)
             .map_err(|e| io::Error::other(format!("thread pool: {e:?}")))?
@@ -476,6 +478,7 @@ impl Storage for FileStorage {
             trim: true,
             fast_zero: true,
             rotational: false,
+            mapped_reads: false,
         }
     }
 

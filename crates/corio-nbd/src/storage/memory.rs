@@ -108,6 +108,7 @@ impl Storage for MemoryStorage {
             trim: true,
             fast_zero: true,
             rotational: false,
+            mapped_reads: false,
         }
     }
 

@@ -10,12 +10,18 @@
 //! - [`memory::MemoryStorage`]: a sparse disk in memory (the default when
 //!   no image is named).
 //! - [`file::FileStorage`]: a raw image file or block device.
+//! - [`probed::ProbedRaw`]: a raw image whose format was probed: writes
+//!   that would make its first sector look like another format are
+//!   refused, as QEMU does.
+//! - [`qcow2::Qcow2Storage`]: a qcow2 image, through the `imago` crate.
 
 use std::io;
 
 mod datamap;
 pub mod file;
 pub mod memory;
+pub mod probed;
+pub mod qcow2;
 
 /// What a storage can do; the server derives its transmission flags from
 /// it.
@@ -30,6 +36,10 @@ pub struct Capabilities {
     pub fast_zero: bool,
     /// The medium is rotational (`NBD_FLAG_ROTATIONAL`).
     pub rotational: bool,
+    /// [`Storage::read_mapped`] reads and maps a range in one go, more
+    /// cheaply than [`Storage::extents`] followed by [`Storage::read_at`]:
+    /// the server uses it for structured (sparse) reads.
+    pub mapped_reads: bool,
 }
 
 /// How to write zeroes.
@@ -131,6 +141,62 @@ pub trait Storage: Send + Sync + 'static {
     /// # Errors
     /// Any I/O error.
     fn cache(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// The `qemu:allocation-depth` map of `[offset, offset + len)`, as
+    /// [`extents`](Self::extents) gives the allocation map: `(length,
+    /// depth)` runs, depth 0 for unallocated, 1 for this image, 2 and up
+    /// for its backing chain. The default: all of it in this image (a
+    /// storage without backing).
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn allocation_depth(
+        &self,
+        offset: u64,
+        len: u64,
+        max_extents: usize,
+    ) -> io::Result<Vec<(u64, u32)>> {
+        let _ = (offset, max_extents);
+        Ok(vec![(len, 1)])
+    }
+
+    /// Reads `buf.len()` bytes at `offset` and maps them: the extents
+    /// cover the whole range, and the bytes of the
+    /// extents that are not [`Extent::zero`] are read into `buf` (the rest
+    /// of `buf` is unspecified). The server calls it only when
+    /// [`Capabilities::mapped_reads`] says it is cheaper than what this
+    /// default does ([`extents`](Self::extents) then
+    /// [`read_at`](Self::read_at)).
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn read_mapped(&self, offset: u64, buf: Vec<u8>) -> io::Result<(Vec<u8>, Vec<Extent>)> {
+        let len = buf.len() as u64;
+        let mut extents = Vec::new();
+        let mut pos = offset;
+        while pos < offset + len {
+            let got = self.extents(pos, offset + len - pos, 1024)?;
+            if got.is_empty() {
+                return Err(io::Error::other("storage reported no extent"));
+            }
+            for e in got {
+                pos += e.length;
+                extents.push(e);
+            }
+        }
+        Ok((self.read_at(offset, buf)?, extents))
+    }
+
+    /// A client disconnected (after its last reply). The default does
+    /// nothing; a storage with its own caches (qcow2 metadata) writes
+    /// them back, so that an image its last client left is consistent on
+    /// disk even if the server is killed later.
+    ///
+    /// # Errors
+    /// Any I/O error (logged by the server).
+    fn disconnected(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The error a read-only storage gives to writes.

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-/// Serve a raw disk image (or, with no image, a sparse in-memory disk)
-/// over NBD. A drop-in for qemu-nbd on raw images.
+/// Serve a raw or qcow2 disk image (or, with no image, a sparse in-memory
+/// disk) over NBD. A drop-in for qemu-nbd on raw and qcow2 images.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "corio-nbd",
@@ -17,8 +17,8 @@ use clap::Parser;
     help_template = "{usage-heading} {usage}\n\n{about}. With no FILE it serves a sparse in-memory disk.\n\n{all-args}"
 )]
 pub struct Args {
-    /// The raw image file or block device; none: a sparse in-memory disk
-    /// (see --size).
+    /// The image (raw file, block device or qcow2 image); none: a sparse
+    /// in-memory disk (see --size).
     pub image: Option<PathBuf>,
 
     /// Path of the Unix socket to listen on (instead of TCP).
@@ -60,7 +60,9 @@ pub struct Args {
     #[arg(short = 't', long = "persistent")]
     pub persistent: bool,
 
-    /// Image format: only raw.
+    /// Image format: raw or qcow2 [default: probed from the image header;
+    /// a probed raw image may not have a format header written into its
+    /// first sector].
     #[arg(short = 'f', long = "format", value_name = "FORMAT")]
     pub format: Option<String>,
 

@@ -1,5 +1,5 @@
-//! corio-nbd: serve a raw disk image over NBD, with qemu-nbd's command
-//! line. A thin layer over `corio_nbd::server`.
+//! corio-nbd: serve a raw or qcow2 disk image over NBD, with qemu-nbd's
+//! command line. A thin layer over `corio_nbd::server`.
 
 #![deny(unsafe_code)]
 
@@ -20,6 +20,8 @@ use corio::io::SocketChannel;
 use corio_nbd::server::{DetectZeroes, Discard, Export, Server, ServerConfig, ServerHandle};
 use corio_nbd::storage::file::{AioMode, CacheMode, FileOptions, FileStorage, DIRECT_ALIGN};
 use corio_nbd::storage::memory::MemoryStorage;
+use corio_nbd::storage::probed::{probe, ProbedRaw, PROBE_BYTES};
+use corio_nbd::storage::qcow2::{Qcow2Options, Qcow2Storage};
 use corio_nbd::storage::Storage;
 
 use args::Args;
@@ -205,18 +207,28 @@ fn open_storage(
             "--size sets the size of the in-memory disk; it cannot be used with an image".into(),
         );
     }
-    let probed = match args.format.as_deref() {
-        Some("raw") => false,
+    let format = match args.format.as_deref() {
+        Some("raw") => Format::Raw,
+        Some("qcow2") => Format::Qcow2,
         Some(f) => {
             return Err(format!(
-                "format '{f}' is not supported: corio-nbd serves raw images only"
+                "format '{f}' is not supported: corio-nbd serves raw and qcow2 images"
             ))
         }
-        None => {
-            probe_raw(path)?;
-            true
-        }
+        None => probe_format(path)?,
     };
+    if format == Format::Qcow2 {
+        let opts = Qcow2Options {
+            read_only: args.read_only,
+            cache,
+            // For benchmarks (scripts/bench-nbd --qcow2-pool): the thread
+            // pool even where requests would run in place (tmpfs).
+            always_pool: std::env::var_os("CORIO_NBD_QCOW2_POOL").is_some(),
+        };
+        let image = Qcow2Storage::open(path, opts)
+            .map_err(|e| format!("Failed to open '{}': {e}", path.display()))?;
+        return Ok((Arc::new(image), 1));
+    }
     let opts = FileOptions {
         read_only: args.read_only,
         cache,
@@ -226,46 +238,67 @@ fn open_storage(
         format!("Failed to blk_new_open '{}': {e}", path.display())
             .replace("blk_new_open ", "open ")
     })?;
+    if format == Format::ProbedRaw {
+        // As qemu-nbd for a probed raw image (raw_open, raw_refresh_limits):
+        // 512-byte requests, and no write may make sector 0 probe as
+        // another format.
+        if !args.read_only {
+            eprintln!(
+                "WARNING: Image format was not specified for '{}' and probing guessed raw.\n         \
+                 Automatically detecting the format is dangerous for raw images, write \
+                 operations on block 0 will be restricted.\n         \
+                 Specify the 'raw' format explicitly to remove the restrictions.",
+                path.display()
+            );
+        }
+        let min = if file.direct() {
+            DIRECT_ALIGN as u32
+        } else {
+            512
+        };
+        return Ok((Arc::new(ProbedRaw::new(file)), min));
+    }
     let min = if file.direct() {
         DIRECT_ALIGN as u32
-    } else if probed {
-        // As qemu-nbd for a probed raw image (raw_refresh_limits).
-        eprintln!(
-            "WARNING: Image format was not specified for '{}' and probing guessed raw.\n         \
-             Specify the 'raw' format explicitly to remove the restrictions.",
-            path.display()
-        );
-        512
     } else {
         1
     };
     Ok((Arc::new(file), min))
 }
 
-/// Refuses an image whose header names another format.
-fn probe_raw(path: &Path) -> Result<(), String> {
-    let mut head = [0u8; 512];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
+/// An image's format: named with `-f`, or probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Raw,
+    /// Raw, found by probing (QEMU's "probed raw": restricted writes).
+    ProbedRaw,
+    Qcow2,
+}
+
+/// Probes the image's format from its first sector, as qemu-nbd does
+/// without `-f`: qcow2 by its magic; other formats QEMU knows are refused
+/// by name; anything else is raw.
+fn probe_format(path: &Path) -> Result<Format, String> {
+    let mut head = [0u8; PROBE_BYTES as usize];
+    let mut n = 0;
+    let mut f = std::fs::File::open(path)
         .map_err(|e| format!("Could not open '{}': {e}", path.display()))?;
-    let head = &head[..n];
-    let known: &[(&[u8], &str)] = &[
-        (b"QFI\xfb", "qcow2"),
-        (b"QFI\xfb\0\0\0\x01", "qcow"),
-        (b"KDMV", "vmdk"),
-        (b"vhdxfile", "vhdx"),
-        (b"conectix", "vpc"),
-        (b"QED\0", "qed"),
-        (b"LUKS\xba\xbe", "luks"),
-    ];
-    if let Some((_, name)) = known.iter().find(|(m, _)| head.starts_with(m)) {
-        return Err(format!(
-            "'{}' looks like a {name} image; corio-nbd serves raw images only \
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(format!("Could not read '{}': {e}", path.display())),
+        }
+    }
+    match probe(&head[..n]) {
+        None => Ok(Format::ProbedRaw),
+        Some("qcow2") => Ok(Format::Qcow2),
+        Some(name) => Err(format!(
+            "'{}' looks like a {name} image; corio-nbd serves raw and qcow2 images only \
              (use -f raw to serve its bytes as they are)",
             path.display()
-        ));
+        )),
     }
-    Ok(())
 }
 
 fn listen_addresses(args: &Args, config: &mut ServerConfig) -> Result<(), String> {
