@@ -49,8 +49,9 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod done;
 
@@ -229,11 +230,13 @@ struct PoolState {
     queue: VecDeque<Arc<dyn Job>>,
     /// Worker threads alive.
     cur: usize,
-    /// Workers waiting on `work` (counted while inside the wait).
+    /// Workers asleep on `work` (counted while inside the wait).
     idle: usize,
-    /// Notifications sent to idle workers and not yet consumed: a submit
-    /// starts a new worker only when every idle one has been signalled.
+    /// Notifications sent to sleeping workers and not yet consumed.
     signalled: usize,
+    /// A worker is spinning for work (at most one): it takes the next
+    /// request without being woken.
+    spinning: bool,
     min: usize,
     max: usize,
     idle_timeout: Duration,
@@ -241,15 +244,90 @@ struct PoolState {
     stopping: bool,
 }
 
+impl PoolState {
+    /// Whether a worker is already on its way to the queue: the spinning
+    /// one, or one signalled and not yet awake. It takes the next request
+    /// and, if more are queued, calls [`PoolShared::wake_or_spawn`] itself.
+    fn worker_coming(&self) -> bool {
+        self.spinning || self.signalled > 0
+    }
+}
+
 struct PoolShared {
     ctx: WeakAioContext,
     state: Mutex<PoolState>,
+    /// `state.queue.len()`, for the spinning worker to watch without the
+    /// lock (every decision is then taken under the lock).
+    queued: AtomicUsize,
     /// Signalled when work is queued or the pool stops.
     work: Condvar,
     /// Finished requests for the context (the hand-off protocol is in
     /// `thread_pool/done.rs`).
     done: DoneList<Arc<dyn Job>>,
 }
+
+impl PoolShared {
+    /// Makes sure a worker will take the request at the head of the queue
+    /// (QEMU's `spawn_thread` when `idle_threads == 0`): nothing if one is
+    /// on its way, else wake a sleeping worker, else start one (below
+    /// `max`). Only one worker is woken at a time; it wakes the next one
+    /// when it takes a request and more are queued, so a burst of
+    /// submissions costs the submitter no wake-up per request, and the
+    /// workers in use grow while requests wait (a request never waits
+    /// behind a running one while a worker could be started). Returns
+    /// whether the caller must `notify_one` (after dropping the lock).
+    fn wake_or_spawn(self: &Arc<Self>, st: &mut PoolState) -> bool {
+        if st.queue.is_empty() || st.worker_coming() {
+            return false;
+        }
+        if st.idle > st.signalled {
+            st.signalled += 1;
+            return true;
+        }
+        if st.cur < st.max {
+            self.spawn_worker(st);
+        }
+        false
+    }
+
+    fn spawn_worker(self: &Arc<Self>, st: &mut PoolState) {
+        let shared = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("worker".to_owned())
+            .spawn(move || worker(&shared));
+        match spawned {
+            Ok(_) => st.cur += 1,
+            // Out of threads: the queued work waits for a running worker,
+            // as it would at `max`. With no worker at all it would wait
+            // forever, so that is a panic.
+            Err(e) if st.cur == 0 => panic!("thread pool: cannot start a worker: {e}"),
+            Err(_) => {}
+        }
+    }
+
+    /// The spinning worker: watches `queued` for up to [`SPIN`], yielding
+    /// the CPU between rounds. Returns whether work (or a stop) showed up.
+    fn spin(&self) -> bool {
+        let end = Instant::now() + SPIN;
+        loop {
+            for _ in 0..64 {
+                if self.queued.load(Relaxed) != 0 {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// How long a worker that ran out of work spins for the next request
+/// before it sleeps (one worker at a time): a submitter that sends
+/// requests one after another then never waits for a thread wake-up.
+const SPIN: Duration = Duration::from_micros(50);
 
 /// A context's thread pool (QEMU's `ThreadPoolAio`). Cloning gives another
 /// handle to the same pool.
@@ -301,11 +379,13 @@ impl ThreadPool {
                             cur: 0,
                             idle: 0,
                             signalled: 0,
+                            spinning: false,
                             min: 0,
                             max: DEFAULT_MAX_THREADS,
                             idle_timeout: DEFAULT_IDLE_TIMEOUT,
                             stopping: false,
                         }),
+                        queued: AtomicUsize::new(0),
                         work: Condvar::new(),
                         done: DoneList::new(),
                     }),
@@ -338,7 +418,7 @@ impl ThreadPool {
         st.min = min;
         st.max = max;
         while st.cur < st.min {
-            self.spawn_worker(&mut st);
+            self.shared.spawn_worker(&mut st);
         }
         drop(st);
         // Workers above a lowered `max` or `min` re-check when they wake.
@@ -439,44 +519,45 @@ impl ThreadPool {
         trace::thread_pool_submit_aio(self.ptr(), job.as_ptr(), std::ptr::null());
         let mut st = lock(&self.shared.state);
         st.queue.push_back(job);
-        if st.idle > st.signalled {
-            st.signalled += 1;
-            drop(st);
+        self.shared.queued.store(st.queue.len(), Relaxed);
+        let wake = self.shared.wake_or_spawn(&mut st);
+        drop(st);
+        if wake {
             self.shared.work.notify_one();
-        } else if st.cur < st.max {
-            self.spawn_worker(&mut st);
-        }
-    }
-
-    fn spawn_worker(&self, st: &mut PoolState) {
-        let shared = self.shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("worker".to_owned())
-            .spawn(move || worker(&shared));
-        match spawned {
-            Ok(_) => st.cur += 1,
-            // Out of threads: the queued work waits for a running worker,
-            // as it would at `max`. With no worker at all it would wait
-            // forever, so that is a panic.
-            Err(e) if st.cur == 0 => panic!("thread pool: cannot start a worker: {e}"),
-            Err(_) => {}
         }
     }
 }
 
 fn worker(pool: &Arc<PoolShared>) {
     let mut st = lock(&pool.state);
+    // Whether this worker spun since it last ran a request: then it sleeps.
+    let mut spun = false;
     loop {
         if let Some(job) = st.queue.pop_front() {
+            pool.queued.store(st.queue.len(), Relaxed);
+            let wake = pool.wake_or_spawn(&mut st);
             drop(st);
+            if wake {
+                pool.work.notify_one();
+            }
             if job.run() {
                 push_done(pool, job);
             }
+            spun = false;
             st = lock(&pool.state);
             continue;
         }
         if st.stopping || st.cur > st.max {
             break;
+        }
+        if !spun && !st.spinning {
+            st.spinning = true;
+            drop(st);
+            pool.spin();
+            st = lock(&pool.state);
+            st.spinning = false;
+            spun = true;
+            continue;
         }
         st.idle += 1;
         let timeout = st.idle_timeout;
@@ -487,6 +568,7 @@ fn worker(pool: &Arc<PoolShared>) {
         st = g;
         st.idle -= 1;
         st.signalled = st.signalled.saturating_sub(1);
+        spun = false;
         if res.timed_out() && st.queue.is_empty() && st.cur > st.min {
             break;
         }
@@ -581,6 +663,7 @@ impl PoolRequest {
             let mut st = lock(&self.pool.shared.state);
             if let Some(i) = st.queue.iter().position(|j| Arc::ptr_eq(j, &self.job)) {
                 st.queue.remove(i);
+                self.pool.shared.queued.store(st.queue.len(), Relaxed);
             }
         }
         push_done(&self.pool.shared, self.job.clone());
