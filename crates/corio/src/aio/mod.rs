@@ -47,6 +47,7 @@ mod bh;
 mod fd;
 mod lifecycle;
 mod notify;
+mod poll;
 mod schedule;
 
 pub use schedule::co_reschedule_self;
@@ -63,7 +64,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 
 pub use bh::Bh;
-pub use fd::{EventNotifier, EventsCallback, FdCallback, NotifierCallback};
+pub use fd::{EventNotifier, EventsCallback, FdCallback, NotifierCallback, PollCallback};
+pub use poll::{PollStats, DEFAULT_POLL_IDLE_INTERVAL};
 pub use sys::events;
 pub use timer::{Clock, Timer};
 
@@ -107,6 +109,8 @@ struct Shared {
     /// The context's thread pool, created on first use (QEMU's
     /// `ctx->thread_pool`); dropping it with the context stops its workers.
     thread_pool: std::sync::OnceLock<crate::thread_pool::PoolOwner>,
+    /// Adaptive polling's counters ([`AioContext::poll_stats`]).
+    poll_counters: poll::PollCounters,
 }
 
 // SAFETY: `local` is the only field that is not thread-safe; it is reached
@@ -137,6 +141,8 @@ struct Local {
     timers: Vec<Arc<TimerInner>>,
     /// Adaptive busy polling (QEMU's `poll-max-ns`, `poll-grow`, `poll-shrink`).
     poll: PollParams,
+    /// Polled handlers and the count of unpolled ones (`poll.rs`).
+    poll_handlers: poll::PollHandlers,
     /// Coroutines spawned here ([`AioContext::spawn`]) that have not
     /// finished, by address: [`AioContext::shutdown`] cancels them.
     owned: HashMap<usize, CoHandle>,
@@ -242,9 +248,11 @@ impl AioContext {
                     bh_queue: VecDeque::new(),
                     timers: Vec::new(),
                     poll: PollParams::default(),
+                    poll_handlers: poll::PollHandlers::default(),
                     owned: HashMap::new(),
                 }),
                 thread_pool: std::sync::OnceLock::new(),
+                poll_counters: poll::PollCounters::default(),
             }
         });
         let ctx = AioContext { shared };
@@ -452,9 +460,15 @@ impl AioContext {
             0
         };
         let mut blocking = blocking;
-        if adaptive && local.poll.ns > 0 && self.spin_for_work(&local) {
-            // Work arrived while spinning: take it without sleeping.
-            blocking = false;
+        let mut poll_ready = Vec::new();
+        if adaptive && Self::may_spin(&local) {
+            let spin = self.spin_for_work(local);
+            local = s.local_in_poll();
+            poll_ready = spin.ready;
+            if spin.found {
+                // Work arrived while spinning: take it without sleeping.
+                blocking = false;
+            }
         }
         if blocking {
             // Its SeqCst fence pairs with the one in `notify`
@@ -500,6 +514,9 @@ impl AioContext {
             self.adjust_polling_time(Clock::Realtime.now_ns() - block_start);
         }
         let mut progress = self.bh_poll();
+        if !poll_ready.is_empty() {
+            progress |= self.dispatch_poll_ready(poll_ready);
+        }
         if let Some(mut ready) = ready {
             progress |= self.dispatch(&ready);
             ready.clear();
@@ -513,41 +530,6 @@ impl AioContext {
         progress |= self.run_timers();
         trace::aio_poll_end(s.ptr(), progress);
         progress
-    }
-
-    /// QEMU's `run_poll_handlers`: before sleeping, spin for up to
-    /// `poll.ns` (never past the nearest timer) watching for bottom halves
-    /// and co_schedule hand-overs. `notify_me` stays lowered meanwhile, so
-    /// notifiers skip the eventfd write. Like QEMU, polling is off while any
-    /// fd handler is registered (ours have no poll callback to call).
-    /// Returns whether work arrived.
-    fn spin_for_work(&self, local: &Local) -> bool {
-        if !local.handlers.is_empty() || !local.bh_queue.is_empty() {
-            return false;
-        }
-        let start = Clock::Realtime.now_ns();
-        let mut end = start + local.poll.ns;
-        if let Some(t) = local.timers.first() {
-            end = end.min(t.expire.load(Relaxed));
-        }
-        trace::run_poll_handlers_begin(self.as_ptr(), local.poll.max_ns, end - start);
-        loop {
-            for _ in 0..64 {
-                if !self.shared.bh_list.is_empty() {
-                    trace::run_poll_handlers_end(self.as_ptr(), true, end - start);
-                    return true;
-                }
-                std::hint::spin_loop();
-            }
-            if Clock::Realtime.now_ns() >= end {
-                trace::run_poll_handlers_end(self.as_ptr(), false, end - start);
-                return false;
-            }
-            // Let another runnable thread have the CPU: with more busy
-            // threads than cores, pure spinning would starve the very
-            // threads that produce our work. Returns at once otherwise.
-            std::thread::yield_now();
-        }
     }
 
     /// QEMU's `adjust_polling_time`, after a blocking poll that took
@@ -573,6 +555,9 @@ impl AioContext {
             .min(p.max_ns);
             trace::poll_grow(self.as_ptr(), old, p.ns);
         }
+        let ns = p.ns;
+        drop(local);
+        self.publish_poll_ns(ns);
     }
 
     /// Sets adaptive polling (QEMU's `aio_context_set_poll_params`): a
@@ -591,6 +576,8 @@ impl AioContext {
             shrink: shrink.max(0),
             ns: 0,
         };
+        drop(local);
+        self.publish_poll_ns(0);
     }
 
     fn compute_timeout(local: &Local) -> i64 {
@@ -621,8 +608,17 @@ impl AioContext {
             if r.fd == own {
                 continue; // edge-triggered: nothing to clear
             }
-            let Some(node) = s.local_in_poll().handlers.get(&r.fd).cloned() else {
-                continue;
+            let node = {
+                let mut local = s.local_in_poll();
+                let Some(node) = local.handlers.get(&r.fd).cloned() else {
+                    continue;
+                };
+                if node.io_poll.is_some() {
+                    local
+                        .poll_handlers
+                        .fd_ready(&node, s.ptr(), r.fd, &s.poll_counters);
+                }
+                node
             };
             if let Some(cb) = &node.events {
                 progress |= node.call_events(cb, r.events);
