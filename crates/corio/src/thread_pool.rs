@@ -501,12 +501,15 @@ impl ThreadPool {
         });
         drop(me);
         self.enqueue(req.clone());
-        // A stray wakeup must not return early: sleep until completed.
-        while req.state() != State::Completed {
+        // A stray wakeup must not return early: sleep until completed. One
+        // lock per wakeup: the state and the result together.
+        loop {
             yield_now();
+            let mut i = lock(&req.inner);
+            if i.state == State::Completed {
+                return i.result.take().expect("a completed request has a result");
+            }
         }
-        let r = lock(&req.inner).result.take();
-        r.expect("a completed request has a result")
     }
 
     fn enqueue(&self, job: Arc<dyn Job>) {
