@@ -13,7 +13,10 @@
 //!
 //! Workers are started on demand while none is idle, up to `max` (64 by
 //! default, as QEMU); a worker idle for the idle timeout (10 s by default)
-//! exits while more than `min` (0) run. A panic in `f` reaches the submitter as
+//! exits while more than `min` (0) run. A worker that runs out of work first
+//! spins briefly for the next request (one at a time), and a submission wakes
+//! at most one sleeping worker, which wakes the next while requests wait
+//! (`thread_pool/queue.rs`). A panic in `f` reaches the submitter as
 //! [`PoolError::Panicked`]; the worker survives it.
 //!
 //! # Completion path
@@ -46,16 +49,17 @@
 //! assert_eq!(got.get(), 42);
 //! ```
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 mod done;
+mod queue;
 
 use self::done::DoneList;
+use self::queue::{QueueState, WorkQueue, Worker};
 use crate::aio::{AioContext, WeakAioContext};
 use crate::coroutine::{yield_now, CoHandle, Coroutine};
 use crate::trace;
@@ -225,72 +229,18 @@ where
 
 // ----- the pool -----
 
-struct PoolState {
-    /// Requests not yet taken by a worker, oldest first.
-    queue: VecDeque<Arc<dyn Job>>,
-    /// Worker threads alive.
-    cur: usize,
-    /// Workers asleep on `work` (counted while inside the wait).
-    idle: usize,
-    /// Notifications sent to sleeping workers and not yet consumed.
-    signalled: usize,
-    /// A worker is spinning for work (at most one): it takes the next
-    /// request without being woken.
-    spinning: bool,
-    min: usize,
-    max: usize,
-    idle_timeout: Duration,
-    /// The context is gone: workers exit once the queue is empty.
-    stopping: bool,
-}
-
-impl PoolState {
-    /// Whether a worker is already on its way to the queue: the spinning
-    /// one, or one signalled and not yet awake. It takes the next request
-    /// and, if more are queued, calls [`PoolShared::wake_or_spawn`] itself.
-    fn worker_coming(&self) -> bool {
-        self.spinning || self.signalled > 0
-    }
-}
-
 struct PoolShared {
     ctx: WeakAioContext,
-    state: Mutex<PoolState>,
-    /// `state.queue.len()`, for the spinning worker to watch without the
-    /// lock (every decision is then taken under the lock).
-    queued: AtomicUsize,
-    /// Signalled when work is queued or the pool stops.
-    work: Condvar,
+    /// Requests and workers (the wake-up protocol is in
+    /// `thread_pool/queue.rs`).
+    queue: WorkQueue<Arc<dyn Job>>,
     /// Finished requests for the context (the hand-off protocol is in
     /// `thread_pool/done.rs`).
     done: DoneList<Arc<dyn Job>>,
 }
 
 impl PoolShared {
-    /// Makes sure a worker will take the request at the head of the queue
-    /// (QEMU's `spawn_thread` when `idle_threads == 0`): nothing if one is
-    /// on its way, else wake a sleeping worker, else start one (below
-    /// `max`). Only one worker is woken at a time; it wakes the next one
-    /// when it takes a request and more are queued, so a burst of
-    /// submissions costs the submitter no wake-up per request, and the
-    /// workers in use grow while requests wait (a request never waits
-    /// behind a running one while a worker could be started). Returns
-    /// whether the caller must `notify_one` (after dropping the lock).
-    fn wake_or_spawn(self: &Arc<Self>, st: &mut PoolState) -> bool {
-        if st.queue.is_empty() || st.worker_coming() {
-            return false;
-        }
-        if st.idle > st.signalled {
-            st.signalled += 1;
-            return true;
-        }
-        if st.cur < st.max {
-            self.spawn_worker(st);
-        }
-        false
-    }
-
-    fn spawn_worker(self: &Arc<Self>, st: &mut PoolState) {
+    fn spawn_worker(self: &Arc<Self>, st: &mut QueueState<Arc<dyn Job>>) {
         let shared = self.clone();
         let spawned = std::thread::Builder::new()
             .name("worker".to_owned())
@@ -304,20 +254,31 @@ impl PoolShared {
             Err(_) => {}
         }
     }
+}
 
-    /// The spinning worker: watches `queued` for up to [`SPIN`], yielding
-    /// the CPU between rounds. Returns whether work (or a stop) showed up.
-    fn spin(&self) -> bool {
+/// A worker thread's part: runs requests, spins for the next one.
+struct PoolWorker<'a>(&'a Arc<PoolShared>);
+
+impl Worker<Arc<dyn Job>> for PoolWorker<'_> {
+    fn run(&mut self, job: Arc<dyn Job>) {
+        if job.run() {
+            push_done(self.0, job);
+        }
+    }
+
+    /// Watches `queued` for up to [`SPIN`], yielding the CPU between
+    /// rounds.
+    fn spin(&mut self, queued: &AtomicUsize) {
         let end = Instant::now() + SPIN;
         loop {
             for _ in 0..64 {
-                if self.queued.load(Relaxed) != 0 {
-                    return true;
+                if queued.load(Relaxed) != 0 {
+                    return;
                 }
                 std::hint::spin_loop();
             }
             if Instant::now() >= end {
-                return false;
+                return;
             }
             std::thread::yield_now();
         }
@@ -347,8 +308,8 @@ pub(crate) struct PoolOwner(ThreadPool);
 impl Drop for PoolOwner {
     fn drop(&mut self) {
         let s = &self.0.shared;
-        lock(&s.state).stopping = true;
-        s.work.notify_all();
+        s.queue.lock().stopping = true;
+        s.queue.notify_all();
     }
 }
 
@@ -374,19 +335,7 @@ impl ThreadPool {
                 PoolOwner(ThreadPool {
                     shared: Arc::new(PoolShared {
                         ctx: ctx.downgrade(),
-                        state: Mutex::new(PoolState {
-                            queue: VecDeque::new(),
-                            cur: 0,
-                            idle: 0,
-                            signalled: 0,
-                            spinning: false,
-                            min: 0,
-                            max: DEFAULT_MAX_THREADS,
-                            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-                            stopping: false,
-                        }),
-                        queued: AtomicUsize::new(0),
-                        work: Condvar::new(),
+                        queue: WorkQueue::new(DEFAULT_MAX_THREADS, DEFAULT_IDLE_TIMEOUT),
                         done: DoneList::new(),
                     }),
                 })
@@ -414,7 +363,7 @@ impl ThreadPool {
             max > 0 && min <= max,
             "thread pool: need 0 < max and min <= max"
         );
-        let mut st = lock(&self.shared.state);
+        let mut st = self.shared.queue.lock();
         st.min = min;
         st.max = max;
         while st.cur < st.min {
@@ -422,23 +371,23 @@ impl ThreadPool {
         }
         drop(st);
         // Workers above a lowered `max` or `min` re-check when they wake.
-        self.shared.work.notify_all();
+        self.shared.queue.notify_all();
     }
 
     /// Sets how long an idle worker above `min` waits before it exits.
     pub fn set_idle_timeout(&self, timeout: Duration) {
-        lock(&self.shared.state).idle_timeout = timeout;
-        self.shared.work.notify_all();
+        self.shared.queue.lock().idle_timeout = timeout;
+        self.shared.queue.notify_all();
     }
 
     /// Worker threads alive now. A snapshot, for tests and statistics.
     pub fn threads(&self) -> usize {
-        lock(&self.shared.state).cur
+        self.shared.queue.lock().cur
     }
 
     /// Requests queued and not yet started. A snapshot.
     pub fn queued(&self) -> usize {
-        lock(&self.shared.state).queue.len()
+        self.shared.queue.lock().queue.len()
     }
 
     /// Runs `f` on a worker thread, then `done(result)` in this pool's
@@ -520,63 +469,15 @@ impl ThreadPool {
             .expect("thread pool: its AioContext was dropped");
         ctx.assert_home("submit to its thread pool");
         trace::thread_pool_submit_aio(self.ptr(), job.as_ptr(), std::ptr::null());
-        let mut st = lock(&self.shared.state);
-        st.queue.push_back(job);
-        self.shared.queued.store(st.queue.len(), Relaxed);
-        let wake = self.shared.wake_or_spawn(&mut st);
-        drop(st);
-        if wake {
-            self.shared.work.notify_one();
-        }
+        self.shared
+            .queue
+            .push(job, |st| self.shared.spawn_worker(st));
     }
 }
 
 fn worker(pool: &Arc<PoolShared>) {
-    let mut st = lock(&pool.state);
-    // Whether this worker spun since it last ran a request: then it sleeps.
-    let mut spun = false;
-    loop {
-        if let Some(job) = st.queue.pop_front() {
-            pool.queued.store(st.queue.len(), Relaxed);
-            let wake = pool.wake_or_spawn(&mut st);
-            drop(st);
-            if wake {
-                pool.work.notify_one();
-            }
-            if job.run() {
-                push_done(pool, job);
-            }
-            spun = false;
-            st = lock(&pool.state);
-            continue;
-        }
-        if st.stopping || st.cur > st.max {
-            break;
-        }
-        if !spun && !st.spinning {
-            st.spinning = true;
-            drop(st);
-            pool.spin();
-            st = lock(&pool.state);
-            st.spinning = false;
-            spun = true;
-            continue;
-        }
-        st.idle += 1;
-        let timeout = st.idle_timeout;
-        let (g, res) = pool
-            .work
-            .wait_timeout(st, timeout)
-            .unwrap_or_else(|e| e.into_inner());
-        st = g;
-        st.idle -= 1;
-        st.signalled = st.signalled.saturating_sub(1);
-        spun = false;
-        if res.timed_out() && st.queue.is_empty() && st.cur > st.min {
-            break;
-        }
-    }
-    st.cur -= 1;
+    pool.queue
+        .work(&mut PoolWorker(pool), |st| pool.spawn_worker(st));
 }
 
 /// Worker thread: hands a finished request to the context.
@@ -630,7 +531,7 @@ impl Drop for Rest {
 
 impl fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = lock(&self.shared.state);
+        let st = self.shared.queue.lock();
         f.debug_struct("ThreadPool")
             .field("threads", &st.cur)
             .field("idle", &st.idle)
@@ -662,13 +563,7 @@ impl PoolRequest {
         if !self.job.cancel() {
             return false;
         }
-        {
-            let mut st = lock(&self.pool.shared.state);
-            if let Some(i) = st.queue.iter().position(|j| Arc::ptr_eq(j, &self.job)) {
-                st.queue.remove(i);
-                self.pool.shared.queued.store(st.queue.len(), Relaxed);
-            }
-        }
+        self.pool.shared.queue.remove(|j| Arc::ptr_eq(j, &self.job));
         push_done(&self.pool.shared, self.job.clone());
         true
     }
