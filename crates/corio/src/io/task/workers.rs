@@ -13,6 +13,11 @@
 //! started one after another pay no thread wake-up), then sleeps; it exits
 //! after [`IDLE_TIMEOUT`] without a task, and at once if [`MAX_IDLE`]
 //! threads are already idle.
+//!
+//! Unlike QEMU's threads, a reused thread keeps its thread-locals from one
+//! task to the next: a worker that makes itself an `AioContext` (for
+//! example through `AioContext::current`) leaves it to the thread's next
+//! tasks, until the thread exits.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
