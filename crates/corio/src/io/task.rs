@@ -241,6 +241,7 @@ impl<S: Send + 'static> Task<S> {
         let shared = Arc::new(ThreadShared {
             slot: Mutex::new(Slot::Running),
             ended: Condvar::new(),
+            waiting: std::sync::atomic::AtomicBool::new(false),
             ctx: ctx.as_ptr() as usize,
         });
         let s = shared.clone();
@@ -253,8 +254,15 @@ impl<S: Send + 'static> Task<S> {
                 task.set_error(WorkerPanicked(crate::thread_pool::panic_message(&*p)));
             }
             trace::qio_task_thread_exit(task.ptr());
-            *s.lock() = Slot::Finished(task);
-            s.ended.notify_all();
+            let mut slot = s.lock();
+            *slot = Slot::Finished(task);
+            // Read under the lock that `wait_thread` sets it under: no
+            // system call when nobody waits (the usual case).
+            let waited = s.waiting.load(std::sync::atomic::Ordering::Relaxed);
+            drop(slot);
+            if waited {
+                s.ended.notify_all();
+            }
             if let Some(ctx) = weak.upgrade() {
                 trace::qio_task_thread_source_attach(task_ptr as *const (), ctx.as_ptr());
                 let s2 = s.clone();
@@ -296,8 +304,10 @@ enum Slot<S: Send + 'static> {
 
 struct ThreadShared<S: Send + 'static> {
     slot: Mutex<Slot<S>>,
-    /// Signalled when the worker ends.
+    /// Signalled when the worker ends, if `waiting`.
     ended: Condvar,
+    /// A `wait_thread` waits on `ended` (set under `slot`'s lock).
+    waiting: std::sync::atomic::AtomicBool,
     /// The completion context's address, for traces only.
     ctx: usize,
 }
@@ -342,6 +352,9 @@ impl<S: Send + 'static> TaskThread<S> {
     /// Any thread; it blocks.
     pub fn wait_thread(self) {
         let mut slot = self.shared.lock();
+        self.shared
+            .waiting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         while matches!(*slot, Slot::Running) {
             slot = self
                 .shared
