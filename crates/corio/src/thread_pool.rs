@@ -51,7 +51,7 @@
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,7 @@ mod done;
 mod queue;
 
 use self::done::DoneList;
-use self::queue::{QueueState, WorkQueue, Worker};
+use self::queue::{QueueState, Queued, WorkQueue, Worker};
 use crate::aio::{AioContext, WeakAioContext};
 use crate::coroutine::{yield_now, CoHandle, Coroutine};
 use crate::trace;
@@ -268,7 +268,7 @@ impl Worker<Arc<dyn Job>> for PoolWorker<'_> {
 
     /// Watches `queued` for up to [`SPIN`], yielding the CPU between
     /// rounds.
-    fn spin(&mut self, queued: &AtomicUsize) {
+    fn spin(&mut self, queued: &Queued) {
         let end = Instant::now() + SPIN;
         loop {
             for _ in 0..64 {

@@ -29,6 +29,9 @@ use std::sync::{atomic::AtomicUsize, Condvar, Mutex, MutexGuard};
 
 use std::sync::atomic::Ordering::Relaxed;
 
+/// The queue-length hint's type (loom's atomic in the models).
+pub(super) type Queued = AtomicUsize;
+
 /// The queue and the worker counts.
 pub(super) struct QueueState<J> {
     /// Requests not yet taken by a worker, oldest first.
