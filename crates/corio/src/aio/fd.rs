@@ -41,6 +41,9 @@ pub(crate) struct FdNode {
     pub(crate) io_poll_ready: Option<Mutex<FdCallback>>,
     /// When the handler's poll window ends without progress (realtime ns).
     pub(crate) poll_deadline: AtomicI64,
+    /// QEMU's `io_poll_begin` / `io_poll_end`, called when the context
+    /// starts and stops spinning (`AioContext::set_fd_poll_begin_end`).
+    pub(crate) poll_begin_end: Mutex<Option<(FdCallback, FdCallback)>>,
     /// Set when the handler is removed or replaced; a dispatch already under
     /// way skips it from then on.
     pub(crate) deleted: AtomicBool,
@@ -64,6 +67,7 @@ impl FdNode {
             io_poll: io_poll.map(Mutex::new),
             io_poll_ready: io_poll_ready.map(Mutex::new),
             poll_deadline: AtomicI64::new(0),
+            poll_begin_end: Mutex::new(None),
             deleted: AtomicBool::new(false),
         })
     }
@@ -76,6 +80,7 @@ impl FdNode {
             io_poll: None,
             io_poll_ready: None,
             poll_deadline: AtomicI64::new(0),
+            poll_begin_end: Mutex::new(None),
             deleted: AtomicBool::new(false),
         })
     }
@@ -106,6 +111,26 @@ impl FdNode {
             Ok(mut cb) => cb(),
             Err(std::sync::TryLockError::Poisoned(e)) => (e.into_inner())(),
             Err(std::sync::TryLockError::WouldBlock) => false,
+        }
+    }
+
+    /// Calls `io_poll_begin` (`started`) or `io_poll_end`, if set, unless
+    /// the node was deleted or the callback runs further up the stack.
+    pub(crate) fn call_poll_started(&self, started: bool) {
+        if self.deleted.load(Relaxed) {
+            return;
+        }
+        let mut g = match self.poll_begin_end.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        if let Some((begin, end)) = g.as_mut() {
+            if started {
+                begin()
+            } else {
+                end()
+            }
         }
     }
 

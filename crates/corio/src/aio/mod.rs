@@ -469,6 +469,15 @@ impl AioContext {
                 // Work arrived while spinning: take it without sleeping.
                 blocking = false;
             }
+        } else if blocking && local.poll_handlers.started {
+            // Not spinning this time (an unpolled handler came, or the
+            // spin shrank to 0): the polled handlers get `io_poll_end`
+            // before the sleep, as in QEMU's `try_poll_mode`.
+            drop(local);
+            if self.poll_set_started(false, &mut poll_ready) {
+                blocking = false;
+            }
+            local = s.local_in_poll();
         }
         if blocking {
             // Its SeqCst fence pairs with the one in `notify`

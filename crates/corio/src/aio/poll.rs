@@ -86,6 +86,9 @@ pub(super) struct PollHandlers {
     pub(super) unpolled: usize,
     /// The idle window in ns (0 until set: the default).
     idle_interval_ns: i64,
+    /// The polled handlers got `io_poll_begin` and not yet `io_poll_end`
+    /// (QEMU's `poll_started`).
+    pub(super) started: bool,
 }
 
 impl PollHandlers {
@@ -123,6 +126,7 @@ impl PollHandlers {
     pub(super) fn clear(&mut self, c: &PollCounters) {
         self.polled.clear();
         self.unpolled = 0;
+        self.started = false;
         self.publish(c);
     }
 
@@ -224,6 +228,67 @@ impl AioContext {
         self.install_fd_node(fd, Some((node, interest)))
     }
 
+    /// Sets or clears the `io_poll_begin` and `io_poll_end` callbacks of the
+    /// polled handler of `fd` (QEMU's `aio_set_event_notifier_poll`). The
+    /// context calls `io_poll_begin` when it starts spinning and
+    /// `io_poll_end` when it stops to sleep, then polls once more (work that
+    /// arrived just before the end is not missed). While it spins, the
+    /// producer may skip its notification (a virtqueue turns its kicks off);
+    /// `io_poll_end` turns them back on.
+    ///
+    /// # Panics
+    /// Outside the home thread; if `fd` has no polled handler.
+    pub fn set_fd_poll_begin_end(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        io_poll_begin_end: Option<(super::FdCallback, super::FdCallback)>,
+    ) {
+        use std::os::fd::AsRawFd;
+        let node = self.shared.local().handlers.get(&fd.as_raw_fd()).cloned();
+        let node = node.filter(|n| n.io_poll.is_some()).unwrap_or_else(|| {
+            panic!(
+                "set_fd_poll_begin_end: fd {} has no polled handler",
+                fd.as_raw_fd()
+            )
+        });
+        let old = std::mem::replace(
+            &mut *node
+                .poll_begin_end
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            io_poll_begin_end,
+        );
+        drop(old); // outside the lock: its destructors may do anything
+                   // Set while the context spins: it has begun for this handler too.
+        if self.shared.local().poll_handlers.started {
+            node.call_poll_started(true);
+        }
+    }
+
+    /// QEMU's `poll_set_started`: calls `io_poll_begin` (or `io_poll_end`)
+    /// on the polled handlers if the state changes; after `io_poll_end`,
+    /// polls each once more and queues those with work in `ready`. Returns
+    /// whether any had work.
+    pub(super) fn poll_set_started(&self, started: bool, ready: &mut Vec<Arc<FdNode>>) -> bool {
+        let handlers = {
+            let mut local = self.shared.local_in_poll();
+            if local.poll_handlers.started == started {
+                return false;
+            }
+            local.poll_handlers.started = started;
+            local.poll_handlers.polled.clone()
+        };
+        let mut progress = false;
+        for node in &handlers {
+            node.call_poll_started(started);
+            if !started && node.call_poll() {
+                ready.push(node.clone());
+                progress = true;
+            }
+        }
+        progress
+    }
+
     /// Sets how long a polled handler may report no progress before the
     /// spin leaves it out until its fd is next ready (QEMU's
     /// `POLL_IDLE_INTERVAL_NS`; default [`DEFAULT_POLL_IDLE_INTERVAL`]).
@@ -282,10 +347,11 @@ impl AioContext {
         let interval = local.poll_handlers.idle_interval();
         let max_ns = local.poll.max_ns;
         drop(local);
+        let mut ready = Vec::new();
+        self.poll_set_started(true, &mut ready);
         s.poll_counters.spins.fetch_add(1, Relaxed);
         trace::run_poll_handlers_begin(self.as_ptr(), max_ns, end - start);
         let inner = if handlers.is_empty() { 64 } else { 4 };
-        let mut ready = Vec::new();
         let found = 'spin: loop {
             for _ in 0..inner {
                 if !s.bh_list.is_empty() {
@@ -304,6 +370,8 @@ impl AioContext {
             // threads that produce our work. Returns at once otherwise.
             std::thread::yield_now();
         };
+        // About to sleep: notifications back on, and one last look.
+        let found = found || self.poll_set_started(false, &mut ready);
         let now = Clock::Realtime.now_ns();
         trace::run_poll_handlers_end(self.as_ptr(), found, end - start);
         if found {
@@ -499,6 +567,11 @@ mod tests {
             })),
         )
         .unwrap();
+        // The first blocking poll ends the spinning state (QEMU's
+        // `poll_set_started(false)`, with its last look: no work yet).
+        plain.set().unwrap();
+        ctx.poll(true);
+        assert_eq!(hits.load(Relaxed), 1);
         let st = ctx.poll_stats();
         assert_eq!((st.polled_handlers, st.unpolled_handlers), (1, 1));
         // Work reported by the poll callback is not seen: no spin. The
@@ -506,7 +579,7 @@ mod tests {
         polled.work.store(true, Relaxed);
         plain.set().unwrap();
         ctx.poll(true);
-        assert_eq!(hits.load(Relaxed), 1);
+        assert_eq!(hits.load(Relaxed), 2);
         assert_eq!(
             polled.ready(),
             0,
@@ -520,6 +593,54 @@ mod tests {
         assert_eq!(polled.ready(), 1);
         assert!(ctx.poll_stats().spins > st.spins);
         ctx.set_fd_handler_polled(polled.fd.as_fd(), None, None, None, None)
+            .unwrap();
+    }
+
+    /// `io_poll_begin` runs when the context starts spinning and stays in
+    /// effect while spins find work; `io_poll_end` runs before the context
+    /// sleeps, followed by one more poll, which catches work that arrived
+    /// meanwhile (here, from `io_poll_end` itself) without sleeping.
+    #[test]
+    fn poll_begin_and_end() {
+        let ctx = polling_ctx();
+        let h = Polled::new();
+        h.register(&ctx);
+        let (begins, ends) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (b, e, w) = (begins.clone(), ends.clone(), h.work.clone());
+        let end_brings_work = Arc::new(AtomicBool::new(false));
+        let ebw = end_brings_work.clone();
+        ctx.set_fd_poll_begin_end(
+            h.fd.as_fd(),
+            Some((
+                Box::new(move || {
+                    b.fetch_add(1, Relaxed);
+                }),
+                Box::new(move || {
+                    e.fetch_add(1, Relaxed);
+                    if ebw.load(Relaxed) {
+                        w.store(true, Relaxed);
+                    }
+                }),
+            )),
+        );
+        for round in 1..=3 {
+            h.work.store(true, Relaxed);
+            assert!(ctx.poll(true));
+            assert_eq!(h.ready(), round);
+        }
+        assert_eq!(begins.load(Relaxed), 1, "begun once, while spins find work");
+        assert_eq!(ends.load(Relaxed), 0);
+        // No work while spinning: the spin ends, `io_poll_end` brings work,
+        // the last look finds it and the poll does not sleep.
+        end_brings_work.store(true, Relaxed);
+        assert!(ctx.poll(true));
+        assert_eq!(ends.load(Relaxed), 1);
+        assert_eq!(h.ready(), 4, "work from io_poll_end was not missed");
+        // Polling starts again at the next spin.
+        h.work.store(true, Relaxed);
+        assert!(ctx.poll(true));
+        assert_eq!(begins.load(Relaxed), 2);
+        ctx.set_fd_handler_polled(h.fd.as_fd(), None, None, None, None)
             .unwrap();
     }
 
