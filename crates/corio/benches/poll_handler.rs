@@ -4,17 +4,17 @@
 //! thread raises a request, the context's handler acknowledges it, the
 //! bench thread sees the acknowledgement (spinning, yielding the CPU).
 //!
-//! Every request writes the handler's eventfd (as KVM's ioeventfd does for
-//! a virtqueue kick; we have no `io_poll_begin`/`io_poll_end` to switch
-//! that off while the context spins).
-//!
-//! * `polled`: the handler also has an `io_poll` callback that watches the
-//!   request counter (memory) and an `io_poll_ready` that acknowledges: a
-//!   spinning context sees the request without sleeping;
-//! * `eventfd` (the peer, in the same run): the same handler without a poll
-//!   callback; its read callback clears the eventfd and acknowledges.
-//!   Adaptive polling is off while it is registered, so every request
-//!   wakes the context from `epoll_wait`.
+//! * `eventfd` (the peer): a handler without a poll callback; every request
+//!   writes its eventfd (as KVM's ioeventfd does for a virtqueue kick), its
+//!   read callback clears the eventfd and acknowledges. Adaptive polling is
+//!   off while it is registered, so every request wakes the context from
+//!   `epoll_wait`;
+//! * `polled_kick`: the same handler with an `io_poll` callback watching the
+//!   request counter (memory) and an `io_poll_ready` that acknowledges;
+//!   every request still writes the eventfd;
+//! * `polled`: as `polled_kick`, with `io_poll_begin` / `io_poll_end`
+//!   turning the requester's eventfd write off while the context spins (as
+//!   virtio turns queue notifications off): a request is then a store.
 //!
 //! `cargo bench -p corio --bench poll_handler -- --warm-up-time 1 --measurement-time 3`
 
@@ -27,6 +27,8 @@ use corio::{AioContext, EventNotifier};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 struct Shared {
+    /// The requester writes the eventfd (cleared by `io_poll_begin`).
+    kick: AtomicBool,
     request: AtomicU64,
     ack: AtomicU64,
     stop: AtomicBool,
@@ -34,8 +36,16 @@ struct Shared {
 }
 
 /// Starts the context thread; its handler acknowledges requests.
-fn start(polled: bool) -> (Arc<Shared>, std::thread::JoinHandle<()>) {
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Eventfd,
+    PolledKick,
+    Polled,
+}
+
+fn start(mode: Mode) -> (Arc<Shared>, std::thread::JoinHandle<()>) {
     let sh = Arc::new(Shared {
+        kick: AtomicBool::new(true),
         request: AtomicU64::new(0),
         ack: AtomicU64::new(0),
         stop: AtomicBool::new(false),
@@ -51,7 +61,7 @@ fn start(polled: bool) -> (Arc<Shared>, std::thread::JoinHandle<()>) {
             s1.fd.test_and_clear();
             ack(&s1);
         });
-        if polled {
+        if mode != Mode::Eventfd {
             ctx.set_fd_handler_polled(
                 s.fd.as_fd(),
                 Some(read),
@@ -62,6 +72,16 @@ fn start(polled: bool) -> (Arc<Shared>, std::thread::JoinHandle<()>) {
                 Some(Box::new(move || ack(&s3))),
             )
             .unwrap();
+            if mode == Mode::Polled {
+                let (b, e) = (s.clone(), s.clone());
+                ctx.set_fd_poll_begin_end(
+                    s.fd.as_fd(),
+                    Some((
+                        Box::new(move || b.kick.store(false, SeqCst)),
+                        Box::new(move || e.kick.store(true, SeqCst)),
+                    )),
+                );
+            }
         } else {
             ctx.set_fd_handler(s.fd.as_fd(), Some(read), None).unwrap();
         }
@@ -77,7 +97,11 @@ fn round_trips(sh: &Shared, iters: u64) -> Duration {
     let start = Instant::now();
     for _ in 0..iters {
         let want = sh.request.fetch_add(1, SeqCst) + 1;
-        sh.fd.set().unwrap();
+        // SeqCst with `io_poll_end`'s store and the last poll after it:
+        // either we see the kick back on, or that poll sees the request.
+        if sh.kick.load(SeqCst) {
+            sh.fd.set().unwrap();
+        }
         let mut spins = 0u32;
         while sh.ack.load(SeqCst) < want {
             spins += 1;
@@ -97,8 +121,12 @@ fn stop(sh: &Shared, t: std::thread::JoinHandle<()>) {
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("poll_handler_round_trip");
-    for (name, polled) in [("polled", true), ("eventfd", false)] {
-        let (sh, t) = start(polled);
+    for (name, mode) in [
+        ("polled", Mode::Polled),
+        ("polled_kick", Mode::PolledKick),
+        ("eventfd", Mode::Eventfd),
+    ] {
+        let (sh, t) = start(mode);
         g.bench_function(name, |b| b.iter_custom(|iters| round_trips(&sh, iters)));
         stop(&sh, t);
     }

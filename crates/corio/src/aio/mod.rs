@@ -461,6 +461,9 @@ impl AioContext {
         };
         let mut blocking = blocking;
         let mut poll_ready = Vec::new();
+        // The spin found work and every handler is polled: as in QEMU,
+        // this poll needs no fd monitor call (the next one makes it).
+        let mut skip_monitor = false;
         if adaptive && Self::may_spin(&local) {
             let spin = self.spin_for_work(local);
             local = s.local_in_poll();
@@ -468,6 +471,7 @@ impl AioContext {
             if spin.found {
                 // Work arrived while spinning: take it without sleeping.
                 blocking = false;
+                skip_monitor = local.poll_handlers.unpolled == 0;
             }
         } else if blocking && local.poll_handlers.started {
             // Not spinning this time (an unpolled handler came, or the
@@ -495,7 +499,7 @@ impl AioContext {
         trace::aio_poll_begin(s.ptr(), blocking, timeout);
         // With nothing to wait for but our own notifier, a zero timeout needs
         // no system call: the notifier is only written while we sleep.
-        let ready = if timeout != 0 || !local.handlers.is_empty() {
+        let ready = if timeout != 0 || (!local.handlers.is_empty() && !skip_monitor) {
             let mut ready = std::mem::take(&mut local.ready);
             if let Err(e) = local.monitor.wait(timeout, &mut ready) {
                 // Only a broken invariant gets here (EBADF, EFAULT,
