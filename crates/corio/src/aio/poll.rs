@@ -17,6 +17,14 @@
 //! spin off for the whole context (it could only be noticed by a system
 //! call), until it is removed.
 //!
+//! Optional `io_poll_begin` / `io_poll_end` callbacks
+//! ([`AioContext::set_fd_poll_begin_end`], QEMU's `poll_set_started`) run
+//! when the context starts spinning and before it sleeps again, so that a
+//! producer can skip its notification meanwhile; after `io_poll_end` every
+//! poll callback runs once more. A poll whose spin found work and whose
+//! handlers are all polled makes no fd-monitor call (QEMU's rule); the next
+//! poll does.
+//!
 //! Sockets: channel handlers stay unpolled. A poll callback for a socket
 //! would have to ask the kernel (`recv(MSG_PEEK | MSG_DONTWAIT)`, one system
 //! call, several µs on this VM per call, per round), which costs as much as
