@@ -102,6 +102,7 @@ impl AioContext {
         let (handlers, timers) = {
             let mut local = self.shared.local();
             let handlers: Vec<_> = local.handlers.drain().map(|(_, node)| node).collect();
+            local.poll_handlers.clear(&self.shared.poll_counters);
             for node in &handlers {
                 node.deleted
                     .store(true, std::sync::atomic::Ordering::Relaxed);
