@@ -13,7 +13,10 @@
 //!
 //! Workers are started on demand while none is idle, up to `max` (64 by
 //! default, as QEMU); a worker idle for the idle timeout (10 s by default)
-//! exits while more than `min` (0) run. A panic in `f` reaches the submitter as
+//! exits while more than `min` (0) run. A worker that runs out of work first
+//! spins briefly for the next request (one at a time), and a submission wakes
+//! at most one sleeping worker, which wakes the next while requests wait
+//! (`thread_pool/queue.rs`). A panic in `f` reaches the submitter as
 //! [`PoolError::Panicked`]; the worker survives it.
 //!
 //! # Completion path
@@ -46,15 +49,17 @@
 //! assert_eq!(got.get(), 42);
 //! ```
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 mod done;
+mod queue;
 
 use self::done::DoneList;
+use self::queue::{QueueState, Queued, WorkQueue, Worker};
 use crate::aio::{AioContext, WeakAioContext};
 use crate::coroutine::{yield_now, CoHandle, Coroutine};
 use crate::trace;
@@ -224,32 +229,66 @@ where
 
 // ----- the pool -----
 
-struct PoolState {
-    /// Requests not yet taken by a worker, oldest first.
-    queue: VecDeque<Arc<dyn Job>>,
-    /// Worker threads alive.
-    cur: usize,
-    /// Workers waiting on `work` (counted while inside the wait).
-    idle: usize,
-    /// Notifications sent to idle workers and not yet consumed: a submit
-    /// starts a new worker only when every idle one has been signalled.
-    signalled: usize,
-    min: usize,
-    max: usize,
-    idle_timeout: Duration,
-    /// The context is gone: workers exit once the queue is empty.
-    stopping: bool,
-}
-
 struct PoolShared {
     ctx: WeakAioContext,
-    state: Mutex<PoolState>,
-    /// Signalled when work is queued or the pool stops.
-    work: Condvar,
+    /// Requests and workers (the wake-up protocol is in
+    /// `thread_pool/queue.rs`).
+    queue: WorkQueue<Arc<dyn Job>>,
     /// Finished requests for the context (the hand-off protocol is in
     /// `thread_pool/done.rs`).
     done: DoneList<Arc<dyn Job>>,
 }
+
+impl PoolShared {
+    fn spawn_worker(self: &Arc<Self>, st: &mut QueueState<Arc<dyn Job>>) {
+        let shared = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("worker".to_owned())
+            .spawn(move || worker(&shared));
+        match spawned {
+            Ok(_) => st.cur += 1,
+            // Out of threads: the queued work waits for a running worker,
+            // as it would at `max`. With no worker at all it would wait
+            // forever, so that is a panic.
+            Err(e) if st.cur == 0 => panic!("thread pool: cannot start a worker: {e}"),
+            Err(_) => {}
+        }
+    }
+}
+
+/// A worker thread's part: runs requests, spins for the next one.
+struct PoolWorker<'a>(&'a Arc<PoolShared>);
+
+impl Worker<Arc<dyn Job>> for PoolWorker<'_> {
+    fn run(&mut self, job: Arc<dyn Job>) {
+        if job.run() {
+            push_done(self.0, job);
+        }
+    }
+
+    /// Watches `queued` for up to [`SPIN`], yielding the CPU between
+    /// rounds.
+    fn spin(&mut self, queued: &Queued) {
+        let end = Instant::now() + SPIN;
+        loop {
+            for _ in 0..64 {
+                if queued.load(Relaxed) != 0 {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= end {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// How long a worker that ran out of work spins for the next request
+/// before it sleeps (one worker at a time): a submitter that sends
+/// requests one after another then never waits for a thread wake-up.
+const SPIN: Duration = Duration::from_micros(50);
 
 /// A context's thread pool (QEMU's `ThreadPoolAio`). Cloning gives another
 /// handle to the same pool.
@@ -269,8 +308,8 @@ pub(crate) struct PoolOwner(ThreadPool);
 impl Drop for PoolOwner {
     fn drop(&mut self) {
         let s = &self.0.shared;
-        lock(&s.state).stopping = true;
-        s.work.notify_all();
+        s.queue.lock().stopping = true;
+        s.queue.notify_all();
     }
 }
 
@@ -296,17 +335,7 @@ impl ThreadPool {
                 PoolOwner(ThreadPool {
                     shared: Arc::new(PoolShared {
                         ctx: ctx.downgrade(),
-                        state: Mutex::new(PoolState {
-                            queue: VecDeque::new(),
-                            cur: 0,
-                            idle: 0,
-                            signalled: 0,
-                            min: 0,
-                            max: DEFAULT_MAX_THREADS,
-                            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-                            stopping: false,
-                        }),
-                        work: Condvar::new(),
+                        queue: WorkQueue::new(DEFAULT_MAX_THREADS, DEFAULT_IDLE_TIMEOUT),
                         done: DoneList::new(),
                     }),
                 })
@@ -334,31 +363,31 @@ impl ThreadPool {
             max > 0 && min <= max,
             "thread pool: need 0 < max and min <= max"
         );
-        let mut st = lock(&self.shared.state);
+        let mut st = self.shared.queue.lock();
         st.min = min;
         st.max = max;
         while st.cur < st.min {
-            self.spawn_worker(&mut st);
+            self.shared.spawn_worker(&mut st);
         }
         drop(st);
         // Workers above a lowered `max` or `min` re-check when they wake.
-        self.shared.work.notify_all();
+        self.shared.queue.notify_all();
     }
 
     /// Sets how long an idle worker above `min` waits before it exits.
     pub fn set_idle_timeout(&self, timeout: Duration) {
-        lock(&self.shared.state).idle_timeout = timeout;
-        self.shared.work.notify_all();
+        self.shared.queue.lock().idle_timeout = timeout;
+        self.shared.queue.notify_all();
     }
 
     /// Worker threads alive now. A snapshot, for tests and statistics.
     pub fn threads(&self) -> usize {
-        lock(&self.shared.state).cur
+        self.shared.queue.lock().cur
     }
 
     /// Requests queued and not yet started. A snapshot.
     pub fn queued(&self) -> usize {
-        lock(&self.shared.state).queue.len()
+        self.shared.queue.lock().queue.len()
     }
 
     /// Runs `f` on a worker thread, then `done(result)` in this pool's
@@ -421,12 +450,15 @@ impl ThreadPool {
         });
         drop(me);
         self.enqueue(req.clone());
-        // A stray wakeup must not return early: sleep until completed.
-        while req.state() != State::Completed {
+        // A stray wakeup must not return early: sleep until completed. One
+        // lock per wakeup: the state and the result together.
+        loop {
             yield_now();
+            let mut i = lock(&req.inner);
+            if i.state == State::Completed {
+                return i.result.take().expect("a completed request has a result");
+            }
         }
-        let r = lock(&req.inner).result.take();
-        r.expect("a completed request has a result")
     }
 
     fn enqueue(&self, job: Arc<dyn Job>) {
@@ -437,61 +469,15 @@ impl ThreadPool {
             .expect("thread pool: its AioContext was dropped");
         ctx.assert_home("submit to its thread pool");
         trace::thread_pool_submit_aio(self.ptr(), job.as_ptr(), std::ptr::null());
-        let mut st = lock(&self.shared.state);
-        st.queue.push_back(job);
-        if st.idle > st.signalled {
-            st.signalled += 1;
-            drop(st);
-            self.shared.work.notify_one();
-        } else if st.cur < st.max {
-            self.spawn_worker(&mut st);
-        }
-    }
-
-    fn spawn_worker(&self, st: &mut PoolState) {
-        let shared = self.shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("worker".to_owned())
-            .spawn(move || worker(&shared));
-        match spawned {
-            Ok(_) => st.cur += 1,
-            // Out of threads: the queued work waits for a running worker,
-            // as it would at `max`. With no worker at all it would wait
-            // forever, so that is a panic.
-            Err(e) if st.cur == 0 => panic!("thread pool: cannot start a worker: {e}"),
-            Err(_) => {}
-        }
+        self.shared
+            .queue
+            .push(job, |st| self.shared.spawn_worker(st));
     }
 }
 
 fn worker(pool: &Arc<PoolShared>) {
-    let mut st = lock(&pool.state);
-    loop {
-        if let Some(job) = st.queue.pop_front() {
-            drop(st);
-            if job.run() {
-                push_done(pool, job);
-            }
-            st = lock(&pool.state);
-            continue;
-        }
-        if st.stopping || st.cur > st.max {
-            break;
-        }
-        st.idle += 1;
-        let timeout = st.idle_timeout;
-        let (g, res) = pool
-            .work
-            .wait_timeout(st, timeout)
-            .unwrap_or_else(|e| e.into_inner());
-        st = g;
-        st.idle -= 1;
-        st.signalled = st.signalled.saturating_sub(1);
-        if res.timed_out() && st.queue.is_empty() && st.cur > st.min {
-            break;
-        }
-    }
-    st.cur -= 1;
+    pool.queue
+        .work(&mut PoolWorker(pool), |st| pool.spawn_worker(st));
 }
 
 /// Worker thread: hands a finished request to the context.
@@ -545,7 +531,7 @@ impl Drop for Rest {
 
 impl fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = lock(&self.shared.state);
+        let st = self.shared.queue.lock();
         f.debug_struct("ThreadPool")
             .field("threads", &st.cur)
             .field("idle", &st.idle)
@@ -577,12 +563,7 @@ impl PoolRequest {
         if !self.job.cancel() {
             return false;
         }
-        {
-            let mut st = lock(&self.pool.shared.state);
-            if let Some(i) = st.queue.iter().position(|j| Arc::ptr_eq(j, &self.job)) {
-                st.queue.remove(i);
-            }
-        }
+        self.pool.shared.queue.remove(|j| Arc::ptr_eq(j, &self.job));
         push_done(&self.pool.shared, self.job.clone());
         true
     }

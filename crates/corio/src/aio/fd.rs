@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use rustix::event::{eventfd, EventfdFlags};
@@ -20,6 +20,12 @@ pub type FdCallback = Box<dyn FnMut() + Send>;
 /// [`AioContext::set_fd_events_handler`]: super::AioContext::set_fd_events_handler
 pub type EventsCallback = Box<dyn FnMut(u32) + Send>;
 
+/// A poll callback ([`AioContext::set_fd_handler_polled`]): returns whether
+/// its handler has work, without a system call.
+///
+/// [`AioContext::set_fd_handler_polled`]: super::AioContext::set_fd_handler_polled
+pub type PollCallback = Box<dyn FnMut() -> bool + Send>;
+
 /// An event notifier handler; it gets the notifier that fired.
 pub type NotifierCallback = Box<dyn FnMut(&EventNotifier) + Send>;
 
@@ -29,6 +35,15 @@ pub(crate) struct FdNode {
     pub(crate) write: Option<Mutex<FdCallback>>,
     /// Instead of read/write: one callback that gets the ready events.
     pub(crate) events: Option<Mutex<EventsCallback>>,
+    /// Called while the context spins: whether there is work (`poll.rs`).
+    pub(crate) io_poll: Option<Mutex<PollCallback>>,
+    /// Does the work `io_poll` reported.
+    pub(crate) io_poll_ready: Option<Mutex<FdCallback>>,
+    /// When the handler's poll window ends without progress (realtime ns).
+    pub(crate) poll_deadline: AtomicI64,
+    /// QEMU's `io_poll_begin` / `io_poll_end`, called when the context
+    /// starts and stops spinning (`AioContext::set_fd_poll_begin_end`).
+    pub(crate) poll_begin_end: Mutex<Option<(FdCallback, FdCallback)>>,
     /// Set when the handler is removed or replaced; a dispatch already under
     /// way skips it from then on.
     pub(crate) deleted: AtomicBool,
@@ -36,10 +51,23 @@ pub(crate) struct FdNode {
 
 impl FdNode {
     pub(crate) fn new(read: Option<FdCallback>, write: Option<FdCallback>) -> Arc<FdNode> {
+        Self::new_polled(read, write, None, None)
+    }
+
+    pub(crate) fn new_polled(
+        read: Option<FdCallback>,
+        write: Option<FdCallback>,
+        io_poll: Option<PollCallback>,
+        io_poll_ready: Option<FdCallback>,
+    ) -> Arc<FdNode> {
         Arc::new(FdNode {
             read: read.map(Mutex::new),
             write: write.map(Mutex::new),
             events: None,
+            io_poll: io_poll.map(Mutex::new),
+            io_poll_ready: io_poll_ready.map(Mutex::new),
+            poll_deadline: AtomicI64::new(0),
+            poll_begin_end: Mutex::new(None),
             deleted: AtomicBool::new(false),
         })
     }
@@ -49,6 +77,10 @@ impl FdNode {
             read: None,
             write: None,
             events: Some(Mutex::new(cb)),
+            io_poll: None,
+            io_poll_ready: None,
+            poll_deadline: AtomicI64::new(0),
+            poll_begin_end: Mutex::new(None),
             deleted: AtomicBool::new(false),
         })
     }
@@ -66,6 +98,40 @@ impl FdNode {
             Err(std::sync::TryLockError::WouldBlock) => return false,
         }
         true
+    }
+
+    /// Calls the poll callback: whether it reported work. False if the node
+    /// was deleted, has none, or it runs further up the stack.
+    pub(crate) fn call_poll(&self) -> bool {
+        if self.deleted.load(Relaxed) {
+            return false;
+        }
+        let Some(m) = &self.io_poll else { return false };
+        match m.try_lock() {
+            Ok(mut cb) => cb(),
+            Err(std::sync::TryLockError::Poisoned(e)) => (e.into_inner())(),
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
+    }
+
+    /// Calls `io_poll_begin` (`started`) or `io_poll_end`, if set, unless
+    /// the node was deleted or the callback runs further up the stack.
+    pub(crate) fn call_poll_started(&self, started: bool) {
+        if self.deleted.load(Relaxed) {
+            return;
+        }
+        let mut g = match self.poll_begin_end.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        if let Some((begin, end)) = g.as_mut() {
+            if started {
+                begin()
+            } else {
+                end()
+            }
+        }
     }
 
     /// Calls one of the callbacks unless the node was deleted or that
@@ -190,7 +256,7 @@ impl super::AioContext {
     /// removes it with `None`. The old node is marked deleted so that a
     /// dispatch already under way skips it; its callbacks drop after the
     /// home-state borrow ends, since their destructors may use the context.
-    fn install_fd_node(
+    pub(super) fn install_fd_node(
         &self,
         fd: BorrowedFd<'_>,
         node: Option<(Arc<FdNode>, u32)>,
@@ -201,6 +267,7 @@ impl super::AioContext {
         let old = local.handlers.remove(&raw);
         if let Some(old) = &old {
             old.deleted.store(true, Relaxed);
+            local.poll_handlers.removed(old, &s.poll_counters);
         }
         match node {
             None => {
@@ -212,6 +279,7 @@ impl super::AioContext {
             Some((node, interest)) => {
                 trace::poll_add(s.ptr(), Arc::as_ptr(&node).cast(), raw, interest);
                 local.monitor.register(fd, interest)?;
+                local.poll_handlers.added(&node, &s.poll_counters);
                 local.handlers.insert(raw, node);
             }
         }

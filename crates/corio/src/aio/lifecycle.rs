@@ -110,6 +110,7 @@ impl AioContext {
                     node
                 })
                 .collect();
+            local.poll_handlers.clear(&self.shared.poll_counters);
             for node in &handlers {
                 node.deleted
                     .store(true, std::sync::atomic::Ordering::Relaxed);

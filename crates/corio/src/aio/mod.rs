@@ -50,6 +50,7 @@ mod fd;
 mod home;
 mod lifecycle;
 mod notify;
+mod poll;
 #[allow(unsafe_code)]
 // coroutines in and out of the co_schedule queue as raw Arcs (`Linked for CoInner`)
 mod schedule;
@@ -71,7 +72,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 
 pub use bh::Bh;
-pub use fd::{EventNotifier, EventsCallback, FdCallback, NotifierCallback};
+pub use fd::{EventNotifier, EventsCallback, FdCallback, NotifierCallback, PollCallback};
+pub use poll::{PollStats, DEFAULT_POLL_IDLE_INTERVAL};
 pub(crate) use sys::FileOp;
 pub use sys::{events, FdMon};
 pub use timer::{Clock, Timer};
@@ -119,6 +121,8 @@ struct Shared {
     /// `ctx->thread_pool`); dropping it with the context stops its workers.
     /// Opaque here: the pool (a floor above) puts and takes its own type.
     thread_pool: OpaqueSlot,
+    /// Adaptive polling's counters ([`AioContext::poll_stats`]).
+    poll_counters: poll::PollCounters,
 }
 
 // unsafe: this impl, `Shared`'s drop and `bh_poll` are the only items of
@@ -154,6 +158,8 @@ struct Local {
     timers: Vec<Arc<TimerInner>>,
     /// Adaptive busy polling (QEMU's `poll-max-ns`, `poll-grow`, `poll-shrink`).
     poll: PollParams,
+    /// Polled handlers and the count of unpolled ones (`poll.rs`).
+    poll_handlers: poll::PollHandlers,
     /// Coroutines spawned here ([`AioContext::spawn`]) that have not
     /// finished, by address: [`AioContext::shutdown`] cancels them.
     owned: HashMap<usize, CoHandle>,
@@ -278,9 +284,11 @@ impl AioContext {
                     bh_queue: VecDeque::new(),
                     timers: Vec::new(),
                     poll: PollParams::default(),
+                    poll_handlers: poll::PollHandlers::default(),
                     owned: HashMap::new(),
                 }),
                 thread_pool: OpaqueSlot::default(),
+                poll_counters: poll::PollCounters::default(),
             }
         });
         let ctx = AioContext { shared };
@@ -496,9 +504,28 @@ impl AioContext {
             0
         };
         let mut blocking = blocking;
-        if adaptive && local.poll.ns > 0 && self.spin_for_work(&local) {
-            // Work arrived while spinning: take it without sleeping.
-            blocking = false;
+        let mut poll_ready = Vec::new();
+        // The spin found work and every handler is polled: as in QEMU,
+        // this poll needs no fd monitor call (the next one makes it).
+        let mut skip_monitor = false;
+        if adaptive && Self::may_spin(&local) {
+            let spin = self.spin_for_work(local);
+            local = s.local_in_poll();
+            poll_ready = spin.ready;
+            if spin.found {
+                // Work arrived while spinning: take it without sleeping.
+                blocking = false;
+                skip_monitor = local.poll_handlers.unpolled == 0;
+            }
+        } else if blocking && local.poll_handlers.started {
+            // Not spinning this time (an unpolled handler came, or the
+            // spin shrank to 0): the polled handlers get `io_poll_end`
+            // before the sleep, as in QEMU's `try_poll_mode`.
+            drop(local);
+            if self.poll_set_started(false, &mut poll_ready) {
+                blocking = false;
+            }
+            local = s.local_in_poll();
         }
         if blocking {
             // Its SeqCst fence pairs with the one in `notify`
@@ -516,27 +543,28 @@ impl AioContext {
         trace::aio_poll_begin(s.ptr(), blocking, timeout);
         // With nothing to wait for but our own notifier, a zero timeout needs
         // no system call: the notifier is only written while we sleep.
-        let ready = if timeout != 0 || !local.handlers.is_empty() || local.ring_busy() {
-            let mut ready = std::mem::take(&mut local.ready);
-            let waited = local
-                .flush_file_ring()
-                .and_then(|()| local.monitor.wait(timeout, &mut ready));
-            if let Err(e) = waited {
-                // Only a broken invariant gets here (EBADF, EFAULT,
-                // EINVAL; EINTR is a plain wake-up). Lower `notify_me`
-                // first, so that a caller who catches the panic does not
-                // leave every later `notify` writing the eventfd.
-                if blocking {
-                    s.notify_me.lower();
+        let ready =
+            if timeout != 0 || (!local.handlers.is_empty() && !skip_monitor) || local.ring_busy() {
+                let mut ready = std::mem::take(&mut local.ready);
+                let waited = local
+                    .flush_file_ring()
+                    .and_then(|()| local.monitor.wait(timeout, &mut ready));
+                if let Err(e) = waited {
+                    // Only a broken invariant gets here (EBADF, EFAULT,
+                    // EINVAL; EINTR is a plain wake-up). Lower `notify_me`
+                    // first, so that a caller who catches the panic does not
+                    // leave every later `notify` writing the eventfd.
+                    if blocking {
+                        s.notify_me.lower();
+                    }
+                    local.ready = ready;
+                    drop(local);
+                    panic!("AioContext::poll: fd monitor wait failed: {e}");
                 }
-                local.ready = ready;
-                drop(local);
-                panic!("AioContext::poll: fd monitor wait failed: {e}");
-            }
-            Some(ready)
-        } else {
-            None
-        };
+                Some(ready)
+            } else {
+                None
+            };
         if blocking {
             // See `NotifyMe::lower` for its ordering (it pairs with nothing).
             s.notify_me.lower();
@@ -557,6 +585,9 @@ impl AioContext {
             co.wake();
         }
         progress |= self.bh_poll();
+        if !poll_ready.is_empty() {
+            progress |= self.dispatch_poll_ready(poll_ready);
+        }
         if let Some(mut ready) = ready {
             progress |= self.dispatch(&ready);
             ready.clear();
@@ -570,41 +601,6 @@ impl AioContext {
         progress |= self.run_timers();
         trace::aio_poll_end(s.ptr(), progress);
         progress
-    }
-
-    /// QEMU's `run_poll_handlers`: before sleeping, spin for up to
-    /// `poll.ns` (never past the nearest timer) watching for bottom halves
-    /// and co_schedule hand-overs. `notify_me` stays lowered meanwhile, so
-    /// notifiers skip the eventfd write. Like QEMU, polling is off while any
-    /// fd handler is registered (ours have no poll callback to call).
-    /// Returns whether work arrived.
-    fn spin_for_work(&self, local: &Local) -> bool {
-        if !local.handlers.is_empty() || !local.bh_queue.is_empty() || local.ring_busy() {
-            return false;
-        }
-        let start = Clock::Realtime.now_ns();
-        let mut end = start + local.poll.ns;
-        if let Some(t) = local.timers.first() {
-            end = end.min(t.expire.load(Relaxed));
-        }
-        trace::run_poll_handlers_begin(self.as_ptr(), local.poll.max_ns, end - start);
-        loop {
-            for _ in 0..64 {
-                if !self.shared.bh_list.is_empty() {
-                    trace::run_poll_handlers_end(self.as_ptr(), true, end - start);
-                    return true;
-                }
-                std::hint::spin_loop();
-            }
-            if Clock::Realtime.now_ns() >= end {
-                trace::run_poll_handlers_end(self.as_ptr(), false, end - start);
-                return false;
-            }
-            // Let another runnable thread have the CPU: with more busy
-            // threads than cores, pure spinning would starve the very
-            // threads that produce our work. Returns at once otherwise.
-            std::thread::yield_now();
-        }
     }
 
     /// QEMU's `adjust_polling_time`, after a blocking poll that took
@@ -630,6 +626,9 @@ impl AioContext {
             .min(p.max_ns);
             trace::poll_grow(self.as_ptr(), old, p.ns);
         }
+        let ns = p.ns;
+        drop(local);
+        self.publish_poll_ns(ns);
     }
 
     /// Sets adaptive polling (QEMU's `aio_context_set_poll_params`): a
@@ -648,6 +647,8 @@ impl AioContext {
             shrink: shrink.max(0),
             ns: 0,
         };
+        drop(local);
+        self.publish_poll_ns(0);
     }
 
     fn compute_timeout(local: &Local) -> i64 {
@@ -678,8 +679,17 @@ impl AioContext {
             if r.fd == own {
                 continue; // edge-triggered: nothing to clear
             }
-            let Some(node) = s.local_in_poll().handlers.get(&r.fd).cloned() else {
-                continue;
+            let node = {
+                let mut local = s.local_in_poll();
+                let Some(node) = local.handlers.get(&r.fd).cloned() else {
+                    continue;
+                };
+                if node.io_poll.is_some() {
+                    local
+                        .poll_handlers
+                        .fd_ready(&node, s.ptr(), r.fd, &s.poll_counters);
+                }
+                node
             };
             if let Some(cb) = &node.events {
                 progress |= node.call_events(cb, r.events);

@@ -8,7 +8,30 @@ use super::*;
 /// `qemu_aio_coroutine_enter`).
 #[inline(never)]
 pub(crate) fn enter(co: &CoInner) {
-    let wakeups = enter_one(co);
+    tls::with_state(|st| {
+        if refused(co, st) != 0 {
+            // The whole slow enter out of line: merged with the fast
+            // path's tail, its result would cost the round trip a
+            // re-read of the state.
+            return enter_cold(co, st);
+        }
+        let wakeups = switch::<false>(co, st);
+        after_switch(co, wakeups);
+    })
+}
+
+/// `enter` after a refusal check failed or with a switch trace event on.
+#[cold]
+#[inline(never)]
+fn enter_cold(co: &CoInner, st: &tls::ThreadState) {
+    enter_refused(co, st);
+    let wakeups = switch::<true>(co, st);
+    after_switch(co, wakeups);
+}
+
+/// What `enter` does once the coroutine yielded or returned.
+#[inline(always)]
+fn after_switch(co: &CoInner, wakeups: bool) {
     if co.state.get() == state::TERMINATED && !co.holds_stack.get() {
         keep_or_give_stack(co);
     }
@@ -181,42 +204,70 @@ pub(super) fn reschedule_wakeups(list: VecDeque<Arc<CoInner>>) {
 #[inline(always)]
 pub(super) fn enter_one(co: &CoInner) -> bool {
     tls::with_state(|st| {
-        // Every refusal in one branch: the home thread (a token is never 0,
-        // so a thread that has none yet goes to the slow path, which gives
-        // it one), the schedule claim, and the state (running, terminated).
-        let refused = (co.home_thread.load(Relaxed) ^ st.token_if_any())
-            | co.scheduled.get() as usize
-            | co.state.get() as usize;
-        if refused != 0 {
+        if refused(co, st) != 0 {
             enter_refused(co, st);
+            return switch::<true>(co, st);
         }
-        // SAFETY: home thread and idle (checked above): no other borrow of
-        // `raw` exists, and the coroutine never touches its own `raw`.
-        let Some(raw) = (unsafe { &mut *co.raw.get() }) else {
-            entered_after_termination();
-        };
-        let from = st.current.get();
-        co.caller.set(from);
-        co.state.set(state::RUNNING);
-        st.current.set(co);
-        // Armed before the trace call: a `tracing` subscriber that panics
-        // must not leave this coroutine current.
-        let guard = UnwindGuard { co, from };
-        if trace::event::qemu_aio_coroutine_enter.enabled() {
-            enter_traced(from, co);
-        }
-        let result = raw.resume(());
-        // Normal return: restore inline; the guard only acts on a panic.
-        std::mem::forget(guard);
-        st.current.set(from);
-        let wakeups = co.state.get() & state::WAKEUPS != 0;
-        if let corosensei::CoroutineResult::Return(()) = result {
-            terminated(co);
-        } else {
-            co.state.set(0);
-        }
-        wakeups
+        switch::<false>(co, st)
     })
+}
+
+/// Every refusal in one value, non-zero if `co` may not simply be
+/// entered: the home thread (a token is never 0, so a thread that has none
+/// yet goes to the slow path, which gives it one), the schedule claim, the
+/// state (running, terminated), and the coroutine-switch trace events (the
+/// slow path emits them).
+#[inline(always)]
+fn refused(co: &CoInner, st: &tls::ThreadState) -> usize {
+    (co.home_thread.load(Relaxed) ^ st.token_if_any())
+        | co.scheduled.get() as usize
+        | co.state.get() as usize
+        | trace::switch_events_enabled()
+}
+
+/// The switch itself, with the trace events when `TRACED`.
+#[inline(always)]
+fn switch<const TRACED: bool>(co: &CoInner, st: &tls::ThreadState) -> bool {
+    // SAFETY: home thread and idle (checked by `enter_one`): no other
+    // borrow of `raw` exists, and the coroutine never touches its own `raw`.
+    let Some(raw) = (unsafe { &mut *co.raw.get() }) else {
+        entered_after_termination();
+    };
+    let from = st.current.get();
+    co.caller.set(from);
+    co.state.set(state::RUNNING);
+    st.current.set(co);
+    // Armed before the trace call: a `tracing` subscriber that panics
+    // must not leave this coroutine current.
+    let guard = UnwindGuard { co, from };
+    if TRACED && trace::event::qemu_aio_coroutine_enter.enabled() {
+        enter_traced(from, co);
+    }
+    let result = raw.resume(());
+    // Normal return: restore inline; the guard only acts on a panic.
+    std::mem::forget(guard);
+    st.current.set(from);
+    let wakeups = co.state.get() & state::WAKEUPS != 0;
+    if let corosensei::CoroutineResult::Return(()) = result {
+        // Checks its own event: off the round trip, and a distinct arm
+        // keeps LLVM from merging the two state stores into a select.
+        terminated(co);
+    } else {
+        co.state.set(0);
+        // QEMU emits it in the coroutine just before the switch; nothing
+        // runs on this thread between that point and this one.
+        if TRACED && trace::event::qemu_coroutine_yield.enabled() {
+            yield_traced(co, from);
+        }
+    }
+    wakeups
+}
+
+/// The yield trace event (QEMU's `qemu_coroutine_yield(self, to)`).
+#[cold]
+#[inline(never)]
+fn yield_traced(co: &CoInner, to: *const CoInner) {
+    trace::qemu_coroutine_yield(co as *const CoInner as *const (), to.cast());
 }
 
 /// The enter trace event, its arguments computed off the hot path. `ctx` is

@@ -618,29 +618,17 @@ pub fn yield_now() {
     unsafe { &*yielder }.suspend(());
 }
 
-/// `yield_now`'s check and trace: returns the running coroutine's yielder.
+/// `yield_now`'s check: returns the running coroutine's yielder. (Its
+/// trace event is emitted by the enterer once the switch returns, see
+/// `enter::switch`.)
 #[inline(never)]
 fn yield_prepare() -> *const Yielder<(), ()> {
     let me = tls::with_state(|st| st.current.get());
     if me.is_null() {
         yield_to_no_one();
     }
-    if trace::event::qemu_coroutine_yield.enabled() {
-        return yield_traced(me);
-    }
     // SAFETY: the running coroutine is live: its enterer holds an Arc.
     unsafe { &*me }.yielder.get()
-}
-
-/// `yield_prepare` with the trace event on: the arguments are computed here,
-/// off the hot path.
-#[cold]
-#[inline(never)]
-fn yield_traced(me: *const CoInner) -> *const Yielder<(), ()> {
-    // SAFETY: as in `yield_prepare`.
-    let co = unsafe { &*me };
-    trace::qemu_coroutine_yield(me.cast(), co.caller.get().cast());
-    co.yielder.get()
 }
 
 #[cold]

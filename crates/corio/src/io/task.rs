@@ -3,10 +3,11 @@
 //! A [`Task`] carries an asynchronous operation's source object, its result or
 //! error, and the completion to run when it ends. Either the caller finishes
 //! it itself ([`Task::complete`]), or [`Task::run_in_thread`] runs a blocking
-//! worker on a thread of its own (as QEMU, one thread per task: a worker that
-//! blocks in `connect` or a TLS handshake never delays another task's) and
-//! then runs the completion on the given context's thread, the main loop's
-//! ([`main_context`]) when none is given.
+//! worker on a thread of its own (as QEMU, one thread per task at a time: a
+//! worker that blocks in `connect` or a TLS handshake never delays another
+//! task's; threads that finished a task are reused, see `task/workers.rs`)
+//! and then runs the completion on the given context's thread, the main
+//! loop's ([`main_context`]) when none is given.
 //!
 //! Data the completion needs is captured by its closure, which is dropped
 //! exactly once: after it ran, or with the task if it never runs (QEMU's
@@ -43,6 +44,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use crate::aio::AioContext;
 use crate::main_loop::main_context;
 use crate::trace;
+
+mod workers;
 
 /// A task's error: any error that may cross threads.
 pub type TaskError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -204,7 +207,8 @@ impl<S: Send + 'static> Task<S> {
         }
     }
 
-    /// Runs `worker` on a new thread, then the completion on `ctx`'s home
+    /// Runs `worker` on a thread of its own (a new one, or one idle after
+    /// an earlier task's worker), then the completion on `ctx`'s home
     /// thread, or the main loop's when `ctx` is `None` (QEMU's
     /// `qio_task_run_in_thread`). A panic in the worker becomes the task's
     /// error ([`WorkerPanicked`]). If the context is dropped before the
@@ -237,31 +241,37 @@ impl<S: Send + 'static> Task<S> {
         let shared = Arc::new(ThreadShared {
             slot: Mutex::new(Slot::Running),
             ended: Condvar::new(),
+            waiting: std::sync::atomic::AtomicBool::new(false),
             ctx: ctx.as_ptr() as usize,
         });
         let s = shared.clone();
         let weak = ctx.downgrade();
         drop(ctx); // the worker must not keep the context alive
         let mut task = self;
-        std::thread::Builder::new()
-            .name("qio-task-worker".to_owned())
-            .spawn(move || {
-                trace::qio_task_thread_run(task.ptr());
-                if let Err(p) = catch_unwind(AssertUnwindSafe(|| worker(&mut task))) {
-                    task.set_error(WorkerPanicked(crate::thread_pool::panic_message(&*p)));
-                }
-                trace::qio_task_thread_exit(task.ptr());
-                *s.lock() = Slot::Finished(task);
+        workers::run(Box::new(move || {
+            trace::qio_task_thread_run(task.ptr());
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| worker(&mut task))) {
+                task.set_error(WorkerPanicked(crate::thread_pool::panic_message(&*p)));
+            }
+            trace::qio_task_thread_exit(task.ptr());
+            let mut slot = s.lock();
+            *slot = Slot::Finished(task);
+            // Read under the lock that `wait_thread` sets it under: no
+            // system call when nobody waits (the usual case).
+            let waited = s.waiting.load(std::sync::atomic::Ordering::Relaxed);
+            drop(slot);
+            if waited {
                 s.ended.notify_all();
-                if let Some(ctx) = weak.upgrade() {
-                    trace::qio_task_thread_source_attach(task_ptr as *const (), ctx.as_ptr());
-                    let s2 = s.clone();
-                    ctx.bh_schedule_oneshot(move || s2.complete_from_context());
-                }
-                // Otherwise the context is gone: the task stays in the slot
-                // and is freed with the last handle, its completion unrun.
-            })
-            .expect("QIOTask: cannot start a worker thread");
+            }
+            if let Some(ctx) = weak.upgrade() {
+                trace::qio_task_thread_source_attach(task_ptr as *const (), ctx.as_ptr());
+                let s2 = s.clone();
+                ctx.bh_schedule_oneshot(move || s2.complete_from_context());
+            }
+            // Otherwise the context is gone: the task stays in the slot
+            // and is freed with the last handle, its completion unrun.
+        }))
+        .expect("QIOTask: cannot start a worker thread");
         TaskThread { shared }
     }
 }
@@ -294,8 +304,10 @@ enum Slot<S: Send + 'static> {
 
 struct ThreadShared<S: Send + 'static> {
     slot: Mutex<Slot<S>>,
-    /// Signalled when the worker ends.
+    /// Signalled when the worker ends, if `waiting`.
     ended: Condvar,
+    /// A `wait_thread` waits on `ended` (set under `slot`'s lock).
+    waiting: std::sync::atomic::AtomicBool,
     /// The completion context's address, for traces only.
     ctx: usize,
 }
@@ -340,6 +352,9 @@ impl<S: Send + 'static> TaskThread<S> {
     /// Any thread; it blocks.
     pub fn wait_thread(self) {
         let mut slot = self.shared.lock();
+        self.shared
+            .waiting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         while matches!(*slot, Slot::Running) {
             slot = self
                 .shared

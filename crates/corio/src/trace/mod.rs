@@ -40,7 +40,7 @@ mod events;
 
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Once;
 
 pub use events::*;
@@ -75,9 +75,43 @@ impl TraceEvent {
 
     /// Switches the event on or off.
     pub fn set_enabled(&self, on: bool) {
+        // Under the lock, so that two threads switching two of the
+        // coroutine-switch events cannot leave `SWITCH_EVENTS` stale.
+        let _g = SWITCH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         self.enabled.store(on, Ordering::Relaxed);
+        let any = [
+            &event::qemu_aio_coroutine_enter,
+            &event::qemu_coroutine_yield,
+            &event::qemu_coroutine_terminate,
+        ]
+        .iter()
+        .any(|e| e.enabled.load(Ordering::Relaxed));
+        SWITCH_EVENTS.store(any as usize, Ordering::Relaxed);
     }
+}
 
+/// Whether any of the coroutine-switch events (`qemu_aio_coroutine_enter`,
+/// `qemu_coroutine_yield`, `qemu_coroutine_terminate`) is on: the switch
+/// path checks this one flag, folded into its other checks, when it enters
+/// a coroutine, and emits all three from its cold twin. So the yield and
+/// terminate events of a coroutine follow the state of this flag when the
+/// coroutine was entered: one entered before they were switched on does not
+/// emit them for that run. 0 or 1, a word, so that the check ORs it into
+/// the others with one instruction.
+static SWITCH_EVENTS: AtomicUsize = AtomicUsize::new(0);
+static SWITCH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`SWITCH_EVENTS`] (0 or 1): one load on the switch path.
+#[inline(always)]
+pub(crate) fn switch_events_enabled() -> usize {
+    if cfg!(corio_trace_off) {
+        0
+    } else {
+        SWITCH_EVENTS.load(Ordering::Relaxed)
+    }
+}
+
+impl TraceEvent {
     /// Writes the event to the backends. Called only when enabled.
     #[cold]
     #[inline(never)]
