@@ -221,16 +221,15 @@ impl Qcow2Storage {
         })
     }
 
-    /// Runs `f` on a pool worker (in place on tmpfs) with exclusive
+    /// Runs `f` on a pool worker (on tmpfs too) with exclusive
     /// access to the image.
     fn exclusive<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Inner, &mut Image) -> io::Result<R> + Send + 'static,
     ) -> io::Result<R> {
-        if self.inner.in_place {
-            let mut image = self.inner.write();
-            return f(&self.inner, &mut image);
-        }
+        // Always in the pool, even on tmpfs: taking the write lock waits for
+        // every request holding the read lock (pool jobs included), and a
+        // discard may touch every L2 table; neither may stall the IOThread.
         let inner = self.inner.clone();
         pool(move || {
             let mut image = inner.write();
@@ -373,14 +372,17 @@ impl Storage for Qcow2Storage {
                 inner.after_write(image, flags.fua)
             });
         }
-        self.shared(0, move |inner, image| {
+        // Zeroing touches an L2 entry per cluster: a large range is long
+        // work, so it goes to the pool like a large write.
+        self.shared(len, move |inner, image| {
             image.write_zeroes(offset, len)?;
             inner.after_write(image, flags.fua)
         })
     }
 
     fn extents(&self, offset: u64, len: u64, max_extents: usize) -> io::Result<Vec<Extent>> {
-        self.shared(0, move |inner, image| {
+        // A lookup per cluster of the range: long ranges go to the pool.
+        self.shared(len, move |inner, image| {
             map::extents(
                 image,
                 inner.raw_backing.as_ref(),
@@ -404,7 +406,7 @@ impl Storage for Qcow2Storage {
         len: u64,
         max_extents: usize,
     ) -> io::Result<Vec<(u64, u32)>> {
-        self.shared(0, move |_, image| {
+        self.shared(len, move |_, image| {
             map::depths(image, offset, len, max_extents.max(1))
         })
     }
