@@ -61,19 +61,23 @@ fn main() -> std::io::Result<()> {
         unreachable!()
     };
     let target = format!("{}:{}", inet.host, inet.port);
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients: Vec<_> = (0..6)
         .map(|i| {
-            let (target, main) = (target.clone(), main.clone());
+            let (target, main, done) = (target.clone(), main.clone(), done.clone());
             std::thread::spawn(move || -> std::io::Result<bool> {
                 let r = client(i, &target);
-                main.notify(); // wake the main loop to look again
+                done.fetch_add(1, std::sync::atomic::Ordering::Release);
+                // Wake the main loop to look again: a bottom half, not a bare
+                // notify, which a loop between its check and its poll misses.
+                main.bh_schedule_oneshot(|| {});
                 r
             })
         })
         .collect();
 
     // The main loop: accept until every client is done.
-    while !clients.iter().all(|c| c.is_finished()) {
+    while done.load(std::sync::atomic::Ordering::Acquire) < clients.len() {
         main.poll(true);
     }
     for (i, c) in clients.into_iter().enumerate() {

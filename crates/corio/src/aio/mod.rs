@@ -371,6 +371,13 @@ impl AioContext {
     /// Wakes the home thread if it sleeps in a blocking poll (QEMU's
     /// `aio_notify`). Costs a fence and a load when it does not.
     ///
+    /// As in QEMU, this is a kick for work the poll itself looks at (a
+    /// bottom half, a coroutine handed over, a timer): a notify that comes
+    /// while the home thread is between its own check of some flag and its
+    /// next blocking poll is not remembered. To tell a loop "look at my
+    /// flag again", schedule a bottom half ([`bh_schedule_oneshot`]
+    /// (Self::bh_schedule_oneshot)) after setting the flag instead.
+    ///
     /// # Thread context
     /// Any thread.
     pub fn notify(&self) {
