@@ -1,11 +1,13 @@
 //! QEMU's tests/unit/test-aio.c (the /aio/* cases), ported case by case; plus
 //! fd handlers, cross-thread notify, run_in and the misuse cases.
 
+mod helpers;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use corio::{yield_now, AioContext, Bh, Clock, Coroutine, EventNotifier, IoThread};
+use helpers::LockExt;
 
 fn counter() -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let n = Arc::new(AtomicUsize::new(0));
@@ -38,10 +40,10 @@ fn bh_schedule10() {
     let s = slot.clone();
     let bh = ctx.bh_new(move || {
         if n2.fetch_add(1, SeqCst) + 1 < 10 {
-            s.lock().unwrap().as_ref().unwrap().schedule();
+            s.locked().as_ref().unwrap().schedule();
         }
     });
-    *slot.lock().unwrap() = Some(bh.clone());
+    *slot.locked() = Some(bh.clone());
     bh.schedule();
     assert_eq!(n.load(SeqCst), 0);
     assert!(ctx.poll(false));
@@ -51,7 +53,7 @@ fn bh_schedule10() {
     while ctx.poll(false) {}
     assert_eq!(n.load(SeqCst), 10);
     assert!(!ctx.poll(false));
-    slot.lock().unwrap().take();
+    slot.locked().take();
     bh.delete();
 }
 
@@ -102,9 +104,9 @@ fn bh_callback_delete_one() {
     let s = slot.clone();
     let bh = ctx.bh_new(move || {
         n2.fetch_add(1, SeqCst);
-        s.lock().unwrap().take().unwrap().delete();
+        s.locked().take().unwrap().delete();
     });
-    *slot.lock().unwrap() = Some(bh.clone());
+    *slot.locked() = Some(bh.clone());
     bh.schedule();
     drop(bh);
     assert!(ctx.poll(true));
@@ -133,12 +135,12 @@ fn bh_callback_delete_many() {
         let bh = ctx.bh_new(move || {
             if c.fetch_add(1, SeqCst) + 1 == limit {
                 d.store(true, SeqCst);
-                s.lock().unwrap().take().unwrap().delete();
+                s.locked().take().unwrap().delete();
             } else {
-                s.lock().unwrap().as_ref().unwrap().schedule();
+                s.locked().as_ref().unwrap().schedule();
             }
         });
-        *slot.lock().unwrap() = Some(bh.clone());
+        *slot.locked() = Some(bh.clone());
         bhs.push(bh);
     }
     for bh in &bhs {
@@ -293,7 +295,7 @@ fn timer_schedule() {
     // The callback cannot hold the (!Send) Timer; it asks for a re-arm.
     let t = ctx.timer_new(Clock::Realtime, move || {
         n2.fetch_add(1, SeqCst);
-        *rearm.lock().unwrap() = Some(Clock::Realtime.now_ns() + PERIOD);
+        *rearm.locked() = Some(Clock::Realtime.now_ns() + PERIOD);
     });
     let deadline = Clock::Realtime.now_ns() + PERIOD;
     t.modify(deadline);
@@ -310,7 +312,7 @@ fn timer_schedule() {
     }
     assert_eq!(n.load(SeqCst), 1);
     assert!(!t.pending());
-    t.modify(slot.lock().unwrap().take().unwrap());
+    t.modify(slot.locked().take().unwrap());
     // The blocking poll sleeps until the second expiry.
     while n.load(SeqCst) < 2 {
         ctx.poll(true);
@@ -336,13 +338,13 @@ fn coroutine_queue_chaining() {
         cos.push(Coroutine::new(move || {
             for _ in 0..N {
                 counts[i].fetch_add(1, SeqCst);
-                let other = peers.lock().unwrap()[1 - i].clone();
+                let other = peers.locked()[1 - i].clone();
                 ctx.co_enter(&other);
                 yield_now();
             }
         }));
     }
-    *peers.lock().unwrap() = cos.iter().map(Coroutine::handle).collect();
+    *peers.locked() = cos.iter().map(Coroutine::handle).collect();
     cos[0].enter();
     assert_eq!(counts[0].load(SeqCst), N);
     assert_eq!(counts[1].load(SeqCst), N);
@@ -352,7 +354,7 @@ fn coroutine_queue_chaining() {
     assert!(!cos[1].is_terminated());
     cos[1].enter();
     assert!(cos[1].is_terminated());
-    peers.lock().unwrap().clear();
+    peers.locked().clear();
 }
 
 /// /aio/coroutine/worker-thread-co-enter: co_enter(ctx, co) from a thread
@@ -364,7 +366,7 @@ fn coroutine_worker_thread_co_enter() {
     let ran_on = Arc::new(Mutex::new(None));
     let r = ran_on.clone();
     let co = Coroutine::new(move || {
-        *r.lock().unwrap() = Some(std::thread::current().id());
+        *r.locked() = Some(std::thread::current().id());
     });
     let h = co.handle();
     let c = ctx.clone();
@@ -374,9 +376,9 @@ fn coroutine_worker_thread_co_enter() {
     })
     .join()
     .unwrap();
-    assert!(ran_on.lock().unwrap().is_none(), "not run before the poll");
+    assert!(ran_on.locked().is_none(), "not run before the poll");
     assert!(ctx.poll(true));
-    assert_eq!(*ran_on.lock().unwrap(), Some(std::thread::current().id()));
+    assert_eq!(*ran_on.locked(), Some(std::thread::current().id()));
     assert!(co.is_terminated());
 }
 
@@ -578,17 +580,17 @@ fn bh_not_reentered_by_nested_poll() {
         let now = d.fetch_add(1, SeqCst) + 1;
         m.fetch_max(now, SeqCst);
         if r2.fetch_add(1, SeqCst) == 0 {
-            s.lock().unwrap().as_ref().unwrap().schedule();
+            s.locked().as_ref().unwrap().schedule();
             c.poll(false); // takes the BH again, must not call it
         }
         d.fetch_sub(1, SeqCst);
     });
-    *slot.lock().unwrap() = Some(bh.clone());
+    *slot.locked() = Some(bh.clone());
     bh.schedule();
     while ctx.poll(false) {}
     assert_eq!(runs.load(SeqCst), 2);
     assert_eq!(max_depth.load(SeqCst), 1, "never re-entered");
-    slot.lock().unwrap().take();
+    slot.locked().take();
     bh.delete();
     // The callback holds the context: only the poll that drops the deleted
     // callback breaks the cycle (LeakSanitizer reports it otherwise).
@@ -679,26 +681,26 @@ fn co_reschedule_self_between_contexts_of_one_thread() {
     let target = b.clone();
     let co = Coroutine::new(move || {
         let me = || Coroutine::current().unwrap().context();
-        h.lock().unwrap().push(me() == target);
+        h.locked().push(me() == target);
         // SAFETY: the same thread: nothing on the stack changes threads.
         unsafe { corio::co_reschedule_self(&target) };
-        h.lock().unwrap().push(me() == target);
+        h.locked().push(me() == target);
         yield_now();
-        h.lock().unwrap().push(me() == target);
+        h.locked().push(me() == target);
     });
     co.enter();
     assert!(!co.is_terminated());
     // Polling the old context does not resume it: it waits in `b`.
     a.poll(false);
     assert!(!co.is_terminated());
-    assert_eq!(*homes.lock().unwrap(), [false]);
+    assert_eq!(*homes.locked(), [false]);
     assert!(b.poll(false));
-    assert_eq!(*homes.lock().unwrap(), [false, true]);
+    assert_eq!(*homes.locked(), [false, true]);
     // `b` is its home now: what a handle names, and where a wake from
     // another thread would schedule it.
     assert_eq!(co.context(), b);
     assert_eq!(co.handle().context(), b);
     co.handle().wake();
     assert!(co.is_terminated());
-    assert_eq!(*homes.lock().unwrap(), [false, true, true]);
+    assert_eq!(*homes.locked(), [false, true, true]);
 }

@@ -8,21 +8,19 @@
 //! a lost update means two holders at once, a hang means a lost wakeup.
 //! Quick by default (1 s per case); `CORIO_TEST_THOROUGH=1` runs 10 s.
 
+mod helpers;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corio::sync::CoMutex;
 use corio::{Coroutine, IoThread};
+use helpers::LockExt;
 
 const NUM_CONTEXTS: usize = 5;
 
 fn duration() -> Duration {
-    if std::env::var_os("CORIO_TEST_THOROUGH").is_some_and(|v| v != "0") {
-        Duration::from_secs(10)
-    } else {
-        Duration::from_secs(1)
-    }
+    helpers::quick_or_thorough(Duration::from_secs(1), Duration::from_secs(10))
 }
 
 /// Runs `section` in a loop in one coroutine on each of `threads`
@@ -151,7 +149,7 @@ fn multi_mutex_pthread() {
     let m2 = m.clone();
     run_multi(
         NUM_CONTEXTS,
-        Arc::new(move || *m2.lock().unwrap() += 1),
-        move || *m.lock().unwrap(),
+        Arc::new(move || *m2.locked() += 1),
+        move || *m.locked(),
     );
 }

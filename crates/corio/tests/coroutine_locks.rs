@@ -2,6 +2,7 @@
 //! /locking/co-mutex/lockable, /locking/co-rwlock/upgrade,
 //! /locking/co-rwlock/downgrade; plus CoQueue, sleeps and misuse.
 
+mod helpers;
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -10,6 +11,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use corio::sync::{co_sleep_ns, CoMutex, CoQueue, CoRwLock, CoSleep, Lockable};
 use corio::{yield_now, AioContext, Clock, Coroutine, IoThread};
+use helpers::LockExt;
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -313,7 +315,7 @@ fn co_mutex_waiter_resumes_in_home_context() {
             locked_tx.send(()).unwrap();
             // Hold it until the main thread's coroutine waits.
             let rx = go_rx.clone();
-            while rx.lock().unwrap().try_recv().is_err() {
+            while rx.locked().try_recv().is_err() {
                 let me = Coroutine::current().unwrap();
                 AioContext::current().bh_schedule_oneshot({
                     let h = me.handle();
@@ -403,17 +405,13 @@ fn co_queue_front_and_std_lock() {
     let std_m = Arc::new(Mutex::new(0));
     let (q1, l1, s1) = (q.clone(), log.clone(), std_m.clone());
     let back = Coroutine::new(move || {
-        let g = s1.lock().unwrap();
+        let g = s1.locked();
         let mut g = q1.wait_std(&s1, g);
         *g += 1;
         l1.borrow_mut().push("back");
     });
     back.enter();
-    assert_eq!(
-        *std_m.lock().unwrap(),
-        0,
-        "the std mutex is free while waiting"
-    );
+    assert_eq!(*std_m.locked(), 0, "the std mutex is free while waiting");
     let lock = Rc::new(SpinLock::default());
     let (q2, l2, lk) = (q.clone(), log.clone(), lock.clone());
     let front = Coroutine::new(move || {
@@ -431,7 +429,7 @@ fn co_queue_front_and_std_lock() {
     lock.unlock();
     q.enter_all();
     assert_eq!(*log.borrow(), ["front", "back"]);
-    assert_eq!(*std_m.lock().unwrap(), 1);
+    assert_eq!(*std_m.locked(), 1);
 }
 
 /// Waiters on several IOThreads, woken from this thread, each resume on

@@ -2,6 +2,7 @@
 //! never-entered closure dropped off its home thread, and a queued double
 //! wake that resumed a coroutine twice.
 
+mod helpers;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corio::{coroutine, AioContext, Coroutine};
+use helpers::LockExt;
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<String>()
@@ -22,7 +24,7 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 struct DroppedOn(Arc<Mutex<Option<String>>>);
 impl Drop for DroppedOn {
     fn drop(&mut self) {
-        *self.0.lock().unwrap() = std::thread::current().name().map(str::to_owned);
+        *self.0.locked() = std::thread::current().name().map(str::to_owned);
     }
 }
 
@@ -47,7 +49,7 @@ fn never_entered_closure_dropped_on_home_thread() {
             drop(co);
             go_rx.recv().unwrap(); // B has dropped the last handle
             let deadline = Instant::now() + Duration::from_secs(10);
-            while d.lock().unwrap().is_none() {
+            while d.locked().is_none() {
                 assert!(Instant::now() < deadline, "the closure never came home");
                 ctx.poll(false);
                 std::thread::sleep(Duration::from_millis(1));
@@ -63,7 +65,7 @@ fn never_entered_closure_dropped_on_home_thread() {
         .unwrap();
     go_tx.send(()).unwrap();
     a.join().unwrap();
-    assert_eq!(dropped.lock().unwrap().as_deref(), Some("home-a"));
+    assert_eq!(dropped.locked().as_deref(), Some("home-a"));
 }
 
 /// Waking a suspended coroutine twice from another coroutine on the same

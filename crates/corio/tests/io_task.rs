@@ -7,6 +7,7 @@
 //! thread, started by `main_loop()`: under `cargo test` all tests run in one
 //! process, and the main context is bound once.
 
+mod helpers;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Barrier, Condvar, Mutex, OnceLock};
@@ -14,6 +15,7 @@ use std::thread::ThreadId;
 
 use corio::io::task::{Task, TaskError, WorkerPanicked};
 use corio::AioContext;
+use helpers::LockExt;
 
 /// The main-loop thread: binds the main context and polls it forever.
 fn main_loop() -> ThreadId {
@@ -98,13 +100,13 @@ fn failure() {
     let g = got.clone();
     let mut task = Task::new(Source(3), move |t| {
         let e: TaskError = t.propagate_error().unwrap_err();
-        *g.lock().unwrap() = e.downcast_ref::<TestError>().map(|e| e.0);
+        *g.locked() = e.downcast_ref::<TestError>().map(|e| e.0);
         assert!(t.propagate_error().is_ok(), "propagating takes the error");
     });
     task.set_error(TestError(42));
     task.set_error(TestError(43)); // the first error wins
     task.complete();
-    assert_eq!(*got.lock().unwrap(), Some(42));
+    assert_eq!(*got.locked(), Some(42));
 }
 
 /// /crypto/task/thread_complete: the worker runs in a thread other than the
@@ -191,12 +193,12 @@ fn wait_thread_completes_synchronously() {
     let task = Task::new(Source(6), move |t| {
         assert_eq!(t.result::<u32>(), Ok(Some(&99)));
         c.fetch_add(1, SeqCst);
-        *o.lock().unwrap() = Some(std::thread::current().id());
+        *o.locked() = Some(std::thread::current().id());
     });
     let th = task.run_in_thread(|t| t.set_result(99u32), Some(&ctx));
     th.wait_thread();
     assert_eq!(calls.load(SeqCst), 1);
-    assert_eq!(*on.lock().unwrap(), Some(std::thread::current().id()));
+    assert_eq!(*on.locked(), Some(std::thread::current().id()));
     // The bottom half the worker scheduled finds nothing left to do.
     while ctx.poll(false) {}
     assert_eq!(calls.load(SeqCst), 1);
@@ -211,13 +213,13 @@ fn worker_panic_becomes_error() {
     let g = got.clone();
     let task = Task::new(Source(8), move |t| {
         let e = t.propagate_error().unwrap_err();
-        *g.lock().unwrap() = e.downcast_ref::<WorkerPanicked>().cloned();
+        *g.locked() = e.downcast_ref::<WorkerPanicked>().cloned();
     });
     task.run_in_thread(|_| panic!("worker exploded"), Some(&ctx));
-    while got.lock().unwrap().is_none() {
+    while got.locked().is_none() {
         ctx.poll(true);
     }
-    let e = got.lock().unwrap().clone().unwrap();
+    let e = got.locked().clone().unwrap();
     assert!(e.0.contains("worker exploded"), "{e}");
 }
 
@@ -239,7 +241,7 @@ fn context_dropped_before_completion() {
         let th = task.run_in_thread(
             move |_t| {
                 let (m, cv) = &*g;
-                let mut open = m.lock().unwrap();
+                let mut open = m.locked();
                 while !*open {
                     open = cv.wait(open).unwrap();
                 }
@@ -257,7 +259,7 @@ fn context_dropped_before_completion() {
     );
     {
         let (m, cv) = &*gate;
-        *m.lock().unwrap() = true;
+        *m.locked() = true;
         cv.notify_all();
     }
     while !th.is_finished() {

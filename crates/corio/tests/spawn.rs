@@ -6,29 +6,12 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod helpers;
+
 use corio::io::{Channel, SocketChannel};
 use corio::sync::CoQueue;
 use corio::{AioContext, Coroutine, IoThread, JoinError};
-
-/// Runs `f` on a thread and fails with `what` if it takes longer than 30 s
-/// (a lost wakeup fails with a name instead of hanging).
-fn deadline<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let t = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(v) => {
-            t.join().unwrap();
-            v
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no result within 30 s"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match t.join() {
-            Err(p) => std::panic::resume_unwind(p),
-            Ok(()) => unreachable!(),
-        },
-    }
-}
+use helpers::within;
 
 /// Counts drops, to show that a cancelled coroutine's destructors ran.
 struct DropCount(Arc<AtomicUsize>);
@@ -52,7 +35,7 @@ fn park_forever() -> ! {
 
 #[test]
 fn spawn_returns_value_from_iothread() {
-    deadline("spawn_returns_value_from_iothread", || {
+    within("spawn_returns_value_from_iothread", || {
         let t = IoThread::new().unwrap();
         let h = t.spawn(|| {
             assert!(corio::in_coroutine());
@@ -67,7 +50,7 @@ fn spawn_returns_value_from_iothread() {
 /// A coroutine joining another yields; the joined one runs elsewhere.
 #[test]
 fn join_from_coroutine_yields() {
-    deadline("join_from_coroutine_yields", || {
+    within("join_from_coroutine_yields", || {
         let a = IoThread::with_name("a").unwrap();
         let b = IoThread::with_name("b").unwrap();
         let bctx = b.context().clone();
@@ -88,7 +71,7 @@ fn join_from_coroutine_yields() {
 /// `join` outside a coroutine on the context's own thread polls it.
 #[test]
 fn spawn_local_and_join_on_home_thread() {
-    deadline("spawn_local_and_join_on_home_thread", || {
+    within("spawn_local_and_join_on_home_thread", || {
         let _ctx = AioContext::new().unwrap();
         let shared = std::rc::Rc::new(20);
         let s = shared.clone();
@@ -107,7 +90,7 @@ fn spawn_local_and_join_on_home_thread() {
 
 #[test]
 fn try_join_and_is_finished() {
-    deadline("try_join_and_is_finished", || {
+    within("try_join_and_is_finished", || {
         let ctx = AioContext::new().unwrap();
         let mut h = ctx.spawn(|| 5);
         assert!(!h.is_finished());
@@ -123,7 +106,7 @@ fn try_join_and_is_finished() {
 /// goes on serving the others and `run_in`.
 #[test]
 fn panicking_coroutine_is_isolated() {
-    deadline("panicking_coroutine_is_isolated", || {
+    within("panicking_coroutine_is_isolated", || {
         let t = IoThread::new().unwrap();
         let q = Arc::new(AtomicUsize::new(0));
         let good: Vec<_> = (0..4)
@@ -157,7 +140,7 @@ fn panicking_coroutine_is_isolated() {
 /// A panicking bottom half is reported to the hook and the loop goes on.
 #[test]
 fn panicking_bh_does_not_end_iothread() {
-    deadline("panicking_bh_does_not_end_iothread", || {
+    within("panicking_bh_does_not_end_iothread", || {
         static SEEN: AtomicUsize = AtomicUsize::new(0);
         corio::iothread::set_panic_hook(Some(Box::new(|_ctx, p| {
             assert_eq!(p.downcast_ref::<&str>(), Some(&"bh boom"));
@@ -178,7 +161,7 @@ fn panicking_bh_does_not_end_iothread() {
 /// says Cancelled.
 #[test]
 fn abort_unwinds_suspended_coroutine() {
-    deadline("abort_unwinds_suspended_coroutine", || {
+    within("abort_unwinds_suspended_coroutine", || {
         let t = IoThread::new().unwrap();
         let drops = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
@@ -203,7 +186,7 @@ fn abort_unwinds_suspended_coroutine() {
 /// the coroutine is dropped instead of entering a dead coroutine.
 #[test]
 fn abort_on_home_thread_drops_pending_wakeup() {
-    deadline("abort_on_home_thread_drops_pending_wakeup", || {
+    within("abort_on_home_thread_drops_pending_wakeup", || {
         let ctx = AioContext::new().unwrap();
         let (tx, rx) = mpsc::channel();
         let h = ctx.spawn(move || {
@@ -235,7 +218,7 @@ fn abort_on_home_thread_drops_pending_wakeup() {
 /// A coroutine aborted before it started never runs.
 #[test]
 fn abort_before_start_never_runs() {
-    deadline("abort_before_start_never_runs", || {
+    within("abort_before_start_never_runs", || {
         let (ctx_tx, ctx_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let t = std::thread::spawn(move || {
@@ -262,7 +245,7 @@ fn abort_before_start_never_runs() {
 /// channels close (fd count back to where it was) and their destructors run.
 #[test]
 fn join_closes_fds_of_suspended_coroutines() {
-    deadline("join_closes_fds_of_suspended_coroutines", || {
+    within("join_closes_fds_of_suspended_coroutines", || {
         let before = open_fds();
         let t = IoThread::new().unwrap();
         let drops = Arc::new(AtomicUsize::new(0));

@@ -5,6 +5,7 @@
 //! Where QEMU's jobs sleep for seconds, ours wait on a gate that the test
 //! opens: every assertion is on states, none on timings.
 
+mod helpers;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering::SeqCst};
@@ -13,6 +14,7 @@ use std::thread::ThreadId;
 
 use corio::thread_pool::{PoolError, PoolRequest};
 use corio::{AioContext, Coroutine, IoThread, ThreadPool};
+use helpers::LockExt;
 
 /// A gate that jobs wait on until the test opens it.
 #[derive(Default)]
@@ -22,13 +24,13 @@ struct Gate {
 }
 impl Gate {
     fn wait(&self) {
-        let mut o = self.open.lock().unwrap();
+        let mut o = self.open.locked();
         while !*o {
             o = self.cv.wait(o).unwrap();
         }
     }
     fn open(&self) {
-        *self.open.lock().unwrap() = true;
+        *self.open.locked() = true;
         self.cv.notify_all();
     }
 }
@@ -186,7 +188,7 @@ fn do_test_cancel(sync: bool) {
                     g.wait();
                     f.store(true, SeqCst);
                 },
-                move |res| *r.lock().unwrap() = Some(res),
+                move |res| *r.locked() = Some(res),
             );
             CancelJob {
                 req,
@@ -215,7 +217,7 @@ fn do_test_cancel(sync: bool) {
             cancelled += 1;
             if sync {
                 assert!(j.req.is_completed(), "cancel returns after the completion");
-                assert_eq!(*j.ret.lock().unwrap(), Some(Err(PoolError::Canceled)));
+                assert_eq!(*j.ret.locked(), Some(Err(PoolError::Canceled)));
             }
         }
     }
@@ -232,7 +234,7 @@ fn do_test_cancel(sync: bool) {
         ctx.poll(true);
     }
     for j in &jobs {
-        let ret = j.ret.lock().unwrap().clone().expect("every job completed");
+        let ret = j.ret.locked().clone().expect("every job completed");
         if j.started.load(SeqCst) {
             assert_eq!(ret, Ok(()));
             assert!(j.finished.load(SeqCst), "a running job is never aborted");
@@ -417,7 +419,7 @@ fn completion_panic_does_not_lose_the_batch() {
         reqs.push(ctx.thread_pool().submit_aio(
             move || {
                 let (m, c) = &*g;
-                let mut open = m.lock().unwrap();
+                let mut open = m.locked();
                 while !*open {
                     open = c.wait(open).unwrap();
                 }
@@ -432,7 +434,7 @@ fn completion_panic_does_not_lose_the_batch() {
     }
     {
         let (m, c) = &*gate;
-        *m.lock().unwrap() = true;
+        *m.locked() = true;
         c.notify_all();
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

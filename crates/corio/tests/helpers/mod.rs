@@ -1,0 +1,163 @@
+//! Helpers shared by corio's integration tests: every wait has a deadline
+//! and fails with a name (a lost wakeup never hangs the run), a lock that
+//! ignores poisoning (one failed test thread does not turn every later
+//! check into a `PoisonError`), and one meaning of `CORIO_TEST_THOROUGH`.
+//!
+//! A test crate uses it with `mod helpers;`.
+
+#![allow(dead_code)] // each test crate uses a part of this module
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use corio::AioContext;
+
+/// How long any single wait in a test may take before it fails by name.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Whether the long ("thorough") variants run: `CORIO_TEST_THOROUGH=1`.
+/// Unset or `0` means quick.
+///
+/// # Panics
+/// On any other value, so that a typo does not silently run the quick mode.
+pub fn thorough() -> bool {
+    match std::env::var("CORIO_TEST_THOROUGH").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("0") => false,
+        Ok("1") => true,
+        other => {
+            panic!("CORIO_TEST_THOROUGH must be unset, 0 (quick) or 1 (thorough), not {other:?}")
+        }
+    }
+}
+
+/// `quick` by default, `thorough` with `CORIO_TEST_THOROUGH=1`.
+pub fn quick_or_thorough<T>(quick: T, thorough_value: T) -> T {
+    if thorough() {
+        thorough_value
+    } else {
+        quick
+    }
+}
+
+/// `Mutex::lock` that ignores poisoning: the data of a lock whose holder
+/// panicked is still what the test wants to inspect.
+pub trait LockExt<T> {
+    /// Locks, recovering the guard from a poisoned lock.
+    fn locked(&self) -> MutexGuard<'_, T>;
+}
+
+impl<T> LockExt<T> for Mutex<T> {
+    fn locked(&self) -> MutexGuard<'_, T> {
+        self.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Polls `ctx` until `done`, failing with `what` after [`DEADLINE`].
+///
+/// The poll does not block: `done` may become true without an event in
+/// `ctx` (another thread finishing); a poll that made no progress sleeps a
+/// millisecond instead.
+pub fn poll_until(ctx: &AioContext, what: &str, done: impl FnMut() -> bool) {
+    poll_until_within(ctx, what, DEADLINE, done)
+}
+
+/// [`poll_until`] with an explicit deadline.
+pub fn poll_until_within(
+    ctx: &AioContext,
+    what: &str,
+    within: Duration,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        if !ctx.poll(false) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Waits (sleeping a millisecond between checks) until `done`, failing
+/// with `what` after [`DEADLINE`]; for conditions another thread makes true.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Receives one value, failing with `what` after [`DEADLINE`] (or if the
+/// sender is gone).
+pub fn recv_within<T>(rx: &Receiver<T>, what: &str) -> T {
+    match rx.recv_timeout(DEADLINE) {
+        Ok(v) => v,
+        Err(RecvTimeoutError::Timeout) => panic!("no {what} within {DEADLINE:?}"),
+        Err(RecvTimeoutError::Disconnected) => {
+            panic!("no {what}: its sender was dropped (did its thread panic?)")
+        }
+    }
+}
+
+/// Joins a thread, failing with `what` if it runs past [`DEADLINE`] and
+/// propagating its panic.
+pub fn join_within<T>(h: JoinHandle<T>, what: &str) -> T {
+    join_within_for(h, what, DEADLINE)
+}
+
+/// [`join_within`] with an explicit deadline.
+pub fn join_within_for<T>(h: JoinHandle<T>, what: &str, within: Duration) -> T {
+    let deadline = Instant::now() + within;
+    while !h.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "thread {what} did not finish within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    match h.join() {
+        Ok(v) => v,
+        Err(p) => {
+            eprintln!("thread {what} panicked");
+            std::panic::resume_unwind(p)
+        }
+    }
+}
+
+/// Waits on `cv` until `done(&state)`, failing with `what` after
+/// [`DEADLINE`]; returns the guard.
+pub fn wait_cv<'a, T>(
+    cv: &Condvar,
+    m: &'a Mutex<T>,
+    what: &str,
+    mut done: impl FnMut(&T) -> bool,
+) -> MutexGuard<'a, T> {
+    let (g, t) = cv
+        .wait_timeout_while(m.locked(), DEADLINE, |s| !done(s))
+        .unwrap_or_else(|e| e.into_inner());
+    assert!(
+        !t.timed_out(),
+        "timed out after {DEADLINE:?} waiting for {what}"
+    );
+    g
+}
+
+/// Runs `f` on a thread and returns its result, failing with `what` if it
+/// takes longer than [`DEADLINE`] (a lost wakeup inside `f` fails by name
+/// instead of hanging), and propagating its panic.
+pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let what = what.to_owned();
+    let t = std::thread::Builder::new()
+        .name(what.clone())
+        .spawn(f)
+        .expect("spawn a test thread");
+    join_within(t, &what)
+}
