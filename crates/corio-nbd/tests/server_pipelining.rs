@@ -4,7 +4,7 @@
 //! way the bytes arrive (bursts, payloads across the read-ahead buffer,
 //! headers split between writes).
 
-mod server_helpers;
+mod helpers;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use corio_nbd::proto::*;
 use corio_nbd::storage::file::{FileOptions, FileStorage};
 use corio_nbd::storage::Storage;
-use server_helpers::*;
+use helpers::inproc::*;
 
 const MIB: u64 = 1 << 20;
 
