@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use corio::{yield_now, AioContext, Bh, Clock, Coroutine, EventNotifier, IoThread};
-use helpers::LockExt;
+use helpers::{
+    join_iothread, join_within, poll_blocking, poll_blocking_until, poll_until, JoinExt, LockExt,
+};
 
 fn counter() -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let n = Arc::new(AtomicUsize::new(0));
@@ -24,7 +26,7 @@ fn bh_schedule() {
     });
     bh.schedule();
     assert_eq!(n.load(SeqCst), 0);
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(n.load(SeqCst), 1);
     assert!(!ctx.poll(false));
     assert_eq!(n.load(SeqCst), 1);
@@ -48,7 +50,7 @@ fn bh_schedule10() {
     assert_eq!(n.load(SeqCst), 0);
     assert!(ctx.poll(false));
     assert_eq!(n.load(SeqCst), 1);
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(n.load(SeqCst), 2);
     while ctx.poll(false) {}
     assert_eq!(n.load(SeqCst), 10);
@@ -109,7 +111,7 @@ fn bh_callback_delete_one() {
     *slot.locked() = Some(bh.clone());
     bh.schedule();
     drop(bh);
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(n.load(SeqCst), 1);
     assert!(!ctx.poll(false));
     assert_eq!(n.load(SeqCst), 1);
@@ -167,7 +169,7 @@ fn bh_flush() {
         n2.fetch_add(1, SeqCst);
     });
     bh.schedule();
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(n.load(SeqCst), 1);
     assert!(!ctx.poll(false));
     bh.delete();
@@ -183,7 +185,7 @@ fn bh_schedule_idle() {
     });
     bh.schedule_idle();
     while n.load(SeqCst) == 0 {
-        assert!(!ctx.poll(true), "an idle BH is not progress");
+        assert!(!poll_blocking(&ctx), "an idle BH is not progress");
     }
     assert_eq!(n.load(SeqCst), 1);
     bh.delete();
@@ -271,10 +273,10 @@ fn event_wait_no_flush_cb() {
     let (dn, dn2) = counter();
     let dummy = counting_notifier(&ctx, Arc::new(AtomicUsize::new(0)), dn2);
     e.set().unwrap();
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(n.load(SeqCst), 1);
     e.set().unwrap();
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(n.load(SeqCst), 2);
     assert!(!ctx.poll(false));
     assert_eq!(dn.load(SeqCst), 0);
@@ -307,16 +309,12 @@ fn timer_schedule() {
     std::thread::sleep(std::time::Duration::from_nanos(
         (PERIOD + PERIOD / 4) as u64,
     ));
-    while n.load(SeqCst) == 0 {
-        ctx.poll(false);
-    }
+    poll_until(&ctx, "the first expiry", || n.load(SeqCst) != 0);
     assert_eq!(n.load(SeqCst), 1);
     assert!(!t.pending());
     t.modify(slot.locked().take().unwrap());
     // The blocking poll sleeps until the second expiry.
-    while n.load(SeqCst) < 2 {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "n.load(SeqCst) >= 2", || n.load(SeqCst) >= 2);
     assert!(Clock::Realtime.now_ns() >= t.expire_time().max(0));
     assert_eq!(n.load(SeqCst), 2);
     t.delete();
@@ -374,10 +372,9 @@ fn coroutine_worker_thread_co_enter() {
         assert!(AioContext::try_current().is_none());
         c.co_enter(&h);
     })
-    .join()
-    .unwrap();
+    .joined();
     assert!(ran_on.locked().is_none(), "not run before the poll");
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(*ran_on.locked(), Some(std::thread::current().id()));
     assert!(co.is_terminated());
 }
@@ -405,7 +402,7 @@ fn fd_handler_level_triggered() {
     assert!(!ctx.poll(false));
     rustix::io::write(&w, b"x").unwrap();
     assert!(ctx.poll(false));
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(n.load(SeqCst), 2);
     ctx.set_fd_handler(r.as_fd(), None, None).unwrap();
     assert!(!ctx.poll(false));
@@ -499,10 +496,8 @@ fn cross_thread_bh_wakes_blocking_poll() {
     for i in 1..=50 {
         let b = bh.clone();
         let t = std::thread::spawn(move || b.schedule());
-        while n.load(SeqCst) < i {
-            ctx.poll(true);
-        }
-        t.join().unwrap();
+        poll_blocking_until(&ctx, "n.load(SeqCst) >= i", || n.load(SeqCst) >= i);
+        join_within(t, "t");
     }
     assert_eq!(n.load(SeqCst), 50);
     bh.delete();
@@ -525,7 +520,7 @@ fn run_in_other_context() {
     assert_eq!(err.downcast_ref::<&str>(), Some(&"in the iothread"));
     // The iothread survived the panic.
     assert_eq!(t.context().run_in(|| 7), 7);
-    t.join();
+    join_iothread(t, "t");
 }
 
 /// poll() on a foreign thread panics with a clear message.
@@ -534,7 +529,7 @@ fn poll_from_foreign_thread_panics() {
     let ctx = AioContext::new().unwrap();
     let c = ctx.clone();
     let err = std::thread::spawn(move || c.poll(false))
-        .join()
+        .join_result()
         .unwrap_err();
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("home thread"), "{msg}");
@@ -548,15 +543,13 @@ fn nested_poll_runs_rest_of_batch() {
     let flag = Arc::new(AtomicBool::new(false));
     let (c, f) = (ctx.clone(), flag.clone());
     let waiter = ctx.bh_new(move || {
-        while !f.load(SeqCst) {
-            c.poll(true);
-        }
+        poll_blocking_until(&c, "f.load(SeqCst)", || f.load(SeqCst));
     });
     let f2 = flag.clone();
     let setter = ctx.bh_new(move || f2.store(true, SeqCst));
     waiter.schedule();
     setter.schedule();
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert!(flag.load(SeqCst));
     waiter.delete();
     setter.delete();
@@ -613,10 +606,8 @@ fn bh_rescheduled_from_other_thread_after_cancel_wakes_poll() {
         std::thread::sleep(std::time::Duration::from_millis(50));
         b.schedule();
     });
-    while n.load(SeqCst) == 0 {
-        ctx.poll(true); // must not sleep forever
-    }
-    t.join().unwrap();
+    poll_blocking_until(&ctx, "n.load(SeqCst) != 0", || n.load(SeqCst) != 0); // must not sleep forever
+    join_within(t, "t");
     bh.delete();
 }
 
@@ -656,15 +647,11 @@ fn nested_poll_inside_scheduled_coroutine_sees_new_handovers() {
         yield_now();
         let h = other_h.clone();
         std::thread::spawn(move || h.wake());
-        while !o.is_terminated() {
-            c.poll(true);
-        }
+        poll_blocking_until(&c, "o.is_terminated()", || o.is_terminated());
     });
     waiter.enter();
     ctx.co_schedule(&waiter.handle());
-    while !waiter.is_terminated() {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "waiter.is_terminated()", || waiter.is_terminated());
     assert!(other.is_terminated());
 }
 

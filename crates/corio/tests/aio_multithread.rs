@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corio::{co_reschedule_self, yield_now, AioContext, CoHandle, Coroutine, IoThread};
-use helpers::LockExt;
+use helpers::{join_iothread, join_within, LockExt};
 
 const NUM_CONTEXTS: usize = 5;
 
@@ -51,7 +51,7 @@ fn multi_lifecycle() {
             .run_in(|| AioContext::current().in_home_thread()));
     }
     for t in threads {
-        t.join();
+        join_iothread(t, "t");
     }
 }
 
@@ -137,7 +137,7 @@ fn multi_schedule() {
         std::thread::sleep(Duration::from_millis(1));
     }
     for t in threads {
-        t.join();
+        join_iothread(t, "t");
     }
     for n in 0..NUM_CONTEXTS {
         assert_eq!(
@@ -197,7 +197,7 @@ fn multi_schedule_migrating() {
         std::thread::sleep(Duration::from_millis(1));
     }
     for t in threads {
-        t.join();
+        join_iothread(t, "t");
     }
     println!("migrations {}", hops.load(SeqCst));
     assert!(hops.load(SeqCst) > 0);
@@ -234,7 +234,7 @@ fn multi_wake_from_other_threads() {
         })
         .collect();
     for w in wakers {
-        w.join().unwrap();
+        join_within(w, "w");
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while ends.load(SeqCst) < NUM_CONTEXTS * 20 {
@@ -242,6 +242,6 @@ fn multi_wake_from_other_threads() {
         std::thread::sleep(Duration::from_millis(1));
     }
     for t in threads {
-        t.join();
+        join_iothread(t, "t");
     }
 }

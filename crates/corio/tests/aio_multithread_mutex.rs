@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use corio::sync::CoMutex;
 use corio::{Coroutine, IoThread};
-use helpers::LockExt;
+use helpers::{join_iothread, wait_until, LockExt};
 
 const NUM_CONTEXTS: usize = 5;
 
@@ -57,11 +57,9 @@ fn run_multi(threads: usize, section: Arc<dyn Fn() + Send + Sync>, read: impl Fn
     }
     std::thread::sleep(duration());
     stopping.store(true, SeqCst);
-    while running.load(SeqCst) > 0 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("every coroutine to stop", || running.load(SeqCst) == 0);
     for t in iothreads {
-        t.join();
+        join_iothread(t, "t");
     }
     let (n, c) = (completed.load(SeqCst), read());
     eprintln!(

@@ -1,6 +1,8 @@
 //! QEMU's tests/unit/test-coroutine.c (the basic/* cases), ported case by
 //! case; plus panic propagation and the misuse panics.
 
+mod helpers;
+
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -8,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use corio::{coroutine, in_coroutine, yield_now, AioContext, Coroutine};
+use helpers::{join_iothread, join_within, poll_blocking, JoinExt};
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
@@ -67,6 +70,7 @@ fn basic_yield() {
     });
     let mut enters = 0;
     while !co.is_terminated() {
+        assert!(enters < 6, "the coroutine did not end after 6 enters");
         co.enter();
         enters += 1;
     }
@@ -245,7 +249,7 @@ fn double_schedule_panics() {
     );
     let err = catch_unwind(AssertUnwindSafe(|| h.wake())).unwrap_err();
     assert!(panic_message(err).contains("already scheduled"));
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(runs.get(), 1);
     assert!(co.is_terminated());
     assert!(!ctx.poll(false));
@@ -264,7 +268,7 @@ fn co_schedule_to_foreign_context_panics() {
     }))
     .unwrap_err();
     assert!(panic_message(err).contains("co_schedule_migrate"));
-    other.join();
+    join_iothread(other, "other");
     co.enter();
 }
 
@@ -276,9 +280,7 @@ fn handle_local_only_at_home() {
     let h = co.handle();
     assert!(h.local().is_some());
     let h2 = h.clone();
-    assert!(std::thread::spawn(move || h2.local().is_none())
-        .join()
-        .unwrap());
+    assert!(std::thread::spawn(move || h2.local().is_none()).joined());
     co.enter();
 }
 
@@ -400,7 +402,7 @@ fn pooled_object_is_reused_fresh() {
     assert!(h.context() == ctx);
     // Scheduling works on the reused object.
     ctx.co_schedule(&h);
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(ran.get(), 2);
     assert!(co2.is_terminated());
 }
@@ -422,8 +424,7 @@ fn pooled_object_after_handle_outlived_coroutine_on_another_thread() {
             // This thread's pool did not take the foreign object.
             Coroutine::new(|| {}).enter();
         })
-        .join()
-        .unwrap();
+        .joined();
     }
     // The last reference is a handle dropped at home: pooled.
     let co = Coroutine::new(|| {});
@@ -451,7 +452,7 @@ fn pooled_object_after_handle_outlived_coroutine_on_another_thread() {
         co.enter();
         assert!(co.is_terminated());
     }
-    t.join().unwrap();
+    join_within(t, "t");
 }
 
 /// The per-thread object pool is bounded, and a thread's pool is released
@@ -473,8 +474,7 @@ fn object_pool_bounded_and_freed_at_thread_exit() {
         assert!(local <= base + 3 * 64, "local pool unbounded: {local}");
         assert!(local >= 1);
     })
-    .join()
-    .unwrap();
+    .joined();
     // The exiting thread's pool moved to the shared pool within its bound.
     let (_, shared) = coroutine::pooled();
     assert!(shared <= coroutine::pool_max(), "{shared}");
@@ -542,7 +542,7 @@ fn wakeup_survives_panic_of_waker() {
     });
     assert!(catch_unwind(AssertUnwindSafe(|| waker.enter())).is_err());
     assert!(!resumed.get());
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert!(resumed.get());
     assert!(sleeper.is_terminated());
 }
@@ -614,7 +614,7 @@ fn wakeup_queued_while_unwinding_is_not_lost() {
     holder.enter();
     drop(holder); // unwinds: the wake is queued on the dying coroutine
     assert!(!woken.get());
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert!(woken.get());
 }
 
@@ -630,13 +630,10 @@ fn handle_of_exited_thread_is_never_local() {
         std::mem::forget(co); // keep it suspended; its thread ends
         h
     })
-    .join()
-    .unwrap();
+    .joined();
     for _ in 0..8 {
         let h = h.clone();
-        let local = std::thread::spawn(move || h.local().is_some())
-            .join()
-            .unwrap();
+        let local = std::thread::spawn(move || h.local().is_some()).joined();
         assert!(
             !local,
             "a new thread must not pass for the dead home thread"

@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use corio::sync::{co_sleep_ns, CoMutex, CoQueue, CoRwLock, CoSleep, Lockable};
 use corio::{yield_now, AioContext, Clock, Coroutine, IoThread};
-use helpers::LockExt;
+use helpers::{join_iothread, join_within, poll_blocking_until, recv_within, wait_until, LockExt};
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -327,7 +327,7 @@ fn co_mutex_waiter_resumes_in_home_context() {
         });
         co.enter();
     });
-    locked_rx.recv().unwrap();
+    recv_within(&locked_rx, "locked_rx");
     let me_thread = std::thread::current().id();
     let resumed_on = Rc::new(Cell::new(None));
     let r = resumed_on.clone();
@@ -339,11 +339,9 @@ fn co_mutex_waiter_resumes_in_home_context() {
     waiter.enter();
     assert!(!waiter.is_terminated());
     go_tx.send(()).unwrap();
-    while !waiter.is_terminated() {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "waiter.is_terminated()", || waiter.is_terminated());
     assert_eq!(resumed_on.get(), Some(me_thread));
-    t.join();
+    join_iothread(t, "t");
 }
 
 /// CoQueue: next wakes the oldest, restart_all the rest; a waiter releases
@@ -452,12 +450,15 @@ fn co_queue_cross_thread_wakeups() {
             .enter();
         });
     }
-    while waiting.load(SeqCst) < 3 {
-        std::thread::yield_now();
-    }
+    wait_until("three waiters", || waiting.load(SeqCst) >= 3);
     // A waiter counts itself just before it queues: wake until all answered.
     let mut answers = 0;
+    let deadline = std::time::Instant::now() + helpers::DEADLINE;
     while answers < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {answers} of 3 waiters answered"
+        );
         q.restart_all();
         while let Ok(on_home) = rx.recv_timeout(std::time::Duration::from_millis(5)) {
             assert!(on_home);
@@ -465,7 +466,7 @@ fn co_queue_cross_thread_wakeups() {
         }
     }
     for t in threads {
-        t.join();
+        join_iothread(t, "t");
     }
 }
 
@@ -482,9 +483,7 @@ fn co_sleep_ns_on_timer() {
     });
     co.enter();
     assert!(!done.get());
-    while !done.get() {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "done.get()", || done.get());
     // Monotonic clock: the timer cannot fire before its deadline.
     assert!(Clock::Realtime.now_ns() - start >= 2_000_000);
 }
@@ -508,10 +507,8 @@ fn co_sleep_wakeable() {
     let msg = panic_message(catch_unwind(AssertUnwindSafe(|| h.wake())).unwrap_err());
     assert!(msg.contains("qemu_co_sleep"), "{msg}");
     let s3 = s.clone();
-    std::thread::spawn(move || s3.wake()).join().unwrap();
-    while !woke.load(SeqCst) {
-        ctx.poll(true);
-    }
+    join_within(std::thread::spawn(move || s3.wake()), "s3.wake()");
+    poll_blocking_until(&ctx, "woke.load(SeqCst)", || woke.load(SeqCst));
     assert!(!s.is_sleeping());
     s.wake(); // nobody sleeps: nothing happens
 }

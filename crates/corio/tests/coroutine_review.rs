@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corio::{coroutine, AioContext, Coroutine};
-use helpers::LockExt;
+use helpers::{join_iothread, join_within, recv_within, JoinExt, LockExt};
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<String>()
@@ -47,7 +47,7 @@ fn never_entered_closure_dropped_on_home_thread() {
             });
             h_tx.send(co.handle()).unwrap();
             drop(co);
-            go_rx.recv().unwrap(); // B has dropped the last handle
+            recv_within(&go_rx, "go_rx"); // B has dropped the last handle
             let deadline = Instant::now() + Duration::from_secs(10);
             while d.locked().is_none() {
                 assert!(Instant::now() < deadline, "the closure never came home");
@@ -56,15 +56,14 @@ fn never_entered_closure_dropped_on_home_thread() {
             }
         })
         .unwrap();
-    let h = h_rx.recv().unwrap();
+    let h = recv_within(&h_rx, "h_rx");
     std::thread::Builder::new()
         .name("b".into())
         .spawn(move || drop(h))
         .unwrap()
-        .join()
-        .unwrap();
+        .joined();
     go_tx.send(()).unwrap();
-    a.join().unwrap();
+    join_within(a, "a");
     assert_eq!(dropped.locked().as_deref(), Some("home-a"));
 }
 
@@ -120,7 +119,7 @@ fn double_wake_other_thread_panics() {
         b2.wake(); // queued behind `a`
         let h = b2.handle();
         let e = std::thread::spawn(move || h.wake())
-            .join()
+            .join_result()
             .expect_err("the remote wake must panic");
         rem.set(panic_text(&*e));
     });
@@ -155,7 +154,7 @@ fn migration_refused_inside_nested_poll() {
         "{}",
         panic_text(&*err)
     );
-    other.join();
+    join_iothread(other, "other");
 }
 
 /// A destructor that waits while its coroutine is being dropped cannot be

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use corio::io::{Channel, FileChannel, SocketAddress, SocketChannel};
 use corio::{Coroutine, IoThread};
-use helpers::recv_within;
+use helpers::{join_iothread, join_within, recv_within};
 
 /// Runs `f` in a new coroutine on `t`'s thread.
 fn start_on(t: &IoThread, f: impl FnOnce() + Send + 'static) {
@@ -56,7 +56,7 @@ fn accepted_socket_read_yields_in_coroutine() {
     client.write_all_bytes(b"hello").unwrap();
     assert_eq!(&recv_within(&rx, "the reader").unwrap(), b"hello");
     drop(client);
-    t.join();
+    join_iothread(t, "t");
 }
 
 #[test]
@@ -80,7 +80,7 @@ fn std_read_and_single_read_yield_in_coroutine() {
     b.write_all_bytes(b"c").unwrap();
     assert_eq!(recv_within(&rx, "the readv"), b"c");
     drop(b);
-    t.join();
+    join_iothread(t, "t");
 }
 
 #[test]
@@ -98,7 +98,7 @@ fn connected_socket_write_yields_when_the_peer_is_full() {
     server.read_all(&mut got).unwrap();
     recv_within(&rx, "the writer").unwrap();
     assert!(got.iter().all(|&b| b == 7));
-    t.join();
+    join_iothread(t, "t");
 }
 
 #[test]
@@ -114,7 +114,7 @@ fn blocking_listener_accept_yields_in_coroutine() {
     assert_thread_serves_others(&t, "accepts with no client");
     let _c = SocketChannel::connect_sync(&addr).unwrap();
     assert!(recv_within(&rx, "the acceptor").unwrap());
-    t.join();
+    join_iothread(t, "t");
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn pipe_read_yields_in_coroutine() {
     w.write_all_bytes(b"pipe").unwrap();
     assert_eq!(&recv_within(&rx, "the pipe reader").unwrap(), b"pipe");
     drop(w);
-    t.join();
+    join_iothread(t, "t");
 }
 
 /// Non-blocking mode keeps QEMU's single-call contract inside a coroutine:
@@ -148,7 +148,7 @@ fn nonblocking_single_read_returns_wouldblock_in_coroutine() {
         tx.send(r.map_err(|e| e.kind())).unwrap();
     });
     assert_eq!(recv_within(&rx, "the reader"), Err(ErrorKind::WouldBlock));
-    t.join();
+    join_iothread(t, "t");
 }
 
 /// Outside a coroutine, `std::io::Read` on a non-blocking channel returns
@@ -173,5 +173,5 @@ fn std_read_on_nonblocking_channel_outside_coroutine_is_wouldblock() {
     });
     a.read_all(&mut buf).unwrap();
     assert_eq!(&buf, b"late");
-    drop(t.join().unwrap());
+    drop(join_within(t, "t"));
 }

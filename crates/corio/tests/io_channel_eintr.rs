@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use corio::io::address::SocketAddress;
 use corio::io::{Channel, SocketChannel};
 use corio::{AioContext, Coroutine};
-use helpers::{join_within, LockExt};
+use helpers::{join_within, poll_blocking, LockExt};
 use io_channel_helpers::pattern;
 
 /// Signals delivered, counted by the handler.
@@ -218,7 +218,7 @@ fn io_channel_eintr_coroutine_in_context() {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !co.is_terminated() {
             assert!(Instant::now() < deadline, "coroutine never finished");
-            ctx.poll(true);
+            poll_blocking(&ctx);
         }
         let r = got.locked().take();
         r.expect("coroutine ended without a result")

@@ -17,7 +17,7 @@ use corio::io::address::SocketAddress;
 use corio::io::file::{new_fd, FdChannel};
 use corio::io::{Channel, Feature, SocketChannel};
 use corio::{AioContext, Coroutine};
-use helpers::{join_within, poll_until, LockExt};
+use helpers::{join_within, poll_blocking, poll_until, LockExt};
 use io_channel_helpers::{pattern, run_threads};
 
 fn tmp_path(name: &str) -> String {
@@ -523,7 +523,7 @@ fn io_channel_socket_co_clean_eof() {
         r.set(Some(a.read_all_eof(&mut buf).unwrap()));
     });
     co.enter();
-    std::thread::spawn(move || drop(b)).join().unwrap();
+    join_within(std::thread::spawn(move || drop(b)), "drop(b)");
     poll_until(&ctx, "co.is_terminated()", || co.is_terminated());
     assert_eq!(result.take(), Some(false));
 }
@@ -631,8 +631,8 @@ fn io_channel_socket_co_wake_read() {
     co.enter();
     // A spurious wake from another thread: the read retries and yields again.
     let a2 = a.clone();
-    std::thread::spawn(move || a2.wake_read()).join().unwrap();
-    ctx.poll(true);
+    join_within(std::thread::spawn(move || a2.wake_read()), "a2.wake_read()");
+    poll_blocking(&ctx);
     assert!(!done.get());
     b.write_all_bytes(b"abc").unwrap();
     poll_until(&ctx, "done.get()", || done.get());

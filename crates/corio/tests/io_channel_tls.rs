@@ -21,12 +21,11 @@ use std::time::{Duration, Instant};
 use corio::io::tls::{Endpoint, TlsCreds, TlsError, X509Pem};
 use corio::io::{Channel, Feature, SocketChannel};
 use corio::{AioContext, Coroutine, IoThread};
-use helpers::{join_within, LockExt};
+use helpers::{join_within, poll_until, LockExt};
 use io_channel_helpers::pattern;
 use tls_helpers::{
     big, blocking_pair, both_ok, good_pair, good_pair_arc, handshake_tasks, handshake_threads,
-    ping_pong, poll_until, qemu_authz, run_both_ways, socket_pair, start_task, tcp_pair, Pki, Tls,
-    DEADLINE,
+    ping_pong, qemu_authz, run_both_ways, socket_pair, start_task, tcp_pair, Pki, Tls, DEADLINE,
 };
 
 // ----- QEMU's /qio/channel/tls/basic, over a socket pair and over TCP -----

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use corio::io::{Channel, WebsockChannel};
 use corio::AioContext;
-use helpers::{join_within, LockExt};
+use helpers::{join_within, poll_until, LockExt};
 use io_channel_helpers::{frame, pattern, GOOD_REQUEST};
-use tls_helpers::{poll_until, qemu_authz, tcp_pair, Pki, Tls};
+use tls_helpers::{qemu_authz, tcp_pair, Pki, Tls};
 
 // ----- a WebSocket over TLS (QEMU's VNC wss path) -----
 

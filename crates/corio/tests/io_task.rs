@@ -15,7 +15,7 @@ use std::thread::ThreadId;
 
 use corio::io::task::{Task, TaskError, WorkerPanicked};
 use corio::AioContext;
-use helpers::LockExt;
+use helpers::{poll_blocking_until, recv_within, wait_cv, wait_until, JoinExt, LockExt};
 
 /// The main-loop thread: binds the main context and polls it forever.
 fn main_loop() -> ThreadId {
@@ -30,12 +30,14 @@ fn main_loop() -> ThreadId {
                 let ctx = corio::main_loop::init();
                 assert!(ctx.in_home_thread(), "nobody bound the main context before");
                 tx.send(std::thread::current().id()).unwrap();
+                // The main loop of this process: it waits for work without
+                // end (a daemon thread), so its polls have no deadline.
                 loop {
                     ctx.poll(true);
                 }
             })
             .unwrap();
-        rx.recv().unwrap()
+        recv_within(&rx, "rx")
     })
 }
 
@@ -121,7 +123,7 @@ fn thread_complete() {
             .unwrap();
     });
     task.run_in_thread(|t| t.set_result(std::thread::current().id()), None);
-    let (worker, completion, err) = rx.recv().unwrap();
+    let (worker, completion, err) = recv_within(&rx, "rx");
     assert_ne!(worker, main);
     assert_ne!(worker, std::thread::current().id());
     assert_eq!(completion, main);
@@ -140,7 +142,7 @@ fn thread_failure() {
             .unwrap();
     });
     task.run_in_thread(|t| t.set_error(TestError(5)), None);
-    let (msg, completion) = rx.recv().unwrap();
+    let (msg, completion) = recv_within(&rx, "rx");
     assert_eq!(msg, "testing task failure: 5");
     assert_eq!(completion, main);
 }
@@ -170,7 +172,7 @@ fn four_workers_distinct_threads_completions_on_main_loop() {
             None,
         );
     }
-    let results: Vec<_> = (0..4).map(|_| rx.recv().unwrap()).collect();
+    let results: Vec<_> = (0..4).map(|_| recv_within(&rx, "rx")).collect();
     let sources: HashSet<u32> = results.iter().map(|r| r.0).collect();
     assert_eq!(sources, HashSet::from([0, 1, 2, 3]));
     let workers: HashSet<ThreadId> = results.iter().map(|r| r.1).collect();
@@ -216,9 +218,7 @@ fn worker_panic_becomes_error() {
         *g.locked() = e.downcast_ref::<WorkerPanicked>().cloned();
     });
     task.run_in_thread(|_| panic!("worker exploded"), Some(&ctx));
-    while got.locked().is_none() {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "the task's completion", || got.locked().is_some());
     let e = got.locked().clone().unwrap();
     assert!(e.0.contains("worker exploded"), "{e}");
 }
@@ -241,18 +241,14 @@ fn context_dropped_before_completion() {
         let th = task.run_in_thread(
             move |_t| {
                 let (m, cv) = &*g;
-                let mut open = m.locked();
-                while !*open {
-                    open = cv.wait(open).unwrap();
-                }
+                drop(wait_cv(cv, m, "the gate to open", |open| *open));
             },
             Some(&ctx),
         );
         (ctx.downgrade(), th)
         // The thread exits: its context goes with it.
     })
-    .join()
-    .unwrap();
+    .joined();
     assert!(
         weak.upgrade().is_none(),
         "the task does not keep the context alive"
@@ -262,15 +258,11 @@ fn context_dropped_before_completion() {
         *m.locked() = true;
         cv.notify_all();
     }
-    while !th.is_finished() {
-        std::thread::yield_now();
-    }
+    wait_until("the task's worker thread to finish", || th.is_finished());
     assert_eq!(freed.load(SeqCst), 0, "held by the handle until it goes");
     drop(th);
     // The worker thread may hold the task a moment longer, until it exits.
-    while freed.load(SeqCst) == 0 {
-        std::thread::yield_now();
-    }
+    wait_until("the task to be freed", || freed.load(SeqCst) != 0);
     assert_eq!(freed.load(SeqCst), 1);
     assert!(!completed.load(SeqCst));
 }
@@ -291,5 +283,5 @@ fn result_of_wrong_type_is_an_error() {
         tx.send(t.take_result::<u64>()).unwrap();
     });
     task.complete();
-    assert_eq!(rx.recv().unwrap(), Ok(Some(5)));
+    assert_eq!(recv_within(&rx, "rx"), Ok(Some(5)));
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use corio::io::address::SocketAddress;
 use corio::io::{events, Channel, SocketChannel};
 use corio::{AioContext, Coroutine};
-use helpers::{poll_until, LockExt};
+use helpers::{join_within, poll_blocking, poll_until, JoinExt, LockExt};
 
 struct Counts {
     calls: AtomicUsize,
@@ -66,7 +66,7 @@ fn io_channel_watch_in_level_triggered() {
     assert!(!ctx.poll(false));
     assert_eq!(c.calls.load(SeqCst), 0);
     b.write_all_bytes(b"xy").unwrap();
-    ctx.poll(true);
+    poll_blocking(&ctx);
     ctx.poll(false);
     // Level-triggered: still readable, so called on each poll.
     assert_eq!(c.calls.load(SeqCst), 2);
@@ -89,7 +89,7 @@ fn io_channel_watch_out_oneshot_notify_once() {
     let (a, _b) = SocketChannel::pair().unwrap();
     let c = counts();
     let h = watch(&a, &ctx, events::OUT, false, &c);
-    ctx.poll(true);
+    poll_blocking(&ctx);
     ctx.poll(false);
     assert_eq!(c.calls.load(SeqCst), 1);
     assert_eq!(c.last.load(SeqCst), events::OUT);
@@ -167,7 +167,7 @@ fn io_channel_watch_remove_from_other_thread() {
     let (a, b) = SocketChannel::pair().unwrap();
     let c = counts();
     let h = watch(&a, &ctx, events::IN, true, &c);
-    std::thread::spawn(move || h.remove()).join().unwrap();
+    join_within(std::thread::spawn(move || h.remove()), "h.remove()");
     poll_until(&ctx, "c.notified.load(SeqCst) == 1", || {
         c.notified.load(SeqCst) == 1
     });
@@ -200,8 +200,7 @@ fn io_channel_watch_added_from_other_thread() {
         )
         .unwrap();
     })
-    .join()
-    .unwrap();
+    .joined();
     b.write_all_bytes(b"x").unwrap();
     poll_until(&ctx, "ran_on.is_some()", || ran_on.locked().is_some());
     assert_eq!(*ran_on.locked(), Some(home));

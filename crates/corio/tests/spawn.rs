@@ -11,7 +11,7 @@ mod helpers;
 use corio::io::{Channel, SocketChannel};
 use corio::sync::CoQueue;
 use corio::{AioContext, Coroutine, IoThread, JoinError};
-use helpers::within;
+use helpers::{poll_blocking, poll_blocking_until, within};
 
 /// Counts drops, to show that a cancelled coroutine's destructors ran.
 struct DropCount(Arc<AtomicUsize>);
@@ -94,9 +94,7 @@ fn try_join_and_is_finished() {
         let ctx = AioContext::new().unwrap();
         let mut h = ctx.spawn(|| 5);
         assert!(!h.is_finished());
-        while !h.is_finished() {
-            ctx.poll(true);
-        }
+        poll_blocking_until(&ctx, "h.is_finished()", || h.is_finished());
         assert_eq!(h.try_join().unwrap().unwrap(), 5);
         assert!(h.try_join().is_none(), "the result is taken once");
     });
@@ -198,7 +196,7 @@ fn abort_on_home_thread_drops_pending_wakeup() {
             if let Ok(me) = rx.try_recv() {
                 break me;
             }
-            ctx.poll(true);
+            poll_blocking(&ctx);
         };
         // Queue a wake from another thread, then cancel before it runs.
         std::thread::spawn({

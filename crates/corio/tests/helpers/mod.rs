@@ -7,12 +7,14 @@
 
 #![allow(dead_code)] // each test crate uses a part of this module
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::panic::Location;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use corio::AioContext;
+use corio::{AioContext, IoThread};
 
 /// How long any single wait in a test may take before it fails by name.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -160,4 +162,120 @@ pub fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'sta
         .spawn(f)
         .expect("spawn a test thread");
     join_within(t, &what)
+}
+
+/// Bounds blocking polls of a context: after the deadline it notifies the
+/// context (again every 10 ms) so that a poll stuck on a lost wakeup
+/// returns, and [`Watchdog::check`] then fails the test by name.
+pub struct Watchdog {
+    disarm: Option<mpsc::Sender<()>>,
+    expired: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    within: Duration,
+}
+
+impl Watchdog {
+    /// Arms a watchdog for `ctx` that expires after `within`.
+    pub fn arm(ctx: &AioContext, within: Duration) -> Watchdog {
+        let (tx, rx) = mpsc::channel::<()>();
+        let expired = Arc::new(AtomicBool::new(false));
+        let (c, e) = (ctx.clone(), expired.clone());
+        let thread = std::thread::spawn(move || {
+            if rx.recv_timeout(within) != Err(RecvTimeoutError::Timeout) {
+                return; // disarmed
+            }
+            e.store(true, Ordering::SeqCst);
+            while rx.recv_timeout(Duration::from_millis(10)) == Err(RecvTimeoutError::Timeout) {
+                c.notify();
+            }
+        });
+        Watchdog {
+            disarm: Some(tx),
+            expired,
+            thread: Some(thread),
+            within,
+        }
+    }
+
+    /// Fails with `what` if the deadline has passed.
+    pub fn check(&self, what: impl std::fmt::Display) {
+        assert!(
+            !self.expired.load(Ordering::SeqCst),
+            "{what} did not happen within {:?} (a lost wakeup?)",
+            self.within
+        );
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.disarm.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One blocking `ctx.poll(true)`, failing (with the caller's file and
+/// line) if it does not return within [`DEADLINE`]; returns its progress.
+#[track_caller]
+pub fn poll_blocking(ctx: &AioContext) -> bool {
+    let at = Location::caller();
+    let dog = Watchdog::arm(ctx, DEADLINE);
+    let progress = ctx.poll(true);
+    dog.check(format_args!("the blocking poll at {at} returning"));
+    progress
+}
+
+/// Blocking polls of `ctx` until `done`, failing with `what` (and the
+/// caller's line) after [`DEADLINE`]. Unlike [`poll_until`], each poll
+/// sleeps until an event: for tests where the wakeup is the point.
+#[track_caller]
+pub fn poll_blocking_until(ctx: &AioContext, what: &str, mut done: impl FnMut() -> bool) {
+    let at = Location::caller();
+    let dog = Watchdog::arm(ctx, DEADLINE);
+    while !done() {
+        dog.check(format_args!("{what} (polled at {at})"));
+        ctx.poll(true);
+    }
+}
+
+/// Stops and joins an IoThread, failing with `what` if that takes longer
+/// than [`DEADLINE`].
+pub fn join_iothread(t: IoThread, what: &str) {
+    within(&format!("joining IoThread {what}"), move || t.join())
+}
+
+/// Bounded joins as methods, for chains like `spawn(..).joined()`.
+pub trait JoinExt<T> {
+    /// Joins within [`DEADLINE`], failing with the caller's line if the
+    /// thread runs longer, and propagating its panic.
+    fn joined(self) -> T;
+    /// Joins within [`DEADLINE`] and returns the thread's result (for a
+    /// thread that is expected to panic).
+    fn join_result(self) -> std::thread::Result<T>;
+}
+
+impl<T> JoinExt<T> for JoinHandle<T> {
+    #[track_caller]
+    fn joined(self) -> T {
+        match self.join_result() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
+    #[track_caller]
+    fn join_result(self) -> std::thread::Result<T> {
+        let at = Location::caller();
+        let deadline = Instant::now() + DEADLINE;
+        while !self.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the thread joined at {at} did not finish within {DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.join()
+    }
 }

@@ -27,7 +27,7 @@ use rcgen::{
 };
 
 use crate::helpers::join_within;
-pub use crate::helpers::poll_until;
+use crate::helpers::poll_until;
 use crate::io_channel_helpers::run_threads;
 
 pub type Tls = TlsChannel<SocketChannel>;
