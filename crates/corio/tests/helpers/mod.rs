@@ -117,15 +117,7 @@ pub fn join_within<T>(h: JoinHandle<T>, what: &str) -> T {
 
 /// [`join_within`] with an explicit deadline.
 pub fn join_within_for<T>(h: JoinHandle<T>, what: &str, within: Duration) -> T {
-    let deadline = Instant::now() + within;
-    while !h.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "thread {what} did not finish within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    match h.join() {
+    match join_bounded(h, format_args!("thread {what}"), within) {
         Ok(v) => v,
         Err(p) => {
             eprintln!("thread {what} panicked");
@@ -268,14 +260,23 @@ impl<T> JoinExt<T> for JoinHandle<T> {
     #[track_caller]
     fn join_result(self) -> std::thread::Result<T> {
         let at = Location::caller();
-        let deadline = Instant::now() + DEADLINE;
-        while !self.is_finished() {
-            assert!(
-                Instant::now() < deadline,
-                "the thread joined at {at} did not finish within {DEADLINE:?}"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        self.join()
+        join_bounded(self, format_args!("the thread joined at {at}"), DEADLINE)
     }
+}
+
+/// Joins `h` once it has finished, failing with `what` after `within`.
+fn join_bounded<T>(
+    h: JoinHandle<T>,
+    what: std::fmt::Arguments<'_>,
+    within: Duration,
+) -> std::thread::Result<T> {
+    let deadline = Instant::now() + within;
+    while !h.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not finish within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.join()
 }
