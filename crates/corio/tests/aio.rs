@@ -6,10 +6,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
-use corio::{yield_now, AioContext, Bh, Clock, Coroutine, EventNotifier, IoThread};
-use helpers::{
-    join_iothread, join_within, poll_blocking, poll_blocking_until, poll_until, JoinExt, LockExt,
-};
+use corio::{yield_now, AioContext, Bh, Coroutine, EventNotifier, IoThread};
+use helpers::{join_iothread, join_within, poll_blocking, poll_blocking_until, JoinExt, LockExt};
 
 fn counter() -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let n = Arc::new(AtomicUsize::new(0));
@@ -282,43 +280,6 @@ fn event_wait_no_flush_cb() {
     assert_eq!(dn.load(SeqCst), 0);
     ctx.set_event_notifier(&e, None).unwrap();
     ctx.set_event_notifier(&dummy, None).unwrap();
-}
-
-/// /aio/timer/schedule: a timer does not fire before its deadline, fires from
-/// a non-blocking poll once it passed, is re-armed by its own callback, and
-/// the second expiry ends a blocking poll. (QEMU uses 750 ms; 200 ms here.)
-#[test]
-fn timer_schedule() {
-    const PERIOD: i64 = 200_000_000;
-    let ctx = AioContext::new().unwrap();
-    let (n, n2) = counter();
-    let slot: Arc<Mutex<Option<i64>>> = Arc::default();
-    let rearm = slot.clone();
-    // The callback cannot hold the (!Send) Timer; it asks for a re-arm.
-    let t = ctx.timer_new(Clock::Realtime, move || {
-        n2.fetch_add(1, SeqCst);
-        *rearm.locked() = Some(Clock::Realtime.now_ns() + PERIOD);
-    });
-    let deadline = Clock::Realtime.now_ns() + PERIOD;
-    t.modify(deadline);
-    assert!(t.pending());
-    assert!(!ctx.poll(false) || Clock::Realtime.now_ns() >= deadline);
-    if Clock::Realtime.now_ns() < deadline {
-        assert_eq!(n.load(SeqCst), 0, "not fired before its deadline");
-    }
-    std::thread::sleep(std::time::Duration::from_nanos(
-        (PERIOD + PERIOD / 4) as u64,
-    ));
-    poll_until(&ctx, "the first expiry", || n.load(SeqCst) != 0);
-    assert_eq!(n.load(SeqCst), 1);
-    assert!(!t.pending());
-    t.modify(slot.locked().take().unwrap());
-    // The blocking poll sleeps until the second expiry.
-    poll_blocking_until(&ctx, "n.load(SeqCst) >= 2", || n.load(SeqCst) >= 2);
-    assert!(Clock::Realtime.now_ns() >= t.expire_time().max(0));
-    assert_eq!(n.load(SeqCst), 2);
-    t.delete();
-    assert!(!t.pending());
 }
 
 /// /aio/coroutine/queue-chaining: two coroutines ping-pong through co_enter
