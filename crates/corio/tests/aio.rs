@@ -652,3 +652,47 @@ fn co_reschedule_self_between_contexts_of_one_thread() {
     assert!(co.is_terminated());
     assert_eq!(*homes.locked(), [false, true, true]);
 }
+
+/// Coroutines scheduled on a context in one batch run in the order they were
+/// scheduled (FIFO), whether scheduled from the home thread or another.
+#[test]
+fn co_schedule_batch_runs_in_fifo_order() {
+    let ctx = AioContext::new().unwrap();
+    for remote in [false, true] {
+        let order: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let cos: Vec<Coroutine> = (0..8)
+            .map(|i| {
+                let o = order.clone();
+                let co = Coroutine::new(move || {
+                    yield_now();
+                    o.locked().push(i);
+                });
+                co.enter();
+                co
+            })
+            .collect();
+        let handles: Vec<corio::CoHandle> = cos.iter().map(Coroutine::handle).collect();
+        if remote {
+            let c = ctx.clone();
+            std::thread::spawn(move || {
+                for h in &handles {
+                    c.co_schedule(h);
+                }
+            })
+            .joined();
+        } else {
+            for h in &handles {
+                ctx.co_schedule(h);
+            }
+        }
+        assert!(order.locked().is_empty(), "nothing runs before the poll");
+        assert!(poll_blocking(&ctx));
+        assert_eq!(
+            *order.locked(),
+            (0..8).collect::<Vec<_>>(),
+            "batch order (scheduled from {})",
+            if remote { "another thread" } else { "home" }
+        );
+        assert!(cos.iter().all(Coroutine::is_terminated));
+    }
+}
