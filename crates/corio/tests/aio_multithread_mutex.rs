@@ -24,9 +24,21 @@ fn duration() -> Duration {
 }
 
 /// Runs `section` in a loop in one coroutine on each of `threads`
-/// IOThreads for `duration()`. `section` returns the counter value it wrote;
-/// returns (sections completed, final counter).
+/// IOThreads for `duration()`, then checks that the counter (`read`) equals
+/// the completed sections.
 fn run_multi(threads: usize, section: Arc<dyn Fn() + Send + Sync>, read: impl Fn() -> u64) {
+    run_multi_for(threads, duration(), section, read, || true);
+}
+
+/// [`run_multi`] for `duration`, and then on until `enough` (with a
+/// deadline).
+fn run_multi_for(
+    threads: usize,
+    duration: Duration,
+    section: Arc<dyn Fn() + Send + Sync>,
+    read: impl Fn() -> u64,
+    enough: impl FnMut() -> bool,
+) {
     let iothreads: Vec<IoThread> = (0..threads)
         .map(|i| IoThread::with_name(&format!("iothread{i}")).unwrap())
         .collect();
@@ -55,7 +67,8 @@ fn run_multi(threads: usize, section: Arc<dyn Fn() + Send + Sync>, read: impl Fn
             .enter();
         });
     }
-    std::thread::sleep(duration());
+    std::thread::sleep(duration);
+    wait_until("the case's condition to end the run", enough);
     stopping.store(true, SeqCst);
     wait_until("every coroutine to stop", || running.load(SeqCst) == 0);
     for t in iothreads {
@@ -64,37 +77,46 @@ fn run_multi(threads: usize, section: Arc<dyn Fn() + Send + Sync>, read: impl Fn
     let (n, c) = (completed.load(SeqCst), read());
     eprintln!(
         "{threads} threads: {n} critical sections, {:.0}/s",
-        n as f64 / duration().as_secs_f64()
+        n as f64 / duration.as_secs_f64()
     );
     assert!(n > 0);
     assert_eq!(c, n, "the counter equals the completed critical sections");
 }
 
-fn co_mutex_case(threads: usize) {
+/// One CoMutex shared by `threads` IOThreads for `duration`; with
+/// `need_handoff`, the run goes on until the mutex has handed over at
+/// least once.
+fn co_mutex_case(threads: usize, duration: Duration, need_handoff: bool) {
     let m = Arc::new(CoMutex::new(0u64));
-    let m2 = m.clone();
-    run_multi(
+    let (m2, m3) = (m.clone(), m.clone());
+    run_multi_for(
         threads,
+        duration,
         Arc::new(move || {
             let mut g = m2.lock();
             *g += 1;
         }),
         move || *m.try_lock().expect("free at the end"),
+        move || !need_handoff || m3.handoffs() > 0,
     );
 }
 
 /// /aio/multi/mutex/contended: five IOThreads contend for one CoMutex.
 #[test]
 fn multi_mutex_contended() {
-    co_mutex_case(NUM_CONTEXTS);
+    co_mutex_case(NUM_CONTEXTS, duration(), false);
 }
 
 /// /aio/multi/mutex/handoff: as QEMU, two IOThreads, so that the holder
-/// often unlocks while the other is between announcing itself and queueing
-/// (the handoff token path).
+/// often unlocks while the other is queued or on its way: the handoff path
+/// (an unlock that leaves the mutex locked for a starving waiter) must run,
+/// as the mutex's handoff count shows. QEMU runs 3 s (30 s with -m slow);
+/// quick mode 1 s, `CORIO_TEST_THOROUGH=1` 3 s. If no handoff happened
+/// by then, the run goes on until one does (within the deadline).
 #[test]
 fn multi_mutex_handoff() {
-    co_mutex_case(2);
+    let duration = helpers::quick_or_thorough(Duration::from_secs(1), Duration::from_secs(3));
+    co_mutex_case(2, duration, true);
 }
 
 /// A fair ticket lock: QEMU's case uses a futex-based MCS lock, ours spins

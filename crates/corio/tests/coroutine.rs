@@ -19,8 +19,9 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_default()
 }
 
-/// /basic/no-dangling-access: c2 was entered by c1; after c1 terminated and
-/// its stack was reused and scribbled over, entering c2 again must not go
+/// /basic/no-dangling-access: c2 was entered by c1; c1 terminates and is
+/// dropped, its stack is handed to a new coroutine that scribbles 0xff
+/// over it (QEMU overwrites c1's memory); entering c2 again must not go
 /// back through c1 (the caller is not kept across a yield).
 #[test]
 fn basic_no_dangling_access() {
@@ -29,17 +30,31 @@ fn basic_no_dangling_access() {
         yield_now();
     });
     let c2b = c2.clone();
-    let c1 = Coroutine::new(move || c2b.enter());
+    let c1_stack = Rc::new(Cell::new(0usize));
+    let at = c1_stack.clone();
+    let c1 = Coroutine::new(move || {
+        let here = 0u8;
+        at.set(std::hint::black_box(&here) as *const u8 as usize);
+        c2b.enter();
+    });
     c1.enter();
     assert!(c1.is_terminated());
     assert!(!c2.entered());
-    // The pool hands c1's stack out again: fill it with 0xff.
-    let scribbler = Coroutine::new(|| {
+    drop(c1); // its object and stack go back to this thread's pool
+              // The pool hands c1's stack out again: fill it with 0xff.
+    let scribbler_stack = Rc::new(Cell::new(0usize));
+    let at = scribbler_stack.clone();
+    let scribbler = Coroutine::new(move || {
         let junk = [0xffu8; 64 << 10];
-        std::hint::black_box(&junk);
+        at.set(std::hint::black_box(&junk) as *const [u8] as *const u8 as usize);
         yield_now();
     });
     scribbler.enter();
+    let distance = c1_stack.get().abs_diff(scribbler_stack.get());
+    assert!(
+        distance < 256 << 10,
+        "the scribbler did not get c1's stack (locals {distance} bytes apart): c1's memory was not reused"
+    );
     c2.enter(); // yields back here, not into the dead c1
     assert!(!c2.is_terminated());
     c2.enter();

@@ -77,7 +77,9 @@ fn locking_co_mutex() {
 }
 
 /// /locking/co-mutex/lockable: the same through the `Lockable` trait object
-/// (QEMU's `QemuLockable`); an absent lock is `None`.
+/// (QEMU's `QemuLockable`): the second locker waits, and the lock taken
+/// through the trait is the mutex's own (QEMU's `QEMU_MAKE_LOCKABLE(NULL)`
+/// check has no Rust counterpart: an absent lock is an `Option`).
 #[test]
 fn locking_co_mutex_lockable() {
     let m = Rc::new(CoMutex::new(()));
@@ -88,8 +90,19 @@ fn locking_co_mutex_lockable() {
             mutex_body(&st, &|| x.lock(), &|| x.unlock());
         })
     });
-    let none: Option<&dyn Lockable> = None;
-    assert!(none.is_none());
+    assert!(!m.is_locked());
+    let x: Rc<dyn Lockable> = m.clone();
+    let holder = Coroutine::new(move || {
+        x.lock();
+        yield_now();
+        x.unlock();
+    });
+    holder.enter();
+    assert!(m.is_locked(), "Lockable::lock took the CoMutex");
+    assert!(m.try_lock().is_none(), "held through the trait object");
+    holder.enter();
+    assert!(holder.is_terminated());
+    assert!(!m.is_locked(), "Lockable::unlock released the CoMutex");
     // The explicit QEMU pair too.
     let m2 = m.clone();
     let co = Coroutine::new(move || {

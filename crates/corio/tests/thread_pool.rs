@@ -218,6 +218,24 @@ fn do_test_cancel(sync: bool) {
     }
     assert_eq!(cancelled, 100 - max);
     assert_eq!(pool.queued(), 0);
+    if !sync {
+        // As QEMU's case: cancel_async on the jobs that are RUNNING (each
+        // blocks on the gate): refused, and the job goes on to complete
+        // normally, once.
+        for j in jobs.iter().filter(|j| j.started.load(SeqCst)) {
+            assert!(!j.req.cancel_async(), "a running job cannot be cancelled");
+            assert!(!j.req.is_completed(), "still running");
+        }
+        // This poll runs the cancelled jobs' completions, not the running
+        // jobs' ones.
+        ctx.poll(false);
+        assert!(
+            jobs.iter()
+                .filter(|j| j.started.load(SeqCst))
+                .all(|j| j.ret.locked().is_none()),
+            "a refused cancel_async completed a running job"
+        );
+    }
     gate.open();
     for j in &jobs {
         if sync {
