@@ -19,6 +19,14 @@ use helpers::{join_iothread, wait_until, LockExt};
 
 const NUM_CONTEXTS: usize = 5;
 
+/// Sets the flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
+}
+
 fn duration() -> Duration {
     helpers::quick_or_thorough(Duration::from_secs(1), Duration::from_secs(10))
 }
@@ -27,7 +35,7 @@ fn duration() -> Duration {
 /// IOThreads for `duration()`, then checks that the counter (`read`) equals
 /// the completed sections.
 fn run_multi(threads: usize, section: Arc<dyn Fn() + Send + Sync>, read: impl Fn() -> u64) {
-    run_multi_for(threads, duration(), section, read, || true);
+    run_multi_for(threads, duration(), section, read, ("nothing", || true));
 }
 
 /// [`run_multi`] for `duration`, and then on until `enough` (with a
@@ -37,12 +45,15 @@ fn run_multi_for(
     duration: Duration,
     section: Arc<dyn Fn() + Send + Sync>,
     read: impl Fn() -> u64,
-    enough: impl FnMut() -> bool,
+    (what, enough): (&str, impl FnMut() -> bool),
 ) {
     let iothreads: Vec<IoThread> = (0..threads)
         .map(|i| IoThread::with_name(&format!("iothread{i}")).unwrap())
         .collect();
     let stopping = Arc::new(AtomicBool::new(false));
+    // Dropped before `iothreads` (declared later): a failing check still
+    // stops the loops, so that joining the IOThreads does not hang.
+    let _stop = StopOnDrop(stopping.clone());
     let running = Arc::new(AtomicUsize::new(threads));
     let completed = Arc::new(AtomicU64::new(0));
     for t in &iothreads {
@@ -68,7 +79,7 @@ fn run_multi_for(
         });
     }
     std::thread::sleep(duration);
-    wait_until("the case's condition to end the run", enough);
+    wait_until(what, enough);
     stopping.store(true, SeqCst);
     wait_until("every coroutine to stop", || running.load(SeqCst) == 0);
     for t in iothreads {
@@ -97,7 +108,9 @@ fn co_mutex_case(threads: usize, duration: Duration, need_handoff: bool) {
             *g += 1;
         }),
         move || *m.try_lock().expect("free at the end"),
-        move || !need_handoff || m3.handoffs() > 0,
+        ("the CoMutex to hand over (the handoff path)", move || {
+            !need_handoff || m3.handoffs() > 0
+        }),
     );
 }
 
