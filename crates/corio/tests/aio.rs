@@ -768,3 +768,13 @@ fn co_schedule_batch_runs_in_fifo_order() {
         assert!(cos.iter().all(Coroutine::is_terminated));
     }
 }
+
+/// An EventNotifier's raw fd is its eventfd (the descriptor `as_fd` lends).
+#[test]
+fn event_notifier_raw_fd_is_its_eventfd() {
+    use std::os::fd::AsRawFd;
+    let e = EventNotifier::new().unwrap();
+    assert_eq!(e.as_raw_fd(), e.as_fd().as_raw_fd());
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", e.as_raw_fd())).unwrap();
+    assert_eq!(link.to_string_lossy(), "anon_inode:[eventfd]");
+}

@@ -234,3 +234,55 @@ fn blocking_poll_sleeps_until_the_one_far_timer() {
         assert!(fired.locked()[round - 1] >= due, "fired early");
     }
 }
+
+/// `Clock::Realtime` is CLOCK_MONOTONIC in nanoseconds (QEMU's
+/// `QEMU_CLOCK_REALTIME`), not some other scale of it.
+#[test]
+fn realtime_clock_is_monotonic_ns() {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let before = ts.tv_sec * 1_000_000_000 + ts.tv_nsec;
+    let now = Clock::Realtime.now_ns();
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let after = ts.tv_sec * 1_000_000_000 + ts.tv_nsec;
+    assert!(
+        (before..=after).contains(&now),
+        "Clock::Realtime.now_ns() = {now}, CLOCK_MONOTONIC read {before}..{after}"
+    );
+}
+
+/// A new timer is not armed; `delete` disarms one, and so does dropping it:
+/// neither runs its callback after its deadline.
+#[test]
+fn new_deleted_and_dropped_timers_do_not_fire() {
+    let ctx = AioContext::new().unwrap();
+    let fired: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let t = recording_timer(&ctx, &fired);
+    assert!(!t.pending(), "a new timer is not armed");
+    assert_eq!(t.expire_time(), -1);
+    assert_eq!(t.clock(), Clock::Realtime);
+    let due = Clock::Realtime.now_ns() + MS;
+    t.modify(due);
+    assert!(t.pending());
+    assert_eq!(t.expire_time(), due);
+    assert!(
+        format!("{t:?}").contains(&due.to_string()),
+        "Debug shows the deadline"
+    );
+    t.delete();
+    assert!(!t.pending());
+    assert_eq!(t.expire_time(), -1);
+
+    let dropped_fired: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let d = recording_timer(&ctx, &dropped_fired);
+    d.modify(Clock::Realtime.now_ns() + MS);
+    drop(d);
+
+    // A third timer, due after both, ends a blocking poll past their
+    // deadlines.
+    let last: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let l = recording_timer(&ctx, &last);
+    l.modify_in(5 * MS);
+    helpers::poll_blocking_until(&ctx, "the last timer", || !last.locked().is_empty());
+    assert!(fired.locked().is_empty(), "a deleted timer fired");
+    assert!(dropped_fired.locked().is_empty(), "a dropped timer fired");
+}
