@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use corio::io::tls::{Endpoint, TlsCreds, TlsError, X509Pem};
 use corio::io::{Channel, Feature, SocketChannel};
 use corio::{AioContext, Coroutine, IoThread};
-use helpers::{join_within, poll_until, LockExt};
+use helpers::{join_iothread, join_within, poll_until, LockExt};
 use io_channel_helpers::pattern;
 use tls_helpers::{
     big, blocking_pair, both_ok, good_pair, good_pair_arc, handshake_tasks, handshake_threads,
@@ -195,8 +195,8 @@ fn io_channel_tls_coroutines_two_iothreads() {
     spawn_co(&t1, move || co_side(server, false, len, tx2));
     spawn_co(&t2, move || co_side(client, true, len, tx));
     expect_reports(&rx, 8);
-    t1.join();
-    t2.join();
+    join_iothread(t1, "t1");
+    join_iothread(t2, "t2");
 }
 
 #[test]

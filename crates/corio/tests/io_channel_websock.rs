@@ -24,7 +24,7 @@ use corio::io::address::SocketAddress;
 use corio::io::websock::WebsockError;
 use corio::io::{Channel, SocketChannel, WebsockChannel};
 use corio::{AioContext, Coroutine, IoThread};
-use helpers::{join_within, poll_until, recv_within, LockExt};
+use helpers::{join_iothread, join_within, poll_until, recv_within, LockExt};
 use io_channel_helpers::{frame, pattern, GOOD_REQUEST};
 use tungstenite::client::ClientRequestBuilder;
 use tungstenite::{Bytes, Message, WebSocket};
@@ -195,7 +195,7 @@ fn websock_echo_tungstenite_on_iothread() {
     let server = recv_within(&done, "echo server");
     join_within(client, "tungstenite client").unwrap();
     server.unwrap();
-    t.join();
+    join_iothread(t, "t");
 }
 
 #[test]
@@ -826,7 +826,7 @@ fn websock_handshake_task_completes_on_context_thread() {
         e.raw_os_error(),
         Some(rustix::io::Errno::BADF.raw_os_error())
     );
-    t.join();
+    join_iothread(t, "t");
 }
 
 #[test]
