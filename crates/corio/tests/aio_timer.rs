@@ -9,7 +9,7 @@ mod helpers;
 use std::sync::{Arc, Mutex};
 
 use corio::{AioContext, Clock, Timer};
-use helpers::{poll_blocking, LockExt, DEADLINE};
+use helpers::{poll_blocking, poll_blocking_until, LockExt};
 
 const MS: i64 = 1_000_000;
 
@@ -125,14 +125,9 @@ fn timers_never_fire_early() {
             (t, mine)
         })
         .collect();
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while fired.locked().len() < timers.len() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timers did not all fire"
-        );
-        poll_blocking(&ctx);
-    }
+    poll_blocking_until(&ctx, "every timer to fire", || {
+        fired.locked().len() == timers.len()
+    });
     for (i, (t, mine)) in timers.iter().enumerate() {
         let due = base + i as i64 * 400_000;
         let ran = mine.locked().clone();
@@ -197,14 +192,9 @@ fn timers_fire_in_deadline_order() {
         .collect();
     // Timer 2 (12 ms) moves to 1 ms: first now.
     timers[2].modify(now + MS);
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while order.locked().len() < timers.len() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timers did not all fire"
-        );
-        poll_blocking(&ctx);
-    }
+    poll_blocking_until(&ctx, "every timer to fire", || {
+        order.locked().len() == timers.len()
+    });
     assert_eq!(*order.locked(), vec![2, 1, 3, 5, 0, 4], "fire order");
 }
 
@@ -282,7 +272,7 @@ fn new_deleted_and_dropped_timers_do_not_fire() {
     let last: Arc<Mutex<Vec<i64>>> = Arc::default();
     let l = recording_timer(&ctx, &last);
     l.modify_in(5 * MS);
-    helpers::poll_blocking_until(&ctx, "the last timer", || !last.locked().is_empty());
+    poll_blocking_until(&ctx, "the last timer", || !last.locked().is_empty());
     assert!(fired.locked().is_empty(), "a deleted timer fired");
     assert!(dropped_fired.locked().is_empty(), "a dropped timer fired");
 }

@@ -29,29 +29,10 @@ use std::time::{Duration, Instant};
 /// any single read to wait, before the test fails by name.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Whether the long ("thorough") variants run: `CORIO_TEST_THOROUGH=1`.
-/// Unset or `0` means quick.
-///
-/// # Panics
-/// On any other value, so that a typo does not silently run the quick mode.
-pub fn thorough() -> bool {
-    match std::env::var("CORIO_TEST_THOROUGH").as_deref() {
-        Err(std::env::VarError::NotPresent) | Ok("0") => false,
-        Ok("1") => true,
-        other => {
-            panic!("CORIO_TEST_THOROUGH must be unset, 0 (quick) or 1 (thorough), not {other:?}")
-        }
-    }
-}
-
-/// `quick` by default, `thorough_value` with `CORIO_TEST_THOROUGH=1`.
-pub fn quick_or_thorough<T>(quick: T, thorough_value: T) -> T {
-    if thorough() {
-        thorough_value
-    } else {
-        quick
-    }
-}
+#[path = "../../../corio/tests/helpers/thorough.rs"]
+mod thorough_mode;
+#[allow(unused_imports)] // each test crate uses a part
+pub use thorough_mode::{quick_or_thorough, thorough};
 
 /// A directory removed on drop.
 pub struct TempDir(pub PathBuf);

@@ -19,29 +19,10 @@ use corio::{AioContext, IoThread};
 /// How long any single wait in a test may take before it fails by name.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Whether the long ("thorough") variants run: `CORIO_TEST_THOROUGH=1`.
-/// Unset or `0` means quick.
-///
-/// # Panics
-/// On any other value, so that a typo does not silently run the quick mode.
-pub fn thorough() -> bool {
-    match std::env::var("CORIO_TEST_THOROUGH").as_deref() {
-        Err(std::env::VarError::NotPresent) | Ok("0") => false,
-        Ok("1") => true,
-        other => {
-            panic!("CORIO_TEST_THOROUGH must be unset, 0 (quick) or 1 (thorough), not {other:?}")
-        }
-    }
-}
-
-/// `quick` by default, `thorough` with `CORIO_TEST_THOROUGH=1`.
-pub fn quick_or_thorough<T>(quick: T, thorough_value: T) -> T {
-    if thorough() {
-        thorough_value
-    } else {
-        quick
-    }
-}
+#[path = "thorough.rs"]
+mod thorough_mode;
+#[allow(unused_imports)] // each test crate uses a part
+pub use thorough_mode::{quick_or_thorough, thorough};
 
 /// `Mutex::lock` that ignores poisoning: the data of a lock whose holder
 /// panicked is still what the test wants to inspect.
