@@ -557,6 +557,14 @@ fn wakeup_survives_panic_of_waker() {
     });
     assert!(catch_unwind(AssertUnwindSafe(|| waker.enter())).is_err());
     assert!(!resumed.get());
+    // The wake-list claim became a co_schedule one: scheduling it again
+    // names that scheduler.
+    let h = sleeper.handle();
+    let err = catch_unwind(AssertUnwindSafe(|| ctx.co_schedule(&h))).expect_err("scheduled twice");
+    assert!(
+        panic_message(err).contains("Co-routine was already scheduled in 'aio_co_schedule'"),
+        "the rescheduled wakeup holds a co_schedule claim"
+    );
     assert!(poll_blocking(&ctx));
     assert!(resumed.get());
     assert!(sleeper.is_terminated());
