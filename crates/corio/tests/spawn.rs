@@ -287,3 +287,30 @@ fn join_closes_fds_of_suspended_coroutines() {
         assert_eq!(open_fds(), before, "fds left open after IoThread::join");
     });
 }
+
+/// A coroutine aborted in the middle of a sleep ends holding the sleep's
+/// schedule claim; its object goes back to the pool without it, so the
+/// next coroutines made on this thread (which reuse it) enter normally.
+#[test]
+fn coroutine_aborted_in_a_sleep_leaves_no_claim_in_the_pool() {
+    within(
+        "coroutine_aborted_in_a_sleep_leaves_no_claim_in_the_pool",
+        || {
+            let ctx = AioContext::new().unwrap();
+            let started = Arc::new(AtomicBool::new(false));
+            let s = started.clone();
+            let h = ctx.spawn(move || {
+                s.store(true, SeqCst);
+                corio::sync::co_sleep_ns(corio::Clock::Realtime, 3_600_000_000_000);
+            });
+            poll_blocking_until(&ctx, "the sleeper to start", || started.load(SeqCst));
+            h.abort();
+            assert!(matches!(h.join(), Err(JoinError::Cancelled)));
+            for i in 0..8 {
+                let co = Coroutine::new(|| {});
+                co.enter();
+                assert!(co.is_terminated(), "coroutine {i} did not run");
+            }
+        },
+    );
+}
