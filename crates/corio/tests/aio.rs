@@ -778,3 +778,35 @@ fn event_notifier_raw_fd_is_its_eventfd() {
     let link = std::fs::read_link(format!("/proc/self/fd/{}", e.as_raw_fd())).unwrap();
     assert_eq!(link.to_string_lossy(), "anon_inode:[eventfd]");
 }
+
+/// `co_enter` on a context that is not the coroutine's home refuses (as
+/// co_schedule does) instead of waking the coroutine at its real home;
+/// from that other context's own thread too.
+#[test]
+fn co_enter_on_a_foreign_context_panics() {
+    let ctx = AioContext::new().unwrap();
+    let t = IoThread::new().unwrap();
+    let co = Coroutine::new(yield_now);
+    co.enter();
+    let h = co.handle();
+    let other = t.context().clone();
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| other.co_enter(&h)))
+        .expect_err("co_enter on another thread's context");
+    let msg = err
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| err.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(msg.contains("home is another AioContext"), "{msg}");
+    let h2 = co.handle();
+    let refused = t.context().run_in(move || {
+        let here = AioContext::current();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| here.co_enter(&h2))).is_err()
+    });
+    assert!(refused, "co_enter from the foreign context's thread");
+    ctx.poll(false);
+    assert!(!co.is_terminated(), "a refused co_enter woke it");
+    co.enter();
+    assert!(co.is_terminated());
+    join_iothread(t, "t");
+}
