@@ -573,3 +573,21 @@ fn co_mutex_barging_bounded_for_a_waiter_on_the_holders_thread() {
     );
     assert!(!m.is_locked());
 }
+
+/// The CoMutex accessors: `get_mut` and `into_inner` reach the data,
+/// `Debug` shows whether it is locked (and a guard shows the data), and a
+/// guard names its own mutex.
+#[test]
+fn co_mutex_accessors_and_debug() {
+    let mut m = CoMutex::new(vec![1u8]);
+    m.get_mut().push(2);
+    assert_eq!(format!("{m:?}"), "CoMutex { locked: false, .. }");
+    {
+        let g = m.try_lock().expect("free");
+        assert!(std::ptr::eq(g.mutex(), &m), "the guard's mutex");
+        assert_eq!(format!("{g:?}"), "[1, 2]");
+        assert_eq!(format!("{m:?}"), "CoMutex { locked: true, .. }");
+    }
+    assert!(!m.is_locked());
+    assert_eq!(m.into_inner(), vec![1, 2]);
+}
