@@ -19,18 +19,9 @@ use helpers::inproc::*;
 
 const MIB: u64 = 1 << 20;
 
-/// One encoded request.
+/// One encoded request without flags.
 fn req(mode: Mode, cookie: u64, command: Command, offset: u64, length: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    Request {
-        cookie,
-        command,
-        flags: CmdFlags::empty(),
-        offset,
-        length,
-    }
-    .encode(mode, &mut out);
-    out
+    encode_request(mode, cookie, command, CmdFlags::empty(), offset, length)
 }
 
 /// Sends `burst` from another thread while the replies are read: the

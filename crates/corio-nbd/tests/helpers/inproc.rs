@@ -319,15 +319,7 @@ impl Client {
         payload: &[u8],
     ) -> u64 {
         let cookie = self.cookie();
-        let mut out = Vec::new();
-        Request {
-            cookie,
-            command,
-            flags,
-            offset,
-            length,
-        }
-        .encode(self.mode, &mut out);
+        let mut out = encode_request(self.mode, cookie, command, flags, offset, length);
         out.extend_from_slice(payload);
         self.send(&out);
         cookie
@@ -336,15 +328,8 @@ impl Client {
     /// Sends a request unless the server has hung up; the cookie if sent.
     pub fn try_request(&mut self, command: Command, offset: u64, payload: &[u8]) -> Option<u64> {
         let cookie = self.cookie();
-        let mut out = Vec::new();
-        Request {
-            cookie,
-            command,
-            flags: CmdFlags::empty(),
-            offset,
-            length: payload.len() as u64,
-        }
-        .encode(self.mode, &mut out);
+        let len = payload.len() as u64;
+        let mut out = encode_request(self.mode, cookie, command, CmdFlags::empty(), offset, len);
         out.extend_from_slice(payload);
         self.s.write_all(&out).ok().map(|()| cookie)
     }
@@ -521,4 +506,25 @@ pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
         .collect()
+}
+
+/// One request header, encoded for `mode`.
+pub fn encode_request(
+    mode: Mode,
+    cookie: u64,
+    command: Command,
+    flags: CmdFlags,
+    offset: u64,
+    length: u64,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    Request {
+        cookie,
+        command,
+        flags,
+        offset,
+        length,
+    }
+    .encode(mode, &mut out);
+    out
 }
