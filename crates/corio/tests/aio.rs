@@ -810,3 +810,34 @@ fn co_enter_on_a_foreign_context_panics() {
     assert!(co.is_terminated());
     join_iothread(t, "t");
 }
+
+/// A coroutine of a co_schedule batch that panics does not lose the rest of
+/// the batch: the panic leaves `poll`, and the next poll runs the others.
+#[test]
+fn co_schedule_batch_survives_a_panicking_coroutine() {
+    let ctx = AioContext::new().unwrap();
+    let ran: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let cos: Vec<Coroutine> = (0..3)
+        .map(|i| {
+            let r = ran.clone();
+            let co = Coroutine::new(move || {
+                yield_now();
+                if i == 0 {
+                    panic!("the first of the batch fails");
+                }
+                r.locked().push(i);
+            });
+            co.enter();
+            co
+        })
+        .collect();
+    for co in &cos {
+        ctx.co_schedule(&co.handle());
+    }
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.poll(false)));
+    assert!(err.is_err(), "the coroutine's panic leaves poll");
+    assert!(ran.locked().is_empty(), "the rest waits for the next poll");
+    assert!(ctx.poll(false), "the next poll runs the rest of the batch");
+    assert_eq!(*ran.locked(), vec![1, 2]);
+    assert!(cos.iter().all(Coroutine::is_terminated));
+}
