@@ -591,3 +591,41 @@ fn co_mutex_accessors_and_debug() {
     assert!(!m.is_locked());
     assert_eq!(m.into_inner(), vec![1, 2]);
 }
+
+/// An unlock hands the mutex over (QEMU's handoff) to a waiter that has
+/// waited past the starvation bound (500 µs), and counts it; a fresh mutex
+/// has handed over nothing.
+#[test]
+fn co_mutex_hands_over_to_a_starving_waiter() {
+    let ctx = AioContext::new().unwrap();
+    let m = Rc::new(CoMutex::new(()));
+    assert_eq!(m.handoffs(), 0, "a fresh mutex");
+    let (m1, m2) = (m.clone(), m.clone());
+    let holder = Coroutine::new(move || {
+        m1.lock_raw();
+        yield_now();
+        m1.unlock();
+    });
+    let got = Rc::new(Cell::new(false));
+    let g = got.clone();
+    let waiter = Coroutine::new(move || {
+        m2.lock_raw();
+        g.set(true);
+        m2.unlock();
+    });
+    holder.enter();
+    waiter.enter(); // queues behind the holder
+    assert!(!got.get());
+    assert_eq!(m.handoffs(), 0);
+    std::thread::sleep(std::time::Duration::from_millis(5)); // the waiter starves
+    holder.enter(); // unlocks
+    assert_eq!(
+        m.handoffs(),
+        1,
+        "the unlock handed the mutex to the starving waiter"
+    );
+    poll_blocking_until(&ctx, "the waiter to run", || waiter.is_terminated());
+    assert!(got.get());
+    assert_eq!(m.handoffs(), 1);
+    assert!(!m.is_locked());
+}
