@@ -666,3 +666,33 @@ fn co_schedule_batch_survives_a_panicking_coroutine() {
     assert_eq!(*ran.locked(), vec![1, 2]);
     assert!(cos.iter().all(Coroutine::is_terminated));
 }
+
+/// A oneshot bottom half runs once and is freed right after: its closure
+/// (and what it captured) is dropped by the poll that ran it.
+#[test]
+fn bh_oneshot_is_freed_after_it_runs() {
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    let ctx = AioContext::new().unwrap();
+    let (ran, ran2) = counter();
+    let (dropped, dropped2) = counter();
+    let guard = Dropped(dropped2);
+    ctx.bh_schedule_oneshot(move || {
+        let _keep = &guard;
+        ran2.fetch_add(1, SeqCst);
+    });
+    assert_eq!(dropped.load(SeqCst), 0);
+    assert!(ctx.poll(false));
+    assert_eq!(ran.load(SeqCst), 1);
+    assert_eq!(
+        dropped.load(SeqCst),
+        1,
+        "the oneshot's closure was not freed"
+    );
+    assert!(!ctx.poll(false));
+    assert_eq!(ran.load(SeqCst), 1);
+}
