@@ -3,7 +3,7 @@
 //! `--pid-file`, options after the image, `-e/--shared` limits, exit after
 //! the last client without `-t`, and the corio-only options.
 
-mod clients;
+mod helpers;
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -16,6 +16,7 @@ use clients::{
     arg, corio_only, is_corio, is_listening, output, run_ok, server_cmd, server_name, signal_pid,
     tempdir, tool, Addr, Listen, Server,
 };
+use helpers::clients;
 
 const MIB: u64 = 1 << 20;
 

@@ -2,10 +2,11 @@
 //! depth 16 with crc32c verification, then a verify-only read pass on a
 //! new connection.
 
-mod clients;
+mod helpers;
 
 use clients::image::sparse_image;
 use clients::{arg, run_ok, tempdir, tool, Listen, Server};
+use helpers::clients;
 use serde_json::Value;
 
 /// Runs fio with JSON output; its engine prints a line before the JSON.

@@ -7,7 +7,7 @@
 //! these tests assert only what both must do: acknowledged data is on
 //! disk, the exit is clean, the clients see an end rather than a hang.
 
-mod clients;
+mod helpers;
 
 use std::fs;
 use std::process::Stdio;
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use clients::image::{assert_filled, assert_same, data_image, sparse_image};
 use clients::{arg, nbdsh, tempdir, tool, wait_deadline, Addr, Listen, Server, CLIENT_DEADLINE};
+use helpers::clients;
 
 const MIB: u64 = 1 << 20;
 

@@ -2,12 +2,13 @@
 //! compared with the source, and concurrent clients writing disjoint
 //! ranges of one export.
 
-mod clients;
+mod helpers;
 
 use std::thread;
 
 use clients::image::{assert_same, data_image, read_at, sparse_image};
 use clients::{arg, run_ok, tempdir, tool, Listen, Server};
+use helpers::clients;
 
 const MIB: u64 = 1 << 20;
 

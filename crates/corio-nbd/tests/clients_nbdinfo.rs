@@ -2,10 +2,11 @@
 //! description, `--map` of base:allocation and qemu:allocation-depth,
 //! export names (`-x`, `-x ''`, a wrong name refused), TCP and unix.
 
-mod clients;
+mod helpers;
 
 use clients::image::sparse_image;
 use clients::{arg, output, run_ok, tempdir, tool, Listen, Server};
+use helpers::clients;
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;

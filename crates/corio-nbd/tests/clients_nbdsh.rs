@@ -4,10 +4,11 @@
 //! oversized requests, writes to a read-only export) after which the
 //! server still serves.
 
-mod clients;
+mod helpers;
 
 use clients::image::{assert_bytes, assert_filled, pattern, read_at, sparse_image};
 use clients::{arg, is_corio, nbdsh, tempdir, Listen, Server};
+use helpers::clients;
 
 const MIB: u64 = 1 << 20;
 

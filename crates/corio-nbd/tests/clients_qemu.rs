@@ -2,12 +2,13 @@
 //! convert` both ways, and `qemu-io` read / write / aio / zero / discard
 //! with pattern verification.
 
-mod clients;
+mod helpers;
 
 use clients::image::{
     assert_bytes, assert_filled, assert_same, data_image, sparse_image, write_at,
 };
 use clients::{arg, output, run_ok, tempdir, tool, Listen, Server};
+use helpers::clients;
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;

@@ -5,7 +5,7 @@
 //! extended headers, a bad request magic, a client that hangs up
 //! mid-payload, and a client that never reads its replies.
 
-mod clients;
+mod helpers;
 
 use std::net::Shutdown;
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use clients::image::{assert_bytes, pattern, sparse_image};
 use clients::raw::*;
 use clients::{arg, run_ok, tempdir, tool, Addr, Listen, Server};
+use helpers::clients;
 
 const SIZE: u64 = 1 << 20;
 const SEED: u64 = 77;

@@ -4,13 +4,13 @@
 //! `-v` (dropped clients and failed requests), and the start-up line (on
 //! stderr, never stdout). A missing nbdsh fails the test.
 
-mod bin_helpers;
+mod helpers;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use bin_helpers::{corio_nbd, run, ServerProc, TempDir};
+use helpers::process::{corio_nbd, run, ServerProc, TempDir};
 
 /// Starts `corio-nbd -k SOCK -t --size 16M extra...` in `dir`.
 fn start(dir: &TempDir, extra: &[&str]) -> ServerProc {
@@ -130,7 +130,8 @@ fn an_unknown_trace_event_is_warned_about_as_qemu_does() {
 /// A client that sends garbage instead of its flags.
 fn garbage_client(srv: &ServerProc) {
     let mut c = UnixStream::connect(&srv.socket).unwrap();
-    c.set_read_timeout(Some(bin_helpers::DEADLINE)).unwrap();
+    c.set_read_timeout(Some(helpers::process::DEADLINE))
+        .unwrap();
     let mut greeting = [0u8; 18];
     c.read_exact(&mut greeting).unwrap();
     c.write_all(b"\xff\xff\xff\xffnonsense").unwrap();
@@ -191,7 +192,7 @@ fn the_start_line_is_on_stderr_and_stdout_is_empty() {
             "nbdinfo",
             &["--size", &format!("nbd+unix:///?socket={}", sock.display())],
         );
-        if r.ok || start.elapsed() > bin_helpers::DEADLINE {
+        if r.ok || start.elapsed() > helpers::process::DEADLINE {
             break r;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -10,11 +10,11 @@
 //! last, partial block of a file whose size is not a multiple of 4096
 //! (whose size must not change). A missing nbdsh fails the test.
 
-mod bin_helpers;
+mod helpers;
 
 use std::path::{Path, PathBuf};
 
-use bin_helpers::{corio_nbd, run, ServerProc};
+use helpers::process::{corio_nbd, run, ServerProc};
 
 /// 4 MiB and a partial block.
 const SIZE: usize = (4 << 20) + 1000;

@@ -2,9 +2,9 @@
 //! and a qemu-nbd serving the same image with the same flags, print the
 //! same bytes. A missing qemu-nbd fails the test.
 
-mod bin_helpers;
+mod helpers;
 
-use bin_helpers::{corio_nbd, run, ServerProc, TempDir};
+use helpers::process::{corio_nbd, run, ServerProc, TempDir};
 
 /// Starts both servers on `img` with `args` (and `-k`), runs both
 /// listers against each with `client_args`, and checks the four listings

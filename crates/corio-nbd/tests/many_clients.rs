@@ -6,18 +6,18 @@
 //! (/proc/PID/status VmRSS) with every client connected is printed, not
 //! asserted.
 
-mod bin_helpers;
+mod helpers;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
-use bin_helpers::{corio_nbd, ServerProc, TempDir, DEADLINE};
+use helpers::process::{corio_nbd, ServerProc, TempDir, DEADLINE};
 
 const BLOCK: usize = 4096;
 const REPLY_MAGIC: u32 = 0x6744_6698;
 
 fn clients() -> usize {
-    if std::env::var_os("CORIO_TEST_THOROUGH").is_some() {
+    if helpers::thorough() {
         1000
     } else {
         100

@@ -1,13 +1,13 @@
 //! Bad input gets the protocol's answer and loses nothing: after each, a
 //! good client is served by the same server process.
 
-mod server_helpers;
+mod helpers;
 
 use std::io::Write;
 use std::time::Duration;
 
 use corio_nbd::proto::*;
-use server_helpers::*;
+use helpers::inproc::*;
 
 const MIB: u64 = 1 << 20;
 const OPTS_MAGIC: u64 = 0x4948_4156_454f_5054;

@@ -4,14 +4,14 @@
 //! Each test runs on tmpfs (`/dev/shm`) and on the temp directory's file
 //! system, since the two allocate and seek differently.
 
-mod server_helpers;
+mod helpers;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use corio_nbd::proto::*;
 use corio_nbd::storage::file::{FileOptions, FileStorage};
-use server_helpers::*;
+use helpers::inproc::*;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 8 * MIB;

@@ -2,7 +2,7 @@
 //! the exit after the last client without `--persistent`; the file
 //! storage served end to end.
 
-mod server_helpers;
+mod helpers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use corio_nbd::proto::*;
 use corio_nbd::storage::file::{FileOptions, FileStorage};
 use corio_nbd::storage::Storage;
-use server_helpers::*;
+use helpers::inproc::*;
 
 const MIB: u64 = 1 << 20;
 

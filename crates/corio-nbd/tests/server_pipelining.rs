@@ -4,7 +4,7 @@
 //! way the bytes arrive (bursts, payloads across the read-ahead buffer,
 //! headers split between writes).
 
-mod server_helpers;
+mod helpers;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,22 +15,13 @@ use std::time::Duration;
 use corio_nbd::proto::*;
 use corio_nbd::storage::file::{FileOptions, FileStorage};
 use corio_nbd::storage::Storage;
-use server_helpers::*;
+use helpers::inproc::*;
 
 const MIB: u64 = 1 << 20;
 
-/// One encoded request.
+/// One encoded request without flags.
 fn req(mode: Mode, cookie: u64, command: Command, offset: u64, length: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    Request {
-        cookie,
-        command,
-        flags: CmdFlags::empty(),
-        offset,
-        length,
-    }
-    .encode(mode, &mut out);
-    out
+    encode_request(mode, cookie, command, CmdFlags::empty(), offset, length)
 }
 
 /// Sends `burst` from another thread while the replies are read: the

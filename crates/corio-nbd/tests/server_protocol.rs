@@ -1,13 +1,13 @@
 //! The server against a raw-socket client: handshake variants, every
 //! command in every reply mode, meta contexts, many clients.
 
-mod server_helpers;
+mod helpers;
 
 use std::sync::Arc;
 
 use corio_nbd::proto::*;
 use corio_nbd::storage::Storage;
-use server_helpers::*;
+use helpers::inproc::*;
 
 const MIB: u64 = 1 << 20;
 
@@ -408,10 +408,6 @@ fn many_clients_main_loop() {
 
 #[test]
 fn many_clients_two_iothreads() {
-    let n = if std::env::var_os("CORIO_TEST_THOROUGH").is_some() {
-        1000
-    } else {
-        48
-    };
+    let n = if helpers::thorough() { 1000 } else { 48 };
     many_clients(2, n);
 }

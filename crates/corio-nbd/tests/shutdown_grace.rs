@@ -4,12 +4,12 @@
 //! ever in the same case.) A raw std `UnixStream` client pipelines 64
 //! READs of 1 MiB and never reads.
 
-mod bin_helpers;
+mod helpers;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
-use bin_helpers::{corio_nbd, ServerProc, TempDir};
+use helpers::process::{corio_nbd, ServerProc, TempDir};
 
 const MIB: u32 = 1 << 20;
 

@@ -5,13 +5,13 @@
 //! wrapper that binds, sets the variables for its own pid and execs the
 //! server, so the pid stays the same). A missing tool fails the test.
 
-mod bin_helpers;
+mod helpers;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bin_helpers::{corio_nbd, run, ServerProc, TempDir, DEADLINE};
+use helpers::process::{corio_nbd, run, ServerProc, TempDir, DEADLINE};
 
 const SIZE: u64 = 4 << 20;
 

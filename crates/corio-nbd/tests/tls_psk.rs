@@ -2,9 +2,9 @@
 //! GnuTLS client (nbdinfo, nbdsh) and qemu-img's: the `corio-nbd` binary on
 //! a Unix socket, with qemu's `keys.psk` layout. A missing client fails.
 
-mod bin_helpers;
+mod helpers;
 
-use bin_helpers::{corio_nbd, run, ServerProc, TempDir};
+use helpers::process::{corio_nbd, run, ServerProc, TempDir};
 
 const SIZE: usize = 4 << 20;
 const ALICE_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -70,7 +70,7 @@ impl Setup {
 
     /// Writes `data` at `offset` and reads it back through nbdsh as
     /// `user` with the keys in `keys`.
-    fn nbdsh_roundtrip(&self, user: &str, keys: &std::path::Path) -> bin_helpers::Run {
+    fn nbdsh_roundtrip(&self, user: &str, keys: &std::path::Path) -> helpers::process::Run {
         let script = format!(
             "h.set_tls(nbd.TLS_REQUIRE)\n\
              h.set_tls_psk_file({keys:?})\n\

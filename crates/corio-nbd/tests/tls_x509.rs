@@ -6,11 +6,11 @@
 //! too: the same credentials and DN let in, and refuse, the same clients.
 //! A missing client fails the test.
 
-mod bin_helpers;
+mod helpers;
 
 use std::path::PathBuf;
 
-use bin_helpers::{corio_nbd, run, ServerProc, TempDir};
+use helpers::process::{corio_nbd, run, ServerProc, TempDir};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,

@@ -1,11 +1,13 @@
 //! QEMU's tests/unit/test-aio.c (the /aio/* cases), ported case by case; plus
 //! fd handlers, cross-thread notify, run_in and the misuse cases.
 
+mod helpers;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
-use corio::{yield_now, AioContext, Bh, Clock, Coroutine, EventNotifier, IoThread};
+use corio::{yield_now, AioContext, Bh, Coroutine, IoThread};
+use helpers::{join_iothread, join_within, poll_blocking, poll_blocking_until, JoinExt, LockExt};
 
 fn counter() -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let n = Arc::new(AtomicUsize::new(0));
@@ -22,7 +24,7 @@ fn bh_schedule() {
     });
     bh.schedule();
     assert_eq!(n.load(SeqCst), 0);
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(n.load(SeqCst), 1);
     assert!(!ctx.poll(false));
     assert_eq!(n.load(SeqCst), 1);
@@ -38,20 +40,20 @@ fn bh_schedule10() {
     let s = slot.clone();
     let bh = ctx.bh_new(move || {
         if n2.fetch_add(1, SeqCst) + 1 < 10 {
-            s.lock().unwrap().as_ref().unwrap().schedule();
+            s.locked().as_ref().unwrap().schedule();
         }
     });
-    *slot.lock().unwrap() = Some(bh.clone());
+    *slot.locked() = Some(bh.clone());
     bh.schedule();
     assert_eq!(n.load(SeqCst), 0);
     assert!(ctx.poll(false));
     assert_eq!(n.load(SeqCst), 1);
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(n.load(SeqCst), 2);
     while ctx.poll(false) {}
     assert_eq!(n.load(SeqCst), 10);
     assert!(!ctx.poll(false));
-    slot.lock().unwrap().take();
+    slot.locked().take();
     bh.delete();
 }
 
@@ -102,12 +104,12 @@ fn bh_callback_delete_one() {
     let s = slot.clone();
     let bh = ctx.bh_new(move || {
         n2.fetch_add(1, SeqCst);
-        s.lock().unwrap().take().unwrap().delete();
+        s.locked().take().unwrap().delete();
     });
-    *slot.lock().unwrap() = Some(bh.clone());
+    *slot.locked() = Some(bh.clone());
     bh.schedule();
     drop(bh);
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(n.load(SeqCst), 1);
     assert!(!ctx.poll(false));
     assert_eq!(n.load(SeqCst), 1);
@@ -133,12 +135,12 @@ fn bh_callback_delete_many() {
         let bh = ctx.bh_new(move || {
             if c.fetch_add(1, SeqCst) + 1 == limit {
                 d.store(true, SeqCst);
-                s.lock().unwrap().take().unwrap().delete();
+                s.locked().take().unwrap().delete();
             } else {
-                s.lock().unwrap().as_ref().unwrap().schedule();
+                s.locked().as_ref().unwrap().schedule();
             }
         });
-        *slot.lock().unwrap() = Some(bh.clone());
+        *slot.locked() = Some(bh.clone());
         bhs.push(bh);
     }
     for bh in &bhs {
@@ -165,7 +167,7 @@ fn bh_flush() {
         n2.fetch_add(1, SeqCst);
     });
     bh.schedule();
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(n.load(SeqCst), 1);
     assert!(!ctx.poll(false));
     bh.delete();
@@ -181,144 +183,10 @@ fn bh_schedule_idle() {
     });
     bh.schedule_idle();
     while n.load(SeqCst) == 0 {
-        assert!(!ctx.poll(true), "an idle BH is not progress");
+        assert!(!poll_blocking(&ctx), "an idle BH is not progress");
     }
     assert_eq!(n.load(SeqCst), 1);
     bh.delete();
-}
-
-/// /aio/event/add-remove: an unset notifier: no callback, no progress.
-#[test]
-fn event_add_remove() {
-    let ctx = AioContext::new().unwrap();
-    let e = EventNotifier::new().unwrap();
-    let (n, n2) = counter();
-    ctx.set_event_notifier(
-        &e,
-        Some(Box::new(move |e: &EventNotifier| {
-            e.test_and_clear();
-            n2.fetch_add(1, SeqCst);
-        })),
-    )
-    .unwrap();
-    assert!(!ctx.poll(false));
-    assert_eq!(n.load(SeqCst), 0);
-    ctx.set_event_notifier(&e, None).unwrap();
-    assert!(!ctx.poll(false));
-    assert_eq!(n.load(SeqCst), 0);
-}
-
-fn counting_notifier(
-    ctx: &AioContext,
-    active: Arc<AtomicUsize>,
-    n: Arc<AtomicUsize>,
-) -> EventNotifier {
-    let e = EventNotifier::new().unwrap();
-    ctx.set_event_notifier(
-        &e,
-        Some(Box::new(move |e: &EventNotifier| {
-            assert!(e.test_and_clear());
-            n.fetch_add(1, SeqCst);
-            // Re-arm while still active (QEMU's EventNotifierTestData).
-            if active.load(SeqCst) > 0 && active.fetch_sub(1, SeqCst) > 1 {
-                e.set().unwrap();
-            }
-        })),
-    )
-    .unwrap();
-    e
-}
-
-/// /aio/event/wait: setting the notifier makes a non-blocking poll run the
-/// handler exactly once.
-#[test]
-fn event_wait() {
-    let ctx = AioContext::new().unwrap();
-    let (n, n2) = counter();
-    let e = counting_notifier(&ctx, Arc::new(AtomicUsize::new(1)), n2);
-    e.set().unwrap();
-    assert!(ctx.poll(false));
-    assert_eq!(n.load(SeqCst), 1);
-    assert!(!ctx.poll(false));
-    assert_eq!(n.load(SeqCst), 1);
-    ctx.set_event_notifier(&e, None).unwrap();
-}
-
-/// /aio/event/flush: a self-re-arming notifier (active = 10) is drained by
-/// repeated polls to n = 10.
-#[test]
-fn event_flush() {
-    let ctx = AioContext::new().unwrap();
-    let (n, n2) = counter();
-    let e = counting_notifier(&ctx, Arc::new(AtomicUsize::new(10)), n2);
-    e.set().unwrap();
-    while ctx.poll(false) {}
-    assert_eq!(n.load(SeqCst), 10);
-    ctx.set_event_notifier(&e, None).unwrap();
-}
-
-/// /aio/event/wait/no-flush-cb: with a dummy active notifier, each set runs
-/// the handler exactly once, and a blocking poll with only a set notifier
-/// does not hang.
-#[test]
-fn event_wait_no_flush_cb() {
-    let ctx = AioContext::new().unwrap();
-    let (n, n2) = counter();
-    let active = Arc::new(AtomicUsize::new(0));
-    let e = counting_notifier(&ctx, active, n2);
-    let (dn, dn2) = counter();
-    let dummy = counting_notifier(&ctx, Arc::new(AtomicUsize::new(0)), dn2);
-    e.set().unwrap();
-    assert!(ctx.poll(true));
-    assert_eq!(n.load(SeqCst), 1);
-    e.set().unwrap();
-    assert!(ctx.poll(true));
-    assert_eq!(n.load(SeqCst), 2);
-    assert!(!ctx.poll(false));
-    assert_eq!(dn.load(SeqCst), 0);
-    ctx.set_event_notifier(&e, None).unwrap();
-    ctx.set_event_notifier(&dummy, None).unwrap();
-}
-
-/// /aio/timer/schedule: a timer does not fire before its deadline, fires from
-/// a non-blocking poll once it passed, is re-armed by its own callback, and
-/// the second expiry ends a blocking poll. (QEMU uses 750 ms; 200 ms here.)
-#[test]
-fn timer_schedule() {
-    const PERIOD: i64 = 200_000_000;
-    let ctx = AioContext::new().unwrap();
-    let (n, n2) = counter();
-    let slot: Arc<Mutex<Option<i64>>> = Arc::default();
-    let rearm = slot.clone();
-    // The callback cannot hold the (!Send) Timer; it asks for a re-arm.
-    let t = ctx.timer_new(Clock::Realtime, move || {
-        n2.fetch_add(1, SeqCst);
-        *rearm.lock().unwrap() = Some(Clock::Realtime.now_ns() + PERIOD);
-    });
-    let deadline = Clock::Realtime.now_ns() + PERIOD;
-    t.modify(deadline);
-    assert!(t.pending());
-    assert!(!ctx.poll(false) || Clock::Realtime.now_ns() >= deadline);
-    if Clock::Realtime.now_ns() < deadline {
-        assert_eq!(n.load(SeqCst), 0, "not fired before its deadline");
-    }
-    std::thread::sleep(std::time::Duration::from_nanos(
-        (PERIOD + PERIOD / 4) as u64,
-    ));
-    while n.load(SeqCst) == 0 {
-        ctx.poll(false);
-    }
-    assert_eq!(n.load(SeqCst), 1);
-    assert!(!t.pending());
-    t.modify(slot.lock().unwrap().take().unwrap());
-    // The blocking poll sleeps until the second expiry.
-    while n.load(SeqCst) < 2 {
-        ctx.poll(true);
-    }
-    assert!(Clock::Realtime.now_ns() >= t.expire_time().max(0));
-    assert_eq!(n.load(SeqCst), 2);
-    t.delete();
-    assert!(!t.pending());
 }
 
 /// /aio/coroutine/queue-chaining: two coroutines ping-pong through co_enter
@@ -336,13 +204,13 @@ fn coroutine_queue_chaining() {
         cos.push(Coroutine::new(move || {
             for _ in 0..N {
                 counts[i].fetch_add(1, SeqCst);
-                let other = peers.lock().unwrap()[1 - i].clone();
+                let other = peers.locked()[1 - i].clone();
                 ctx.co_enter(&other);
                 yield_now();
             }
         }));
     }
-    *peers.lock().unwrap() = cos.iter().map(Coroutine::handle).collect();
+    *peers.locked() = cos.iter().map(Coroutine::handle).collect();
     cos[0].enter();
     assert_eq!(counts[0].load(SeqCst), N);
     assert_eq!(counts[1].load(SeqCst), N);
@@ -352,7 +220,7 @@ fn coroutine_queue_chaining() {
     assert!(!cos[1].is_terminated());
     cos[1].enter();
     assert!(cos[1].is_terminated());
-    peers.lock().unwrap().clear();
+    peers.locked().clear();
 }
 
 /// /aio/coroutine/worker-thread-co-enter: co_enter(ctx, co) from a thread
@@ -364,7 +232,7 @@ fn coroutine_worker_thread_co_enter() {
     let ran_on = Arc::new(Mutex::new(None));
     let r = ran_on.clone();
     let co = Coroutine::new(move || {
-        *r.lock().unwrap() = Some(std::thread::current().id());
+        *r.locked() = Some(std::thread::current().id());
     });
     let h = co.handle();
     let c = ctx.clone();
@@ -372,11 +240,10 @@ fn coroutine_worker_thread_co_enter() {
         assert!(AioContext::try_current().is_none());
         c.co_enter(&h);
     })
-    .join()
-    .unwrap();
-    assert!(ran_on.lock().unwrap().is_none(), "not run before the poll");
-    assert!(ctx.poll(true));
-    assert_eq!(*ran_on.lock().unwrap(), Some(std::thread::current().id()));
+    .joined();
+    assert!(ran_on.locked().is_none(), "not run before the poll");
+    assert!(poll_blocking(&ctx));
+    assert_eq!(*ran_on.locked(), Some(std::thread::current().id()));
     assert!(co.is_terminated());
 }
 
@@ -403,7 +270,7 @@ fn fd_handler_level_triggered() {
     assert!(!ctx.poll(false));
     rustix::io::write(&w, b"x").unwrap();
     assert!(ctx.poll(false));
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(n.load(SeqCst), 2);
     ctx.set_fd_handler(r.as_fd(), None, None).unwrap();
     assert!(!ctx.poll(false));
@@ -497,10 +364,8 @@ fn cross_thread_bh_wakes_blocking_poll() {
     for i in 1..=50 {
         let b = bh.clone();
         let t = std::thread::spawn(move || b.schedule());
-        while n.load(SeqCst) < i {
-            ctx.poll(true);
-        }
-        t.join().unwrap();
+        poll_blocking_until(&ctx, "n.load(SeqCst) >= i", || n.load(SeqCst) >= i);
+        join_within(t, "t");
     }
     assert_eq!(n.load(SeqCst), 50);
     bh.delete();
@@ -523,7 +388,7 @@ fn run_in_other_context() {
     assert_eq!(err.downcast_ref::<&str>(), Some(&"in the iothread"));
     // The iothread survived the panic.
     assert_eq!(t.context().run_in(|| 7), 7);
-    t.join();
+    join_iothread(t, "t");
 }
 
 /// poll() on a foreign thread panics with a clear message.
@@ -532,7 +397,7 @@ fn poll_from_foreign_thread_panics() {
     let ctx = AioContext::new().unwrap();
     let c = ctx.clone();
     let err = std::thread::spawn(move || c.poll(false))
-        .join()
+        .join_result()
         .unwrap_err();
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("home thread"), "{msg}");
@@ -546,15 +411,13 @@ fn nested_poll_runs_rest_of_batch() {
     let flag = Arc::new(AtomicBool::new(false));
     let (c, f) = (ctx.clone(), flag.clone());
     let waiter = ctx.bh_new(move || {
-        while !f.load(SeqCst) {
-            c.poll(true);
-        }
+        poll_blocking_until(&c, "f.load(SeqCst)", || f.load(SeqCst));
     });
     let f2 = flag.clone();
     let setter = ctx.bh_new(move || f2.store(true, SeqCst));
     waiter.schedule();
     setter.schedule();
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert!(flag.load(SeqCst));
     waiter.delete();
     setter.delete();
@@ -578,17 +441,17 @@ fn bh_not_reentered_by_nested_poll() {
         let now = d.fetch_add(1, SeqCst) + 1;
         m.fetch_max(now, SeqCst);
         if r2.fetch_add(1, SeqCst) == 0 {
-            s.lock().unwrap().as_ref().unwrap().schedule();
+            s.locked().as_ref().unwrap().schedule();
             c.poll(false); // takes the BH again, must not call it
         }
         d.fetch_sub(1, SeqCst);
     });
-    *slot.lock().unwrap() = Some(bh.clone());
+    *slot.locked() = Some(bh.clone());
     bh.schedule();
     while ctx.poll(false) {}
     assert_eq!(runs.load(SeqCst), 2);
     assert_eq!(max_depth.load(SeqCst), 1, "never re-entered");
-    slot.lock().unwrap().take();
+    slot.locked().take();
     bh.delete();
     // The callback holds the context: only the poll that drops the deleted
     // callback breaks the cycle (LeakSanitizer reports it otherwise).
@@ -611,10 +474,8 @@ fn bh_rescheduled_from_other_thread_after_cancel_wakes_poll() {
         std::thread::sleep(std::time::Duration::from_millis(50));
         b.schedule();
     });
-    while n.load(SeqCst) == 0 {
-        ctx.poll(true); // must not sleep forever
-    }
-    t.join().unwrap();
+    poll_blocking_until(&ctx, "n.load(SeqCst) != 0", || n.load(SeqCst) != 0); // must not sleep forever
+    join_within(t, "t");
     bh.delete();
 }
 
@@ -654,15 +515,11 @@ fn nested_poll_inside_scheduled_coroutine_sees_new_handovers() {
         yield_now();
         let h = other_h.clone();
         std::thread::spawn(move || h.wake());
-        while !o.is_terminated() {
-            c.poll(true);
-        }
+        poll_blocking_until(&c, "o.is_terminated()", || o.is_terminated());
     });
     waiter.enter();
     ctx.co_schedule(&waiter.handle());
-    while !waiter.is_terminated() {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "waiter.is_terminated()", || waiter.is_terminated());
     assert!(other.is_terminated());
 }
 
@@ -679,26 +536,163 @@ fn co_reschedule_self_between_contexts_of_one_thread() {
     let target = b.clone();
     let co = Coroutine::new(move || {
         let me = || Coroutine::current().unwrap().context();
-        h.lock().unwrap().push(me() == target);
+        h.locked().push(me() == target);
         // SAFETY: the same thread: nothing on the stack changes threads.
         unsafe { corio::co_reschedule_self(&target) };
-        h.lock().unwrap().push(me() == target);
+        h.locked().push(me() == target);
         yield_now();
-        h.lock().unwrap().push(me() == target);
+        h.locked().push(me() == target);
     });
     co.enter();
     assert!(!co.is_terminated());
     // Polling the old context does not resume it: it waits in `b`.
     a.poll(false);
     assert!(!co.is_terminated());
-    assert_eq!(*homes.lock().unwrap(), [false]);
+    assert_eq!(*homes.locked(), [false]);
     assert!(b.poll(false));
-    assert_eq!(*homes.lock().unwrap(), [false, true]);
+    assert_eq!(*homes.locked(), [false, true]);
     // `b` is its home now: what a handle names, and where a wake from
     // another thread would schedule it.
     assert_eq!(co.context(), b);
     assert_eq!(co.handle().context(), b);
     co.handle().wake();
     assert!(co.is_terminated());
-    assert_eq!(*homes.lock().unwrap(), [false, true, true]);
+    assert_eq!(*homes.locked(), [false, true, true]);
+}
+
+/// Coroutines scheduled on a context in one batch run in the order they were
+/// scheduled (FIFO), whether scheduled from the home thread or another.
+#[test]
+fn co_schedule_batch_runs_in_fifo_order() {
+    let ctx = AioContext::new().unwrap();
+    for remote in [false, true] {
+        let order: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let cos: Vec<Coroutine> = (0..8)
+            .map(|i| {
+                let o = order.clone();
+                let co = Coroutine::new(move || {
+                    yield_now();
+                    o.locked().push(i);
+                });
+                co.enter();
+                co
+            })
+            .collect();
+        let handles: Vec<corio::CoHandle> = cos.iter().map(Coroutine::handle).collect();
+        if remote {
+            let c = ctx.clone();
+            std::thread::spawn(move || {
+                for h in &handles {
+                    c.co_schedule(h);
+                }
+            })
+            .joined();
+        } else {
+            for h in &handles {
+                ctx.co_schedule(h);
+            }
+        }
+        assert!(order.locked().is_empty(), "nothing runs before the poll");
+        assert!(poll_blocking(&ctx));
+        assert_eq!(
+            *order.locked(),
+            (0..8).collect::<Vec<_>>(),
+            "batch order (scheduled from {})",
+            if remote { "another thread" } else { "home" }
+        );
+        assert!(cos.iter().all(Coroutine::is_terminated));
+    }
+}
+
+/// `co_enter` on a context that is not the coroutine's home refuses (as
+/// co_schedule does) instead of waking the coroutine at its real home;
+/// from that other context's own thread too.
+#[test]
+fn co_enter_on_a_foreign_context_panics() {
+    let ctx = AioContext::new().unwrap();
+    let t = IoThread::new().unwrap();
+    let co = Coroutine::new(yield_now);
+    co.enter();
+    let h = co.handle();
+    let other = t.context().clone();
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| other.co_enter(&h)))
+        .expect_err("co_enter on another thread's context");
+    let msg = err
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| err.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(msg.contains("home is another AioContext"), "{msg}");
+    let h2 = co.handle();
+    let refused = t.context().run_in(move || {
+        let here = AioContext::current();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| here.co_enter(&h2))).is_err()
+    });
+    assert!(refused, "co_enter from the foreign context's thread");
+    ctx.poll(false);
+    assert!(!co.is_terminated(), "a refused co_enter woke it");
+    co.enter();
+    assert!(co.is_terminated());
+    join_iothread(t, "t");
+}
+
+/// A coroutine of a co_schedule batch that panics does not lose the rest of
+/// the batch: the panic leaves `poll`, and the next poll runs the others.
+#[test]
+fn co_schedule_batch_survives_a_panicking_coroutine() {
+    let ctx = AioContext::new().unwrap();
+    let ran: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let cos: Vec<Coroutine> = (0..3)
+        .map(|i| {
+            let r = ran.clone();
+            let co = Coroutine::new(move || {
+                yield_now();
+                if i == 0 {
+                    panic!("the first of the batch fails");
+                }
+                r.locked().push(i);
+            });
+            co.enter();
+            co
+        })
+        .collect();
+    for co in &cos {
+        ctx.co_schedule(&co.handle());
+    }
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.poll(false)));
+    assert!(err.is_err(), "the coroutine's panic leaves poll");
+    assert!(ran.locked().is_empty(), "the rest waits for the next poll");
+    assert!(ctx.poll(false), "the next poll runs the rest of the batch");
+    assert_eq!(*ran.locked(), vec![1, 2]);
+    assert!(cos.iter().all(Coroutine::is_terminated));
+}
+
+/// A oneshot bottom half runs once and is freed right after: its closure
+/// (and what it captured) is dropped by the poll that ran it.
+#[test]
+fn bh_oneshot_is_freed_after_it_runs() {
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    let ctx = AioContext::new().unwrap();
+    let (ran, ran2) = counter();
+    let (dropped, dropped2) = counter();
+    let guard = Dropped(dropped2);
+    ctx.bh_schedule_oneshot(move || {
+        let _keep = &guard;
+        ran2.fetch_add(1, SeqCst);
+    });
+    assert_eq!(dropped.load(SeqCst), 0);
+    assert!(ctx.poll(false));
+    assert_eq!(ran.load(SeqCst), 1);
+    assert_eq!(
+        dropped.load(SeqCst),
+        1,
+        "the oneshot's closure was not freed"
+    );
+    assert!(!ctx.poll(false));
+    assert_eq!(ran.load(SeqCst), 1);
 }

@@ -2,20 +2,18 @@
 //! /aio/multi/schedule across five IOThreads, plus the migrating form of
 //! co_schedule. Quick by default (1 s); `CORIO_TEST_THOROUGH=1` runs 10 s.
 
+mod helpers;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corio::{co_reschedule_self, yield_now, AioContext, CoHandle, Coroutine, IoThread};
+use helpers::{join_iothread, join_within, LockExt};
 
 const NUM_CONTEXTS: usize = 5;
 
 fn duration() -> Duration {
-    if std::env::var_os("CORIO_TEST_THOROUGH").is_some_and(|v| v != "0") {
-        Duration::from_secs(10)
-    } else {
-        Duration::from_secs(1)
-    }
+    helpers::quick_or_thorough(Duration::from_secs(1), Duration::from_secs(10))
 }
 
 /// A small xorshift generator: the tests need cheap randomness, not quality.
@@ -53,7 +51,7 @@ fn multi_lifecycle() {
             .run_in(|| AioContext::current().in_home_thread()));
     }
     for t in threads {
-        t.join();
+        join_iothread(t, "t");
     }
 }
 
@@ -95,7 +93,7 @@ fn multi_schedule() {
                 while !st.stopping.load(SeqCst) {
                     let n = rng.below(NUM_CONTEXTS);
                     // schedule_next(n): take n's coroutine (QEMU's xchg).
-                    let taken = st.to_schedule[n].lock().unwrap().take();
+                    let taken = st.to_schedule[n].locked().take();
                     match taken {
                         None => {
                             st.retry.fetch_add(1, SeqCst);
@@ -111,11 +109,11 @@ fn multi_schedule() {
                         }
                     }
                     let me = Coroutine::current().unwrap().handle();
-                    *st.to_schedule[id].lock().unwrap() = Some(me);
+                    *st.to_schedule[id].locked() = Some(me);
                     yield_now();
                     st.wakes[id].fetch_add(1, SeqCst);
                     assert!(
-                        st.to_schedule[id].lock().unwrap().is_none(),
+                        st.to_schedule[id].locked().is_none(),
                         "woken while still published: entered twice"
                     );
                 }
@@ -130,7 +128,7 @@ fn multi_schedule() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while st.done.load(SeqCst) < NUM_CONTEXTS {
         for n in 0..NUM_CONTEXTS {
-            if let Some(co) = st.to_schedule[n].lock().unwrap().take() {
+            if let Some(co) = st.to_schedule[n].locked().take() {
                 st.aimed[n].fetch_add(1, SeqCst);
                 ctxs[n].co_schedule(&co);
             }
@@ -139,7 +137,7 @@ fn multi_schedule() {
         std::thread::sleep(Duration::from_millis(1));
     }
     for t in threads {
-        t.join();
+        join_iothread(t, "t");
     }
     for n in 0..NUM_CONTEXTS {
         assert_eq!(
@@ -199,7 +197,7 @@ fn multi_schedule_migrating() {
         std::thread::sleep(Duration::from_millis(1));
     }
     for t in threads {
-        t.join();
+        join_iothread(t, "t");
     }
     println!("migrations {}", hops.load(SeqCst));
     assert!(hops.load(SeqCst) > 0);
@@ -223,11 +221,11 @@ fn multi_wake_from_other_threads() {
                     e.fetch_add(1, SeqCst);
                 });
                 co.enter();
-                h.lock().unwrap().push(co.handle());
+                h.locked().push(co.handle());
             });
         }
     }
-    let all = std::mem::take(&mut *handles.lock().unwrap());
+    let all = std::mem::take(&mut *handles.locked());
     let wakers: Vec<_> = all
         .chunks(25)
         .map(|c| {
@@ -236,7 +234,7 @@ fn multi_wake_from_other_threads() {
         })
         .collect();
     for w in wakers {
-        w.join().unwrap();
+        join_within(w, "w");
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while ends.load(SeqCst) < NUM_CONTEXTS * 20 {
@@ -244,6 +242,6 @@ fn multi_wake_from_other_threads() {
         std::thread::sleep(Duration::from_millis(1));
     }
     for t in threads {
-        t.join();
+        join_iothread(t, "t");
     }
 }

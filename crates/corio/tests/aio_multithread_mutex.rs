@@ -8,31 +8,52 @@
 //! a lost update means two holders at once, a hang means a lost wakeup.
 //! Quick by default (1 s per case); `CORIO_TEST_THOROUGH=1` runs 10 s.
 
+mod helpers;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corio::sync::CoMutex;
 use corio::{Coroutine, IoThread};
+use helpers::{join_iothread, wait_until, LockExt};
 
 const NUM_CONTEXTS: usize = 5;
 
-fn duration() -> Duration {
-    if std::env::var_os("CORIO_TEST_THOROUGH").is_some_and(|v| v != "0") {
-        Duration::from_secs(10)
-    } else {
-        Duration::from_secs(1)
+/// Sets the flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
     }
 }
 
+fn duration() -> Duration {
+    helpers::quick_or_thorough(Duration::from_secs(1), Duration::from_secs(10))
+}
+
 /// Runs `section` in a loop in one coroutine on each of `threads`
-/// IOThreads for `duration()`. `section` returns the counter value it wrote;
-/// returns (sections completed, final counter).
+/// IOThreads for `duration()`, then checks that the counter (`read`) equals
+/// the completed sections.
 fn run_multi(threads: usize, section: Arc<dyn Fn() + Send + Sync>, read: impl Fn() -> u64) {
+    run_multi_for(threads, duration(), section, read, ("nothing", || true));
+}
+
+/// [`run_multi`] for `duration`, and then on until `enough` (with a
+/// deadline).
+fn run_multi_for(
+    threads: usize,
+    duration: Duration,
+    section: Arc<dyn Fn() + Send + Sync>,
+    read: impl Fn() -> u64,
+    (what, enough): (&str, impl FnMut() -> bool),
+) {
     let iothreads: Vec<IoThread> = (0..threads)
         .map(|i| IoThread::with_name(&format!("iothread{i}")).unwrap())
         .collect();
     let stopping = Arc::new(AtomicBool::new(false));
+    // Dropped before `iothreads` (declared later): a failing check still
+    // stops the loops, so that joining the IOThreads does not hang.
+    let _stop = StopOnDrop(stopping.clone());
     let running = Arc::new(AtomicUsize::new(threads));
     let completed = Arc::new(AtomicU64::new(0));
     for t in &iothreads {
@@ -57,48 +78,58 @@ fn run_multi(threads: usize, section: Arc<dyn Fn() + Send + Sync>, read: impl Fn
             .enter();
         });
     }
-    std::thread::sleep(duration());
+    std::thread::sleep(duration);
+    wait_until(what, enough);
     stopping.store(true, SeqCst);
-    while running.load(SeqCst) > 0 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("every coroutine to stop", || running.load(SeqCst) == 0);
     for t in iothreads {
-        t.join();
+        join_iothread(t, "t");
     }
     let (n, c) = (completed.load(SeqCst), read());
     eprintln!(
         "{threads} threads: {n} critical sections, {:.0}/s",
-        n as f64 / duration().as_secs_f64()
+        n as f64 / duration.as_secs_f64()
     );
     assert!(n > 0);
     assert_eq!(c, n, "the counter equals the completed critical sections");
 }
 
-fn co_mutex_case(threads: usize) {
+/// One CoMutex shared by `threads` IOThreads for `duration`; with
+/// `need_handoff`, the run goes on until the mutex has handed over at
+/// least once.
+fn co_mutex_case(threads: usize, duration: Duration, need_handoff: bool) {
     let m = Arc::new(CoMutex::new(0u64));
-    let m2 = m.clone();
-    run_multi(
+    let (m2, m3) = (m.clone(), m.clone());
+    run_multi_for(
         threads,
+        duration,
         Arc::new(move || {
             let mut g = m2.lock();
             *g += 1;
         }),
         move || *m.try_lock().expect("free at the end"),
+        ("the CoMutex to hand over (the handoff path)", move || {
+            !need_handoff || m3.handoffs() > 0
+        }),
     );
 }
 
 /// /aio/multi/mutex/contended: five IOThreads contend for one CoMutex.
 #[test]
 fn multi_mutex_contended() {
-    co_mutex_case(NUM_CONTEXTS);
+    co_mutex_case(NUM_CONTEXTS, duration(), false);
 }
 
 /// /aio/multi/mutex/handoff: as QEMU, two IOThreads, so that the holder
-/// often unlocks while the other is between announcing itself and queueing
-/// (the handoff token path).
+/// often unlocks while the other is queued or on its way: the handoff path
+/// (an unlock that leaves the mutex locked for a starving waiter) must run,
+/// as the mutex's handoff count shows. QEMU runs 3 s (30 s with -m slow);
+/// quick mode 1 s, `CORIO_TEST_THOROUGH=1` 3 s. If no handoff happened
+/// by then, the run goes on until one does (within the deadline).
 #[test]
 fn multi_mutex_handoff() {
-    co_mutex_case(2);
+    let duration = helpers::quick_or_thorough(Duration::from_secs(1), Duration::from_secs(3));
+    co_mutex_case(2, duration, true);
 }
 
 /// A fair ticket lock: QEMU's case uses a futex-based MCS lock, ours spins
@@ -151,7 +182,7 @@ fn multi_mutex_pthread() {
     let m2 = m.clone();
     run_multi(
         NUM_CONTEXTS,
-        Arc::new(move || *m2.lock().unwrap() += 1),
-        move || *m.lock().unwrap(),
+        Arc::new(move || *m2.locked() += 1),
+        move || *m.locked(),
     );
 }

@@ -1,6 +1,8 @@
 //! QEMU's tests/unit/test-coroutine.c (the basic/* cases), ported case by
 //! case; plus panic propagation and the misuse panics.
 
+mod helpers;
+
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -8,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use corio::{coroutine, in_coroutine, yield_now, AioContext, Coroutine};
+use helpers::{join_iothread, join_within, poll_blocking, JoinExt};
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
@@ -16,8 +19,9 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_default()
 }
 
-/// /basic/no-dangling-access: c2 was entered by c1; after c1 terminated and
-/// its stack was reused and scribbled over, entering c2 again must not go
+/// /basic/no-dangling-access: c2 was entered by c1; c1 terminates and is
+/// dropped, its stack is handed to a new coroutine that scribbles 0xff
+/// over it (QEMU overwrites c1's memory); entering c2 again must not go
 /// back through c1 (the caller is not kept across a yield).
 #[test]
 fn basic_no_dangling_access() {
@@ -26,17 +30,31 @@ fn basic_no_dangling_access() {
         yield_now();
     });
     let c2b = c2.clone();
-    let c1 = Coroutine::new(move || c2b.enter());
+    let c1_stack = Rc::new(Cell::new(0usize));
+    let at = c1_stack.clone();
+    let c1 = Coroutine::new(move || {
+        let here = 0u8;
+        at.set(std::hint::black_box(&here) as *const u8 as usize);
+        c2b.enter();
+    });
     c1.enter();
     assert!(c1.is_terminated());
     assert!(!c2.entered());
-    // The pool hands c1's stack out again: fill it with 0xff.
-    let scribbler = Coroutine::new(|| {
+    drop(c1); // its object and stack go back to this thread's pool
+              // The pool hands c1's stack out again: fill it with 0xff.
+    let scribbler_stack = Rc::new(Cell::new(0usize));
+    let at = scribbler_stack.clone();
+    let scribbler = Coroutine::new(move || {
         let junk = [0xffu8; 64 << 10];
-        std::hint::black_box(&junk);
+        at.set(std::hint::black_box(&junk) as *const [u8] as *const u8 as usize);
         yield_now();
     });
     scribbler.enter();
+    let distance = c1_stack.get().abs_diff(scribbler_stack.get());
+    assert!(
+        distance < 256 << 10,
+        "the scribbler did not get c1's stack (locals {distance} bytes apart): c1's memory was not reused"
+    );
     c2.enter(); // yields back here, not into the dead c1
     assert!(!c2.is_terminated());
     c2.enter();
@@ -67,6 +85,7 @@ fn basic_yield() {
     });
     let mut enters = 0;
     while !co.is_terminated() {
+        assert!(enters < 6, "the coroutine did not end after 6 enters");
         co.enter();
         enters += 1;
     }
@@ -245,7 +264,7 @@ fn double_schedule_panics() {
     );
     let err = catch_unwind(AssertUnwindSafe(|| h.wake())).unwrap_err();
     assert!(panic_message(err).contains("already scheduled"));
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(runs.get(), 1);
     assert!(co.is_terminated());
     assert!(!ctx.poll(false));
@@ -264,7 +283,7 @@ fn co_schedule_to_foreign_context_panics() {
     }))
     .unwrap_err();
     assert!(panic_message(err).contains("co_schedule_migrate"));
-    other.join();
+    join_iothread(other, "other");
     co.enter();
 }
 
@@ -276,9 +295,7 @@ fn handle_local_only_at_home() {
     let h = co.handle();
     assert!(h.local().is_some());
     let h2 = h.clone();
-    assert!(std::thread::spawn(move || h2.local().is_none())
-        .join()
-        .unwrap());
+    assert!(std::thread::spawn(move || h2.local().is_none()).joined());
     co.enter();
 }
 
@@ -400,7 +417,7 @@ fn pooled_object_is_reused_fresh() {
     assert!(h.context() == ctx);
     // Scheduling works on the reused object.
     ctx.co_schedule(&h);
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert_eq!(ran.get(), 2);
     assert!(co2.is_terminated());
 }
@@ -422,8 +439,7 @@ fn pooled_object_after_handle_outlived_coroutine_on_another_thread() {
             // This thread's pool did not take the foreign object.
             Coroutine::new(|| {}).enter();
         })
-        .join()
-        .unwrap();
+        .joined();
     }
     // The last reference is a handle dropped at home: pooled.
     let co = Coroutine::new(|| {});
@@ -451,7 +467,7 @@ fn pooled_object_after_handle_outlived_coroutine_on_another_thread() {
         co.enter();
         assert!(co.is_terminated());
     }
-    t.join().unwrap();
+    join_within(t, "t");
 }
 
 /// The per-thread object pool is bounded, and a thread's pool is released
@@ -473,8 +489,7 @@ fn object_pool_bounded_and_freed_at_thread_exit() {
         assert!(local <= base + 3 * 64, "local pool unbounded: {local}");
         assert!(local >= 1);
     })
-    .join()
-    .unwrap();
+    .joined();
     // The exiting thread's pool moved to the shared pool within its bound.
     let (_, shared) = coroutine::pooled();
     assert!(shared <= coroutine::pool_max(), "{shared}");
@@ -542,7 +557,15 @@ fn wakeup_survives_panic_of_waker() {
     });
     assert!(catch_unwind(AssertUnwindSafe(|| waker.enter())).is_err());
     assert!(!resumed.get());
-    assert!(ctx.poll(true));
+    // The wake-list claim became a co_schedule one: scheduling it again
+    // names that scheduler.
+    let h = sleeper.handle();
+    let err = catch_unwind(AssertUnwindSafe(|| ctx.co_schedule(&h))).expect_err("scheduled twice");
+    assert!(
+        panic_message(err).contains("Co-routine was already scheduled in 'aio_co_schedule'"),
+        "the rescheduled wakeup holds a co_schedule claim"
+    );
+    assert!(poll_blocking(&ctx));
     assert!(resumed.get());
     assert!(sleeper.is_terminated());
 }
@@ -614,7 +637,7 @@ fn wakeup_queued_while_unwinding_is_not_lost() {
     holder.enter();
     drop(holder); // unwinds: the wake is queued on the dying coroutine
     assert!(!woken.get());
-    assert!(ctx.poll(true));
+    assert!(poll_blocking(&ctx));
     assert!(woken.get());
 }
 
@@ -630,13 +653,10 @@ fn handle_of_exited_thread_is_never_local() {
         std::mem::forget(co); // keep it suspended; its thread ends
         h
     })
-    .join()
-    .unwrap();
+    .joined();
     for _ in 0..8 {
         let h = h.clone();
-        let local = std::thread::spawn(move || h.local().is_some())
-            .join()
-            .unwrap();
+        let local = std::thread::spawn(move || h.local().is_some()).joined();
         assert!(
             !local,
             "a new thread must not pass for the dead home thread"

@@ -2,6 +2,7 @@
 //! /locking/co-mutex/lockable, /locking/co-rwlock/upgrade,
 //! /locking/co-rwlock/downgrade; plus CoQueue, sleeps and misuse.
 
+mod helpers;
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -10,6 +11,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use corio::sync::{co_sleep_ns, CoMutex, CoQueue, CoRwLock, CoSleep, Lockable};
 use corio::{yield_now, AioContext, Clock, Coroutine, IoThread};
+use helpers::{join_iothread, join_within, poll_blocking_until, recv_within, wait_until, LockExt};
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -75,7 +77,9 @@ fn locking_co_mutex() {
 }
 
 /// /locking/co-mutex/lockable: the same through the `Lockable` trait object
-/// (QEMU's `QemuLockable`); an absent lock is `None`.
+/// (QEMU's `QemuLockable`): the second locker waits, and the lock taken
+/// through the trait is the mutex's own (QEMU's `QEMU_MAKE_LOCKABLE(NULL)`
+/// check has no Rust counterpart: an absent lock is an `Option`).
 #[test]
 fn locking_co_mutex_lockable() {
     let m = Rc::new(CoMutex::new(()));
@@ -86,8 +90,19 @@ fn locking_co_mutex_lockable() {
             mutex_body(&st, &|| x.lock(), &|| x.unlock());
         })
     });
-    let none: Option<&dyn Lockable> = None;
-    assert!(none.is_none());
+    assert!(!m.is_locked());
+    let x: Rc<dyn Lockable> = m.clone();
+    let holder = Coroutine::new(move || {
+        x.lock();
+        yield_now();
+        x.unlock();
+    });
+    holder.enter();
+    assert!(m.is_locked(), "Lockable::lock took the CoMutex");
+    assert!(m.try_lock().is_none(), "held through the trait object");
+    holder.enter();
+    assert!(holder.is_terminated());
+    assert!(!m.is_locked(), "Lockable::unlock released the CoMutex");
     // The explicit QEMU pair too.
     let m2 = m.clone();
     let co = Coroutine::new(move || {
@@ -313,7 +328,7 @@ fn co_mutex_waiter_resumes_in_home_context() {
             locked_tx.send(()).unwrap();
             // Hold it until the main thread's coroutine waits.
             let rx = go_rx.clone();
-            while rx.lock().unwrap().try_recv().is_err() {
+            while rx.locked().try_recv().is_err() {
                 let me = Coroutine::current().unwrap();
                 AioContext::current().bh_schedule_oneshot({
                     let h = me.handle();
@@ -325,7 +340,7 @@ fn co_mutex_waiter_resumes_in_home_context() {
         });
         co.enter();
     });
-    locked_rx.recv().unwrap();
+    recv_within(&locked_rx, "locked_rx");
     let me_thread = std::thread::current().id();
     let resumed_on = Rc::new(Cell::new(None));
     let r = resumed_on.clone();
@@ -337,11 +352,9 @@ fn co_mutex_waiter_resumes_in_home_context() {
     waiter.enter();
     assert!(!waiter.is_terminated());
     go_tx.send(()).unwrap();
-    while !waiter.is_terminated() {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "waiter.is_terminated()", || waiter.is_terminated());
     assert_eq!(resumed_on.get(), Some(me_thread));
-    t.join();
+    join_iothread(t, "t");
 }
 
 /// CoQueue: next wakes the oldest, restart_all the rest; a waiter releases
@@ -403,17 +416,13 @@ fn co_queue_front_and_std_lock() {
     let std_m = Arc::new(Mutex::new(0));
     let (q1, l1, s1) = (q.clone(), log.clone(), std_m.clone());
     let back = Coroutine::new(move || {
-        let g = s1.lock().unwrap();
+        let g = s1.locked();
         let mut g = q1.wait_std(&s1, g);
         *g += 1;
         l1.borrow_mut().push("back");
     });
     back.enter();
-    assert_eq!(
-        *std_m.lock().unwrap(),
-        0,
-        "the std mutex is free while waiting"
-    );
+    assert_eq!(*std_m.locked(), 0, "the std mutex is free while waiting");
     let lock = Rc::new(SpinLock::default());
     let (q2, l2, lk) = (q.clone(), log.clone(), lock.clone());
     let front = Coroutine::new(move || {
@@ -431,7 +440,7 @@ fn co_queue_front_and_std_lock() {
     lock.unlock();
     q.enter_all();
     assert_eq!(*log.borrow(), ["front", "back"]);
-    assert_eq!(*std_m.lock().unwrap(), 1);
+    assert_eq!(*std_m.locked(), 1);
 }
 
 /// Waiters on several IOThreads, woken from this thread, each resume on
@@ -454,12 +463,15 @@ fn co_queue_cross_thread_wakeups() {
             .enter();
         });
     }
-    while waiting.load(SeqCst) < 3 {
-        std::thread::yield_now();
-    }
+    wait_until("three waiters", || waiting.load(SeqCst) >= 3);
     // A waiter counts itself just before it queues: wake until all answered.
     let mut answers = 0;
+    let deadline = std::time::Instant::now() + helpers::DEADLINE;
     while answers < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {answers} of 3 waiters answered"
+        );
         q.restart_all();
         while let Ok(on_home) = rx.recv_timeout(std::time::Duration::from_millis(5)) {
             assert!(on_home);
@@ -467,7 +479,7 @@ fn co_queue_cross_thread_wakeups() {
         }
     }
     for t in threads {
-        t.join();
+        join_iothread(t, "t");
     }
 }
 
@@ -484,9 +496,7 @@ fn co_sleep_ns_on_timer() {
     });
     co.enter();
     assert!(!done.get());
-    while !done.get() {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "done.get()", || done.get());
     // Monotonic clock: the timer cannot fire before its deadline.
     assert!(Clock::Realtime.now_ns() - start >= 2_000_000);
 }
@@ -510,10 +520,8 @@ fn co_sleep_wakeable() {
     let msg = panic_message(catch_unwind(AssertUnwindSafe(|| h.wake())).unwrap_err());
     assert!(msg.contains("qemu_co_sleep"), "{msg}");
     let s3 = s.clone();
-    std::thread::spawn(move || s3.wake()).join().unwrap();
-    while !woke.load(SeqCst) {
-        ctx.poll(true);
-    }
+    join_within(std::thread::spawn(move || s3.wake()), "s3.wake()");
+    poll_blocking_until(&ctx, "woke.load(SeqCst)", || woke.load(SeqCst));
     assert!(!s.is_sleeping());
     s.wake(); // nobody sleeps: nothing happens
 }
@@ -563,5 +571,61 @@ fn co_mutex_barging_bounded_for_a_waiter_on_the_holders_thread() {
         at < ROUNDS,
         "the waiter got the mutex only after all {ROUNDS} rounds"
     );
+    assert!(!m.is_locked());
+}
+
+/// The CoMutex accessors: `get_mut` and `into_inner` reach the data,
+/// `Debug` shows whether it is locked (and a guard shows the data), and a
+/// guard names its own mutex.
+#[test]
+fn co_mutex_accessors_and_debug() {
+    let mut m = CoMutex::new(vec![1u8]);
+    m.get_mut().push(2);
+    assert_eq!(format!("{m:?}"), "CoMutex { locked: false, .. }");
+    {
+        let g = m.try_lock().expect("free");
+        assert!(std::ptr::eq(g.mutex(), &m), "the guard's mutex");
+        assert_eq!(format!("{g:?}"), "[1, 2]");
+        assert_eq!(format!("{m:?}"), "CoMutex { locked: true, .. }");
+    }
+    assert!(!m.is_locked());
+    assert_eq!(m.into_inner(), vec![1, 2]);
+}
+
+/// An unlock hands the mutex over (QEMU's handoff) to a waiter that has
+/// waited past the starvation bound (500 µs), and counts it; a fresh mutex
+/// has handed over nothing.
+#[test]
+fn co_mutex_hands_over_to_a_starving_waiter() {
+    let ctx = AioContext::new().unwrap();
+    let m = Rc::new(CoMutex::new(()));
+    assert_eq!(m.handoffs(), 0, "a fresh mutex");
+    let (m1, m2) = (m.clone(), m.clone());
+    let holder = Coroutine::new(move || {
+        m1.lock_raw();
+        yield_now();
+        m1.unlock();
+    });
+    let got = Rc::new(Cell::new(false));
+    let g = got.clone();
+    let waiter = Coroutine::new(move || {
+        m2.lock_raw();
+        g.set(true);
+        m2.unlock();
+    });
+    holder.enter();
+    waiter.enter(); // queues behind the holder
+    assert!(!got.get());
+    assert_eq!(m.handoffs(), 0);
+    std::thread::sleep(std::time::Duration::from_millis(5)); // the waiter starves
+    holder.enter(); // unlocks
+    assert_eq!(
+        m.handoffs(),
+        1,
+        "the unlock handed the mutex to the starving waiter"
+    );
+    poll_blocking_until(&ctx, "the waiter to run", || waiter.is_terminated());
+    assert!(got.get());
+    assert_eq!(m.handoffs(), 1);
     assert!(!m.is_locked());
 }

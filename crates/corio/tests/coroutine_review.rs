@@ -2,6 +2,7 @@
 //! never-entered closure dropped off its home thread, and a queued double
 //! wake that resumed a coroutine twice.
 
+mod helpers;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corio::{coroutine, AioContext, Coroutine};
+use helpers::{join_iothread, join_within, recv_within, JoinExt, LockExt};
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<String>()
@@ -22,7 +24,7 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 struct DroppedOn(Arc<Mutex<Option<String>>>);
 impl Drop for DroppedOn {
     fn drop(&mut self) {
-        *self.0.lock().unwrap() = std::thread::current().name().map(str::to_owned);
+        *self.0.locked() = std::thread::current().name().map(str::to_owned);
     }
 }
 
@@ -45,25 +47,24 @@ fn never_entered_closure_dropped_on_home_thread() {
             });
             h_tx.send(co.handle()).unwrap();
             drop(co);
-            go_rx.recv().unwrap(); // B has dropped the last handle
+            recv_within(&go_rx, "go_rx"); // B has dropped the last handle
             let deadline = Instant::now() + Duration::from_secs(10);
-            while d.lock().unwrap().is_none() {
+            while d.locked().is_none() {
                 assert!(Instant::now() < deadline, "the closure never came home");
                 ctx.poll(false);
                 std::thread::sleep(Duration::from_millis(1));
             }
         })
         .unwrap();
-    let h = h_rx.recv().unwrap();
+    let h = recv_within(&h_rx, "h_rx");
     std::thread::Builder::new()
         .name("b".into())
         .spawn(move || drop(h))
         .unwrap()
-        .join()
-        .unwrap();
+        .joined();
     go_tx.send(()).unwrap();
-    a.join().unwrap();
-    assert_eq!(dropped.lock().unwrap().as_deref(), Some("home-a"));
+    join_within(a, "a");
+    assert_eq!(dropped.locked().as_deref(), Some("home-a"));
 }
 
 /// Waking a suspended coroutine twice from another coroutine on the same
@@ -118,7 +119,7 @@ fn double_wake_other_thread_panics() {
         b2.wake(); // queued behind `a`
         let h = b2.handle();
         let e = std::thread::spawn(move || h.wake())
-            .join()
+            .join_result()
             .expect_err("the remote wake must panic");
         rem.set(panic_text(&*e));
     });
@@ -153,7 +154,7 @@ fn migration_refused_inside_nested_poll() {
         "{}",
         panic_text(&*err)
     );
-    other.join();
+    join_iothread(other, "other");
 }
 
 /// A destructor that waits while its coroutine is being dropped cannot be

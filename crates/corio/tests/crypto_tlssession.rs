@@ -6,6 +6,7 @@
 //! Every test generates its own certificates with rcgen (see
 //! `tls_helpers`).
 
+mod helpers;
 mod io_channel_helpers;
 mod tls_helpers;
 

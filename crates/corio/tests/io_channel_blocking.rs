@@ -8,15 +8,15 @@
 //! second coroutine on the same IoThread still runs (which it cannot if the
 //! first blocked the thread in a system call), then unblocks the first.
 
+mod helpers;
+
 use std::io::{ErrorKind, Read};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use corio::io::{Channel, FileChannel, SocketAddress, SocketChannel};
 use corio::{Coroutine, IoThread};
-
-/// Generous: only a lost wakeup or a blocked thread reaches it.
-const DEADLINE: Duration = Duration::from_secs(20);
+use helpers::{join_iothread, join_within, recv_within};
 
 /// Runs `f` in a new coroutine on `t`'s thread.
 fn start_on(t: &IoThread, f: impl FnOnce() + Send + 'static) {
@@ -24,16 +24,11 @@ fn start_on(t: &IoThread, f: impl FnOnce() + Send + 'static) {
         .bh_schedule_oneshot(move || Coroutine::new(f).enter());
 }
 
-fn expect<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
-    rx.recv_timeout(DEADLINE)
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
 /// Checks that another coroutine on `t` still runs.
 fn assert_thread_serves_others(t: &IoThread, stuck: &str) {
     let (tx, rx) = mpsc::channel();
     start_on(t, move || tx.send(()).unwrap());
-    expect(
+    recv_within(
         &rx,
         &format!("a second coroutine while the first {stuck}: the IoThread is blocked"),
     );
@@ -59,9 +54,9 @@ fn accepted_socket_read_yields_in_coroutine() {
     });
     assert_thread_serves_others(&t, "reads an empty socket");
     client.write_all_bytes(b"hello").unwrap();
-    assert_eq!(&expect(&rx, "the reader").unwrap(), b"hello");
+    assert_eq!(&recv_within(&rx, "the reader").unwrap(), b"hello");
     drop(client);
-    t.join();
+    join_iothread(t, "t");
 }
 
 #[test]
@@ -80,12 +75,12 @@ fn std_read_and_single_read_yield_in_coroutine() {
     });
     assert_thread_serves_others(&t, "reads with std::io::Read");
     b.write_all_bytes(b"ab").unwrap();
-    assert_eq!(expect(&rx, "the std read"), b"ab");
+    assert_eq!(recv_within(&rx, "the std read"), b"ab");
     assert_thread_serves_others(&t, "reads with readv");
     b.write_all_bytes(b"c").unwrap();
-    assert_eq!(expect(&rx, "the readv"), b"c");
+    assert_eq!(recv_within(&rx, "the readv"), b"c");
     drop(b);
-    t.join();
+    join_iothread(t, "t");
 }
 
 #[test]
@@ -101,9 +96,9 @@ fn connected_socket_write_yields_when_the_peer_is_full() {
     assert_thread_serves_others(&t, "writes to a peer that does not read");
     let mut got = vec![0u8; LEN];
     server.read_all(&mut got).unwrap();
-    expect(&rx, "the writer").unwrap();
+    recv_within(&rx, "the writer").unwrap();
     assert!(got.iter().all(|&b| b == 7));
-    t.join();
+    join_iothread(t, "t");
 }
 
 #[test]
@@ -118,8 +113,8 @@ fn blocking_listener_accept_yields_in_coroutine() {
     });
     assert_thread_serves_others(&t, "accepts with no client");
     let _c = SocketChannel::connect_sync(&addr).unwrap();
-    assert!(expect(&rx, "the acceptor").unwrap());
-    t.join();
+    assert!(recv_within(&rx, "the acceptor").unwrap());
+    join_iothread(t, "t");
 }
 
 #[test]
@@ -133,9 +128,9 @@ fn pipe_read_yields_in_coroutine() {
     });
     assert_thread_serves_others(&t, "reads an empty pipe");
     w.write_all_bytes(b"pipe").unwrap();
-    assert_eq!(&expect(&rx, "the pipe reader").unwrap(), b"pipe");
+    assert_eq!(&recv_within(&rx, "the pipe reader").unwrap(), b"pipe");
     drop(w);
-    t.join();
+    join_iothread(t, "t");
 }
 
 /// Non-blocking mode keeps QEMU's single-call contract inside a coroutine:
@@ -152,8 +147,8 @@ fn nonblocking_single_read_returns_wouldblock_in_coroutine() {
         let r = a.readv(&mut [std::io::IoSliceMut::new(&mut buf)]);
         tx.send(r.map_err(|e| e.kind())).unwrap();
     });
-    assert_eq!(expect(&rx, "the reader"), Err(ErrorKind::WouldBlock));
-    t.join();
+    assert_eq!(recv_within(&rx, "the reader"), Err(ErrorKind::WouldBlock));
+    join_iothread(t, "t");
 }
 
 /// Outside a coroutine, `std::io::Read` on a non-blocking channel returns
@@ -178,5 +173,5 @@ fn std_read_on_nonblocking_channel_outside_coroutine_is_wouldblock() {
     });
     a.read_all(&mut buf).unwrap();
     assert_eq!(&buf, b"late");
-    drop(t.join().unwrap());
+    drop(join_within(t, "t"));
 }

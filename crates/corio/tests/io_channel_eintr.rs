@@ -8,6 +8,7 @@
 //! call; a helper thread sends it to the thread under test every 100 us
 //! while that thread is blocked.
 
+mod helpers;
 mod io_channel_helpers;
 
 use std::io::{Read, Write};
@@ -21,7 +22,8 @@ use std::time::{Duration, Instant};
 use corio::io::address::SocketAddress;
 use corio::io::{Channel, SocketChannel};
 use corio::{AioContext, Coroutine};
-use io_channel_helpers::{join_bounded, pattern};
+use helpers::{join_within, poll_blocking, LockExt};
+use io_channel_helpers::pattern;
 
 /// Signals delivered, counted by the handler.
 static DELIVERED: AtomicUsize = AtomicUsize::new(0);
@@ -82,7 +84,7 @@ impl Pester {
     /// Stops sending; returns how many signals were sent.
     fn finish(self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
-        join_bounded(self.sent, "signal sender")
+        join_within(self.sent, "signal sender")
     }
 }
 
@@ -96,7 +98,7 @@ fn finish_under<T>(target: JoinHandle<T>, pester: Pester, what: &str) -> (T, usi
         std::thread::sleep(Duration::from_millis(1));
     }
     let sent = pester.finish();
-    (join_bounded(target, what), sent)
+    (join_within(target, what), sent)
 }
 
 /// A connected pair: a channel for the thread under test, and a plain std
@@ -210,15 +212,15 @@ fn io_channel_eintr_coroutine_in_context() {
         let co = Coroutine::new(move || {
             let mut buf = vec![0u8; LEN];
             let r = r.read_all(&mut buf).map(|()| buf);
-            *g.lock().unwrap() = Some(r);
+            *g.locked() = Some(r);
         });
         co.enter();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !co.is_terminated() {
             assert!(Instant::now() < deadline, "coroutine never finished");
-            ctx.poll(true);
+            poll_blocking(&ctx);
         }
-        let r = got.lock().unwrap().take();
+        let r = got.locked().take();
         r.expect("coroutine ended without a result")
     });
     let pester = Pester::start(poller.as_pthread_t());

@@ -1,5 +1,6 @@
 //! QEMU's tests/unit/test-io-channel-file.c.
 
+mod helpers;
 mod io_channel_helpers;
 
 use std::os::unix::fs::PermissionsExt;

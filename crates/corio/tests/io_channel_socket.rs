@@ -2,6 +2,7 @@
 //! a coroutine reading or writing a non-blocking socket yields to its
 //! AioContext and is resumed when the fd is ready.
 
+mod helpers;
 mod io_channel_helpers;
 
 use std::cell::Cell;
@@ -11,13 +12,13 @@ use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use corio::io::address::SocketAddress;
 use corio::io::file::{new_fd, FdChannel};
 use corio::io::{Channel, Feature, SocketChannel};
 use corio::{AioContext, Coroutine};
-use io_channel_helpers::{join_bounded, pattern, run_threads};
+use helpers::{join_within, poll_blocking, poll_until, LockExt};
+use io_channel_helpers::{pattern, run_threads};
 
 fn tmp_path(name: &str) -> String {
     std::env::temp_dir()
@@ -63,12 +64,12 @@ fn setup_async(listen: &SocketAddress) -> (SocketChannel, Arc<SocketChannel>, Ar
         1,
         move |r| {
             assert_eq!(std::thread::current().id(), home);
-            *l2.lock().unwrap() = Some(r.unwrap());
+            *l2.locked() = Some(r.unwrap());
         },
         Some(&ctx),
     );
-    poll_until(&ctx, || lres.lock().unwrap().is_some());
-    let lsock = lres.lock().unwrap().take().unwrap();
+    poll_until(&ctx, "lres.is_some()", || lres.locked().is_some());
+    let lsock = lres.locked().take().unwrap();
     assert!(lsock.has_feature(Feature::Listen));
     let cres = Arc::new(Mutex::new(None));
     let c2 = cres.clone();
@@ -76,12 +77,12 @@ fn setup_async(listen: &SocketAddress) -> (SocketChannel, Arc<SocketChannel>, Ar
         lsock.local_address().unwrap(),
         move |r| {
             assert_eq!(std::thread::current().id(), home);
-            *c2.lock().unwrap() = Some(r.unwrap());
+            *c2.locked() = Some(r.unwrap());
         },
         Some(&ctx),
     );
-    poll_until(&ctx, || cres.lock().unwrap().is_some());
-    let src = cres.lock().unwrap().take().unwrap();
+    poll_until(&ctx, "cres.is_some()", || cres.locked().is_some());
+    let src = cres.locked().take().unwrap();
     src.set_delay(false).unwrap();
     let dst = lsock.accept().unwrap();
     (lsock, Arc::new(src), Arc::new(dst))
@@ -126,12 +127,12 @@ fn io_channel_socket_connect_async_error() {
     let r = res.clone();
     SocketChannel::connect_async(
         SocketAddress::unix(tmp_path("nobody-async.sock")),
-        move |x| *r.lock().unwrap() = Some(x.map(|_| ()).map_err(|e| e.kind())),
+        move |x| *r.locked() = Some(x.map(|_| ()).map_err(|e| e.kind())),
         Some(&ctx),
     );
-    poll_until(&ctx, || res.lock().unwrap().is_some());
+    poll_until(&ctx, "res.is_some()", || res.locked().is_some());
     assert_eq!(
-        res.lock().unwrap().take().unwrap(),
+        res.locked().take().unwrap(),
         Err(std::io::ErrorKind::NotFound)
     );
 }
@@ -456,18 +457,6 @@ fn io_channel_socket_listen_port_range() {
 
 // ----- coroutine mode -----
 
-/// Polls `ctx` until `done`, failing instead of hanging.
-fn poll_until(ctx: &AioContext, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for the coroutine"
-        );
-        ctx.poll(true);
-    }
-}
-
 #[test]
 fn io_channel_socket_co_read_all_yields() {
     let ctx = AioContext::new().unwrap();
@@ -479,7 +468,7 @@ fn io_channel_socket_co_read_all_yields() {
     let co = Coroutine::new(move || {
         let mut buf = vec![0u8; 64 * 1024];
         d.read_all(&mut buf).unwrap();
-        *g.lock().unwrap() = buf;
+        *g.locked() = buf;
     });
     co.enter();
     assert!(!co.is_terminated(), "read_all returned before any data");
@@ -491,9 +480,9 @@ fn io_channel_socket_co_read_all_yields() {
             src.write_all_bytes(chunk).unwrap();
         }
     });
-    poll_until(&ctx, || co.is_terminated());
-    join_bounded(writer, "writer");
-    assert!(*got.lock().unwrap() == expect);
+    poll_until(&ctx, "co.is_terminated()", || co.is_terminated());
+    join_within(writer, "writer");
+    assert!(*got.locked() == expect);
 }
 
 #[test]
@@ -515,8 +504,8 @@ fn io_channel_socket_co_peer_hangup_mid_read() {
         b.write_all_bytes(&[1u8; 10]).unwrap();
         drop(b); // hang up with 90 bytes missing
     });
-    poll_until(&ctx, || co.is_terminated());
-    join_bounded(writer, "writer");
+    poll_until(&ctx, "co.is_terminated()", || co.is_terminated());
+    join_within(writer, "writer");
     let (kind, msg) = result.take().unwrap().unwrap_err();
     assert_eq!(kind, std::io::ErrorKind::UnexpectedEof);
     assert!(msg.contains("end-of-file"), "{msg}");
@@ -534,8 +523,8 @@ fn io_channel_socket_co_clean_eof() {
         r.set(Some(a.read_all_eof(&mut buf).unwrap()));
     });
     co.enter();
-    std::thread::spawn(move || drop(b)).join().unwrap();
-    poll_until(&ctx, || co.is_terminated());
+    join_within(std::thread::spawn(move || drop(b)), "drop(b)");
+    poll_until(&ctx, "co.is_terminated()", || co.is_terminated());
     assert_eq!(result.take(), Some(false));
 }
 
@@ -578,8 +567,8 @@ fn io_channel_socket_co_short_write_completed() {
     co.enter();
     assert!(!co.is_terminated(), "8 MiB fit in the socket buffers");
     go_tx.send(()).unwrap();
-    poll_until(&ctx, || co.is_terminated());
-    let got = join_bounded(reader, "reader");
+    poll_until(&ctx, "co.is_terminated()", || co.is_terminated());
+    let got = join_within(reader, "reader");
     assert!(drained.load(Ordering::SeqCst));
     assert_eq!(got.len(), LEN);
     assert!(got == expect, "data lost or reordered");
@@ -614,8 +603,12 @@ fn io_channel_socket_co_reader_and_writer_share_channel() {
         b.write_all_bytes(b"done!").unwrap();
         sink
     });
-    poll_until(&ctx, || reader.is_terminated() && writer.is_terminated());
-    let sink = join_bounded(peer, "peer");
+    poll_until(
+        &ctx,
+        "reader.is_terminated() && writer.is_terminated()",
+        || reader.is_terminated() && writer.is_terminated(),
+    );
+    let sink = join_within(peer, "peer");
     assert!(sink == pattern(LEN, 9));
     assert_eq!(got.take().unwrap(), b"done!");
 }
@@ -638,11 +631,11 @@ fn io_channel_socket_co_wake_read() {
     co.enter();
     // A spurious wake from another thread: the read retries and yields again.
     let a2 = a.clone();
-    std::thread::spawn(move || a2.wake_read()).join().unwrap();
-    ctx.poll(true);
+    join_within(std::thread::spawn(move || a2.wake_read()), "a2.wake_read()");
+    poll_blocking(&ctx);
     assert!(!done.get());
     b.write_all_bytes(b"abc").unwrap();
-    poll_until(&ctx, || done.get());
+    poll_until(&ctx, "done.get()", || done.get());
 }
 
 #[test]
@@ -663,7 +656,7 @@ fn io_channel_socket_std_io_in_coroutine() {
     let peer = std::thread::spawn(move || {
         Write::write_all(&mut &b, &pattern(300_000, 1)).unwrap();
     });
-    poll_until(&ctx, || co.is_terminated());
-    join_bounded(peer, "peer");
+    poll_until(&ctx, "co.is_terminated()", || co.is_terminated());
+    join_within(peer, "peer");
     assert_eq!(copied.get(), 300_000);
 }

@@ -8,6 +8,7 @@
 //! X.509 matrix and revocation lists are in `crypto_tlssession.rs`, a
 //! WebSocket over TLS in `io_channel_tls_websock.rs`.
 
+mod helpers;
 mod io_channel_helpers;
 mod tls_helpers;
 
@@ -20,11 +21,11 @@ use std::time::{Duration, Instant};
 use corio::io::tls::{Endpoint, TlsCreds, TlsError, X509Pem};
 use corio::io::{Channel, Feature, SocketChannel};
 use corio::{AioContext, Coroutine, IoThread};
-use io_channel_helpers::{join_bounded, pattern};
+use helpers::{join_iothread, join_within, poll_until, LockExt};
+use io_channel_helpers::pattern;
 use tls_helpers::{
     big, blocking_pair, both_ok, good_pair, good_pair_arc, handshake_tasks, handshake_threads,
-    ping_pong, poll_until, qemu_authz, run_both_ways, socket_pair, start_task, tcp_pair, Pki, Tls,
-    DEADLINE,
+    ping_pong, qemu_authz, run_both_ways, socket_pair, start_task, tcp_pair, Pki, Tls, DEADLINE,
 };
 
 // ----- QEMU's /qio/channel/tls/basic, over a socket pair and over TCP -----
@@ -63,11 +64,11 @@ fn io_channel_tls_basic_tcp_task() {
             .join()
             .unwrap();
         poll_until(&ctx, "both handshake completions", || {
-            client_out.lock().unwrap().is_some() && server_out.lock().unwrap().is_some()
+            client_out.locked().is_some() && server_out.locked().is_some()
         });
         let me = std::thread::current().id();
         let [client, server] = [client_out, server_out].map(|out| {
-            let (t, r) = out.lock().unwrap().take().unwrap();
+            let (t, r) = out.locked().take().unwrap();
             assert_eq!(t, me);
             r.unwrap_or_else(|e| panic!("host {host}: {e}"))
         });
@@ -194,8 +195,8 @@ fn io_channel_tls_coroutines_two_iothreads() {
     spawn_co(&t1, move || co_side(server, false, len, tx2));
     spawn_co(&t2, move || co_side(client, true, len, tx));
     expect_reports(&rx, 8);
-    t1.join();
-    t2.join();
+    join_iothread(t1, "t1");
+    join_iothread(t2, "t2");
 }
 
 #[test]
@@ -252,7 +253,7 @@ fn io_channel_tls_bad_ca() {
         matches!(TlsError::from_io(&e), Some(TlsError::Handshake { .. })),
         "{e:?}"
     );
-    assert!(join_bounded(st, "server handshake").is_err());
+    assert!(join_within(st, "server handshake").is_err());
     let e = client.write_all_bytes(b"x").unwrap_err();
     assert!(e.to_string().contains("unusable"), "{e}");
     assert!(!server.is_handshake_complete());
@@ -359,10 +360,8 @@ fn io_channel_tls_handshake_peer_hangs_up() {
     drop(b);
     let ctx = AioContext::new().unwrap();
     let out = start_task(client, &ctx);
-    poll_until(&ctx, "the handshake completion", || {
-        out.lock().unwrap().is_some()
-    });
-    let e = out.lock().unwrap().take().unwrap().1.unwrap_err();
+    poll_until(&ctx, "the handshake completion", || out.locked().is_some());
+    let e = out.locked().take().unwrap().1.unwrap_err();
     assert!(e.starts_with("TLS handshake failed"), "{e}");
 }
 
@@ -487,7 +486,7 @@ fn io_channel_tls_truncated_stream() {
             Err(e) => break e,
         }
     };
-    join_bounded(writer, "writer");
+    join_within(writer, "writer");
     assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
     assert!(err.to_string().contains("truncated"), "{err}");
     assert!(got == sent, "data before the hang-up was lost or changed");
@@ -544,7 +543,7 @@ fn io_channel_tls_write_would_block_retry() {
         got
     });
     client.write_all_bytes(b"end").unwrap();
-    let got = join_bounded(reader, "reader");
+    let got = join_within(reader, "reader");
     let (chunks, end) = got.split_at(expect_len - 3);
     assert_eq!(end, b"end");
     for (i, c) in chunks.chunks(chunk.len()).enumerate() {
@@ -568,7 +567,7 @@ fn io_channel_tls_write_would_block_retry() {
         got
     });
     client.write_all_bytes(&chunk).unwrap(); // the retry: flushes, reports it
-    let got = join_bounded(reader, "reader");
+    let got = join_within(reader, "reader");
     assert_eq!(got.len() % chunk.len(), 0);
     for (i, c) in got.chunks(chunk.len()).enumerate() {
         assert!(c == &chunk[..], "chunk {i} differs");
@@ -614,7 +613,7 @@ fn io_channel_tls_pending_plaintext_wakes_waiters() {
     // pending plaintext can end this wait.
     let s = server.clone();
     let waiter = std::thread::spawn(move || s.wait(corio::io::events::IN));
-    join_bounded(waiter, "wait(IN) with plaintext pending").unwrap();
+    join_within(waiter, "wait(IN) with plaintext pending").unwrap();
     // Inside a coroutine, on a context nobody else feeds.
     let ctx = AioContext::new().unwrap();
     let s = server.clone();
@@ -624,13 +623,13 @@ fn io_channel_tls_pending_plaintext_wakes_waiters() {
         s.yield_for(corio::io::events::IN).unwrap();
         let mut rest = [0u8; 99];
         let n = s.readv(&mut [std::io::IoSliceMut::new(&mut rest)]).unwrap();
-        *g.lock().unwrap() = Some(n);
+        *g.locked() = Some(n);
     });
     co.enter();
     poll_until(&ctx, "coroutine with pending plaintext", || {
         co.is_terminated()
     });
-    assert_eq!(*got.lock().unwrap(), Some(99));
+    assert_eq!(*got.locked(), Some(99));
     assert!(!server.io_has_pending_input());
     // The peer's close_notify is input too: the read returns EOF at once.
     client.bye().unwrap();
@@ -659,19 +658,17 @@ fn io_channel_tls_watch_fires_on_pending_plaintext() {
             Box::new(move |_| {
                 let mut ten = [0u8; 10];
                 match s.readv(&mut [std::io::IoSliceMut::new(&mut ten)]) {
-                    Ok(n) => g.lock().unwrap().extend_from_slice(&ten[..n]),
+                    Ok(n) => g.locked().extend_from_slice(&ten[..n]),
                     Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
                 }
-                g.lock().unwrap().len() < 100
+                g.locked().len() < 100
             }),
-            Some(Box::new(move || *d.lock().unwrap() = true)),
+            Some(Box::new(move || *d.locked() = true)),
             Some(&ctx),
         )
         .unwrap();
-    poll_until(&ctx, "watch reading buffered plaintext", || {
-        *done.lock().unwrap()
-    });
-    assert_eq!(*got.lock().unwrap(), msg);
+    poll_until(&ctx, "watch reading buffered plaintext", || *done.locked());
+    assert_eq!(*got.locked(), msg);
 }
 
 /// The pending-input probe never blocks: while a reader thread sits in a
@@ -705,6 +702,6 @@ fn io_channel_tls_pending_probe_does_not_block() {
     let (pending, watched) = probed.expect("the probe blocked behind the reader");
     assert!(!pending, "nothing was pending");
     assert!(watched);
-    join_bounded(prober, "prober");
-    assert_eq!(&join_bounded(reader, "reader").unwrap(), b"hello");
+    join_within(prober, "prober");
+    assert_eq!(&join_within(reader, "reader").unwrap(), b"hello");
 }

@@ -5,6 +5,7 @@
 //!
 //! Every test generates its own PKI with rcgen (see `tls_helpers`).
 
+mod helpers;
 mod io_channel_helpers;
 mod tls_helpers;
 
@@ -12,8 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use corio::io::{Channel, WebsockChannel};
 use corio::AioContext;
-use io_channel_helpers::{frame, join_bounded, pattern, GOOD_REQUEST};
-use tls_helpers::{poll_until, qemu_authz, tcp_pair, Pki, Tls};
+use helpers::{join_within, poll_until, LockExt};
+use io_channel_helpers::{frame, pattern, GOOD_REQUEST};
+use tls_helpers::{qemu_authz, tcp_pair, Pki, Tls};
 
 // ----- a WebSocket over TLS (QEMU's VNC wss path) -----
 
@@ -58,22 +60,22 @@ fn io_channel_tls_websock_over_tls_task() {
             let tls = r.expect("the TLS handshake");
             assert!(tls.is_handshake_complete());
             WebsockChannel::new_server(tls).handshake(
-                move |r| *o.lock().unwrap() = Some(r.map_err(|e| e.to_string())),
+                move |r| *o.locked() = Some(r.map_err(|e| e.to_string())),
                 Some(&c2),
             );
         },
         Some(&ctx),
     );
     poll_until(&ctx, "the TLS and then the WebSocket handshake", || {
-        ws_out.lock().unwrap().is_some()
+        ws_out.locked().is_some()
     });
-    let ws = ws_out.lock().unwrap().take().unwrap().unwrap();
+    let ws = ws_out.locked().take().unwrap().unwrap();
     let mut got = vec![0u8; payload.len()];
     ws.read_all(&mut got).unwrap();
     assert_eq!(got, payload);
     ws.write_all_bytes(&got).unwrap();
     ws.flush().unwrap();
-    let echo = join_bounded(client, "TLS WebSocket client").unwrap();
+    let echo = join_within(client, "TLS WebSocket client").unwrap();
     assert_eq!(echo, payload);
 }
 
@@ -112,22 +114,20 @@ fn io_channel_tls_websock_over_tls_watch_hears_tls_input() {
         Box::new(move |_| {
             let mut buf = [0u8; 700];
             match w.readv(&mut [std::io::IoSliceMut::new(&mut buf)]) {
-                Ok(k) => g.lock().unwrap().extend_from_slice(&buf[..k]),
+                Ok(k) => g.locked().extend_from_slice(&buf[..k]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("websock read: {e}"),
             }
-            g.lock().unwrap().len() < total
+            g.locked().len() < total
         }),
-        Some(Box::new(move || *d.lock().unwrap() = true)),
+        Some(Box::new(move || *d.locked() = true)),
         Some(&ctx),
     )
     .unwrap();
-    poll_until(&ctx, "the watch reading every frame", || {
-        *done.lock().unwrap()
-    });
+    poll_until(&ctx, "the watch reading every frame", || *done.locked());
     assert!(
-        *got.lock().unwrap() == expect,
+        *got.locked() == expect,
         "frames read through the watch differ"
     );
-    drop(join_bounded(client, "TLS WebSocket client").unwrap());
+    drop(join_within(client, "TLS WebSocket client").unwrap());
 }

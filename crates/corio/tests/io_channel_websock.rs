@@ -6,9 +6,10 @@
 //! the handshake as a QIOTask completing on its context's thread.
 //!
 //! Every wait has a deadline: contexts are polled with `poll(false)` and a
-//! short sleep, client threads are joined with `join_bounded`, and client
+//! short sleep, client threads are joined with `join_within`, and client
 //! sockets have read and write timeouts.
 
+mod helpers;
 mod io_channel_helpers;
 
 use std::io::{Read, Write};
@@ -23,7 +24,8 @@ use corio::io::address::SocketAddress;
 use corio::io::websock::WebsockError;
 use corio::io::{Channel, SocketChannel, WebsockChannel};
 use corio::{AioContext, Coroutine, IoThread};
-use io_channel_helpers::{frame, join_bounded, pattern, GOOD_REQUEST};
+use helpers::{join_iothread, join_within, poll_until, recv_within, LockExt};
+use io_channel_helpers::{frame, pattern, GOOD_REQUEST};
 use tungstenite::client::ClientRequestBuilder;
 use tungstenite::{Bytes, Message, WebSocket};
 
@@ -58,17 +60,6 @@ fn accept(l: &SocketChannel) -> SocketChannel {
     }
 }
 
-/// Polls `ctx` until `done`, failing the test at the deadline.
-fn poll_until(ctx: &AioContext, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        if !ctx.poll(false) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
 /// Runs `f` in a new coroutine on `t`; its result arrives on the receiver.
 fn spawn_on<T: Send + 'static>(
     t: &IoThread,
@@ -97,11 +88,6 @@ fn run_in_coroutine<T: 'static>(
     poll_until(ctx, what, || co.is_terminated());
     let r = out.borrow_mut().take();
     r.unwrap_or_else(|| panic!("{what}: coroutine ended without a result"))
-}
-
-fn recv<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
-    rx.recv_timeout(DEADLINE)
-        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 fn tcp_client(port: u16) -> TcpStream {
@@ -206,10 +192,10 @@ fn websock_echo_tungstenite_on_iothread() {
         let ws = WebsockChannel::new_server(sock);
         echo_server(&ws, &SIZES)
     });
-    let server = recv(&done, "echo server");
-    join_bounded(client, "tungstenite client").unwrap();
+    let server = recv_within(&done, "echo server");
+    join_within(client, "tungstenite client").unwrap();
     server.unwrap();
-    t.join();
+    join_iothread(t, "t");
 }
 
 #[test]
@@ -234,7 +220,7 @@ fn websock_binary_protocol_negotiated() {
         sock.set_blocking(false).unwrap();
         echo_server(&WebsockChannel::new_server(sock), &[5])
     });
-    join_bounded(client, "tungstenite client").unwrap();
+    join_within(client, "tungstenite client").unwrap();
     server.unwrap();
 }
 
@@ -383,7 +369,7 @@ fn websock_echo_python_client_blocking_thread() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    let server = join_bounded(server, "server");
+    let server = join_within(server, "server");
     assert!(
         status.success(),
         "python client failed ({status}):\n{out}{err}\nserver: {server:?}"
@@ -602,7 +588,7 @@ fn websock_handshake_refusals_then_a_good_client() {
             }
             None => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{what}: {e:?}"),
         }
-        let reply = String::from_utf8_lossy(&join_bounded(client, what)).into_owned();
+        let reply = String::from_utf8_lossy(&join_within(client, what)).into_owned();
         match status {
             Some(status) => {
                 assert!(
@@ -649,7 +635,7 @@ fn websock_handshake_refusals_then_a_good_client() {
         ws.write_all_bytes(&buf)?;
         ws.read_all_eof(&mut [0u8])
     });
-    join_bounded(client, "good client").unwrap();
+    join_within(client, "good client").unwrap();
     assert!(!server.unwrap(), "expected end of stream after the close");
 }
 
@@ -709,7 +695,7 @@ fn websock_protocol_errors_close_the_connection() {
             let w = ws.write_all_bytes(b"no").unwrap_err();
             (e, again, w)
         });
-        let (e, again, w) = join_bounded(server, what);
+        let (e, again, w) = join_within(server, what);
         for e in [&e, &again, &w] {
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{what}: {e:?}");
             assert!(
@@ -718,7 +704,7 @@ fn websock_protocol_errors_close_the_connection() {
             );
         }
         // The client got a close frame with the code, then the end.
-        let reply = join_bounded(client, what);
+        let reply = join_within(client, what);
         assert!(reply.len() >= 4, "{what}: reply {reply:x?}");
         assert_eq!(reply[0], 0x88, "{what}: not a close frame: {reply:x?}");
         let len = usize::from(reply[1]);
@@ -772,9 +758,9 @@ fn websock_partial_writes_are_kept_and_flushed() {
             let ctx = AioContext::new().unwrap();
             run_in_coroutine(&ctx, "server coroutine", server)
         } else {
-            join_bounded(std::thread::spawn(server), "server thread")
+            join_within(std::thread::spawn(server), "server thread")
         };
-        join_bounded(client, "client").unwrap();
+        join_within(client, "client").unwrap();
         assert!(!r.unwrap(), "expected end of stream");
     }
 }
@@ -792,13 +778,13 @@ fn websock_handshake_task_completes_on_context_thread() {
 
     let bad = raw_request(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false);
     let done = handshake_task(accept(&l), t.context());
-    let (thread, r) = recv(&done, "failed handshake");
+    let (thread, r) = recv_within(&done, "failed handshake");
     assert_eq!(thread, io_thread);
     assert!(r
         .unwrap_err()
         .to_string()
         .contains("Missing websocket version"));
-    assert!(String::from_utf8_lossy(&join_bounded(bad, "bad client")).starts_with("HTTP/1.1 400 "));
+    assert!(String::from_utf8_lossy(&join_within(bad, "bad client")).starts_with("HTTP/1.1 400 "));
 
     let client = std::thread::spawn(move || -> Result<Option<u16>, String> {
         let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/"), tcp_client(port))
@@ -825,7 +811,7 @@ fn websock_handshake_task_completes_on_context_thread() {
         }
     });
     let done = handshake_task(accept(&l), t.context());
-    let (thread, r) = recv(&done, "good handshake");
+    let (thread, r) = recv_within(&done, "good handshake");
     assert_eq!(thread, io_thread);
     let mut ws = r.unwrap();
     // Blocking mode, from the test thread.
@@ -834,13 +820,13 @@ fn websock_handshake_task_completes_on_context_thread() {
     ws.read_all(&mut buf).unwrap();
     ws.write_all_bytes(&buf).unwrap();
     ws.close().unwrap();
-    assert_eq!(join_bounded(client, "client").unwrap(), Some(1000));
+    assert_eq!(join_within(client, "client").unwrap(), Some(1000));
     let e = ws.read_all(&mut buf).unwrap_err();
     assert_eq!(
         e.raw_os_error(),
         Some(rustix::io::Errno::BADF.raw_os_error())
     );
-    t.join();
+    join_iothread(t, "t");
 }
 
 #[test]
@@ -917,15 +903,7 @@ fn websock_pending_payload_wakes_waiters() {
     // The client sends nothing more: only the buffered payload ends this.
     let w = ws.clone();
     let waiter = std::thread::spawn(move || w.wait(corio::io::events::IN));
-    let deadline = Instant::now() + DEADLINE;
-    while !waiter.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "wait(IN) slept on buffered payload"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    waiter.join().unwrap().unwrap();
+    join_within(waiter, "wait(IN) on buffered payload (it must not sleep)").unwrap();
     let ctx = AioContext::new().unwrap();
     let w = ws.clone();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -934,13 +912,13 @@ fn websock_pending_payload_wakes_waiters() {
         w.yield_for(corio::io::events::IN).unwrap();
         let mut rest = [0u8; 9];
         let n = w.readv(&mut [std::io::IoSliceMut::new(&mut rest)]).unwrap();
-        g.lock().unwrap().extend_from_slice(&rest[..n]);
+        g.locked().extend_from_slice(&rest[..n]);
     });
     co.enter();
     poll_until(&ctx, "coroutine with buffered payload", || {
         co.is_terminated()
     });
-    assert_eq!(&*got.lock().unwrap(), b"123456789");
+    assert_eq!(&*got.locked(), b"123456789");
     assert!(!ws.io_has_pending_input());
     // The client's close frame: the read reports end of stream at once.
     client
@@ -972,19 +950,17 @@ fn websock_watch_fires_on_pending_payload() {
         Box::new(move |_| {
             let mut four = [0u8; 4];
             match w.readv(&mut [std::io::IoSliceMut::new(&mut four)]) {
-                Ok(n) => g.lock().unwrap().extend_from_slice(&four[..n]),
+                Ok(n) => g.locked().extend_from_slice(&four[..n]),
                 Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
             }
-            g.lock().unwrap().len() < 40
+            g.locked().len() < 40
         }),
-        Some(Box::new(move || *d.lock().unwrap() = true)),
+        Some(Box::new(move || *d.locked() = true)),
         Some(&ctx),
     )
     .unwrap();
-    poll_until(&ctx, "watch reading buffered payload", || {
-        *done.lock().unwrap()
-    });
-    assert_eq!(*got.lock().unwrap(), msg);
+    poll_until(&ctx, "watch reading buffered payload", || *done.locked());
+    assert_eq!(*got.locked(), msg);
 }
 
 /// `close` on a blocking master sends every byte `write_all` accepted, then
@@ -1016,6 +992,6 @@ fn websock_close_on_blocking_master_drains_output() {
         ws.write_all_bytes(&data)?;
         ws.close()
     });
-    join_bounded(server, "server").unwrap();
-    assert_eq!(join_bounded(client, "client").unwrap(), Some(1000));
+    join_within(server, "server").unwrap();
+    assert_eq!(join_within(client, "client").unwrap(), Some(1000));
 }

@@ -1,26 +1,14 @@
 //! QEMU's QIONetListener (io/net-listener.c): several sockets for one
 //! address, one callback call per client, disconnect, callback replacement.
 
+mod helpers;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use corio::io::address::SocketAddress;
 use corio::io::{Channel, NetListener, SocketChannel};
 use corio::AioContext;
-
-/// Polls until `done`. `done` may become true without any event in the
-/// context (a client thread finishing), so the poll must not block forever:
-/// a non-blocking poll, and a short sleep when it made no progress.
-fn poll_until(ctx: &AioContext, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out");
-        if !ctx.poll(false) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
+use helpers::{poll_until, LockExt};
 
 fn ipv6_available() -> bool {
     std::net::TcpListener::bind("[::1]:0").is_ok()
@@ -33,7 +21,7 @@ fn echo_func(got: &Arc<Mutex<Vec<Vec<u8>>>>) -> corio::io::net_listener::ClientF
         let mut buf = [0u8; 4];
         client.read_all(&mut buf).unwrap();
         client.write_all_bytes(&buf).unwrap();
-        g.lock().unwrap().push(buf.to_vec());
+        g.locked().push(buf.to_vec());
     })
 }
 
@@ -71,10 +59,10 @@ fn io_net_listener_two_addresses() {
         }
         n
     });
-    poll_until(&ctx, || clients.is_finished());
+    poll_until(&ctx, "clients.is_finished()", || clients.is_finished());
     let n = clients.join().unwrap();
     assert_eq!(n as usize, 2 * expect);
-    let got = got.lock().unwrap();
+    let got = got.locked();
     assert_eq!(got.len(), 2 * expect, "one callback call per connection");
     for (i, g) in got.iter().enumerate() {
         assert_eq!(g, &[i as u8; 4]);
@@ -115,7 +103,7 @@ fn io_net_listener_disconnect_stops_accepting() {
     );
     let addr = SocketAddress::unix(path.clone());
     let _c1 = SocketChannel::connect_sync(&addr).unwrap();
-    poll_until(&ctx, || calls.load(SeqCst) == 1);
+    poll_until(&ctx, "calls.load(SeqCst) == 1", || calls.load(SeqCst) == 1);
     l.disconnect();
     assert!(!l.is_connected());
     assert_eq!(l.num_sockets(), 0);
@@ -143,28 +131,30 @@ fn io_net_listener_replace_callback_runs_old_notify_once() {
         Some(Box::new(move |_, _| {
             f.fetch_add(1, SeqCst);
         })),
-        Some(Box::new(move || n.lock().unwrap().push("first"))),
+        Some(Box::new(move || n.locked().push("first"))),
         Some(&ctx),
     );
     let _a = SocketChannel::connect_sync(&addr).unwrap();
-    poll_until(&ctx, || first.load(SeqCst) == 1);
+    poll_until(&ctx, "first.load(SeqCst) == 1", || first.load(SeqCst) == 1);
 
     let (s, n) = (second.clone(), notes.clone());
     l.set_client_func(
         Some(Box::new(move |_, _| {
             s.fetch_add(1, SeqCst);
         })),
-        Some(Box::new(move || n.lock().unwrap().push("second"))),
+        Some(Box::new(move || n.locked().push("second"))),
         Some(&ctx),
     );
-    assert_eq!(*notes.lock().unwrap(), ["first"]);
+    assert_eq!(*notes.locked(), ["first"]);
     let _b = SocketChannel::connect_sync(&addr).unwrap();
-    poll_until(&ctx, || second.load(SeqCst) == 1);
+    poll_until(&ctx, "second.load(SeqCst) == 1", || {
+        second.load(SeqCst) == 1
+    });
     assert_eq!(first.load(SeqCst), 1);
 
     // Clearing runs the second notify; clients then wait unaccepted.
     l.set_client_func(None, None, None);
-    assert_eq!(*notes.lock().unwrap(), ["first", "second"]);
+    assert_eq!(*notes.locked(), ["first", "second"]);
     let _c = SocketChannel::connect_sync(&addr).unwrap();
     assert!(!ctx.poll(false));
     assert_eq!(second.load(SeqCst), 1);
@@ -172,7 +162,7 @@ fn io_net_listener_replace_callback_runs_old_notify_once() {
     let c = l.wait_client().unwrap();
     assert!(c.remote_address().is_ok());
     drop(l);
-    assert_eq!(notes.lock().unwrap().len(), 2, "no notify ran twice");
+    assert_eq!(notes.locked().len(), 2, "no notify ran twice");
 }
 
 #[test]
@@ -215,7 +205,7 @@ fn io_net_listener_callback_may_disconnect() {
         Some(&ctx),
     );
     let _a = SocketChannel::connect_sync(&addr).unwrap();
-    poll_until(&ctx, || calls.load(SeqCst) == 1);
+    poll_until(&ctx, "calls.load(SeqCst) == 1", || calls.load(SeqCst) == 1);
     assert!(!l.is_connected());
 }
 

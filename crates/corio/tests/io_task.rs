@@ -7,6 +7,7 @@
 //! thread, started by `main_loop()`: under `cargo test` all tests run in one
 //! process, and the main context is bound once.
 
+mod helpers;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Barrier, Condvar, Mutex, OnceLock};
@@ -14,6 +15,7 @@ use std::thread::ThreadId;
 
 use corio::io::task::{Task, TaskError, WorkerPanicked};
 use corio::AioContext;
+use helpers::{poll_blocking_until, recv_within, wait_cv, wait_until, JoinExt, LockExt};
 
 /// The main-loop thread: binds the main context and polls it forever.
 fn main_loop() -> ThreadId {
@@ -28,12 +30,14 @@ fn main_loop() -> ThreadId {
                 let ctx = corio::main_loop::init();
                 assert!(ctx.in_home_thread(), "nobody bound the main context before");
                 tx.send(std::thread::current().id()).unwrap();
+                // The main loop of this process: it waits for work without
+                // end (a daemon thread), so its polls have no deadline.
                 loop {
                     ctx.poll(true);
                 }
             })
             .unwrap();
-        rx.recv().unwrap()
+        recv_within(&rx, "rx")
     })
 }
 
@@ -98,13 +102,13 @@ fn failure() {
     let g = got.clone();
     let mut task = Task::new(Source(3), move |t| {
         let e: TaskError = t.propagate_error().unwrap_err();
-        *g.lock().unwrap() = e.downcast_ref::<TestError>().map(|e| e.0);
+        *g.locked() = e.downcast_ref::<TestError>().map(|e| e.0);
         assert!(t.propagate_error().is_ok(), "propagating takes the error");
     });
     task.set_error(TestError(42));
     task.set_error(TestError(43)); // the first error wins
     task.complete();
-    assert_eq!(*got.lock().unwrap(), Some(42));
+    assert_eq!(*got.locked(), Some(42));
 }
 
 /// /crypto/task/thread_complete: the worker runs in a thread other than the
@@ -119,7 +123,7 @@ fn thread_complete() {
             .unwrap();
     });
     task.run_in_thread(|t| t.set_result(std::thread::current().id()), None);
-    let (worker, completion, err) = rx.recv().unwrap();
+    let (worker, completion, err) = recv_within(&rx, "rx");
     assert_ne!(worker, main);
     assert_ne!(worker, std::thread::current().id());
     assert_eq!(completion, main);
@@ -138,7 +142,7 @@ fn thread_failure() {
             .unwrap();
     });
     task.run_in_thread(|t| t.set_error(TestError(5)), None);
-    let (msg, completion) = rx.recv().unwrap();
+    let (msg, completion) = recv_within(&rx, "rx");
     assert_eq!(msg, "testing task failure: 5");
     assert_eq!(completion, main);
 }
@@ -168,7 +172,7 @@ fn four_workers_distinct_threads_completions_on_main_loop() {
             None,
         );
     }
-    let results: Vec<_> = (0..4).map(|_| rx.recv().unwrap()).collect();
+    let results: Vec<_> = (0..4).map(|_| recv_within(&rx, "rx")).collect();
     let sources: HashSet<u32> = results.iter().map(|r| r.0).collect();
     assert_eq!(sources, HashSet::from([0, 1, 2, 3]));
     let workers: HashSet<ThreadId> = results.iter().map(|r| r.1).collect();
@@ -191,12 +195,12 @@ fn wait_thread_completes_synchronously() {
     let task = Task::new(Source(6), move |t| {
         assert_eq!(t.result::<u32>(), Ok(Some(&99)));
         c.fetch_add(1, SeqCst);
-        *o.lock().unwrap() = Some(std::thread::current().id());
+        *o.locked() = Some(std::thread::current().id());
     });
     let th = task.run_in_thread(|t| t.set_result(99u32), Some(&ctx));
     th.wait_thread();
     assert_eq!(calls.load(SeqCst), 1);
-    assert_eq!(*on.lock().unwrap(), Some(std::thread::current().id()));
+    assert_eq!(*on.locked(), Some(std::thread::current().id()));
     // The bottom half the worker scheduled finds nothing left to do.
     while ctx.poll(false) {}
     assert_eq!(calls.load(SeqCst), 1);
@@ -211,13 +215,11 @@ fn worker_panic_becomes_error() {
     let g = got.clone();
     let task = Task::new(Source(8), move |t| {
         let e = t.propagate_error().unwrap_err();
-        *g.lock().unwrap() = e.downcast_ref::<WorkerPanicked>().cloned();
+        *g.locked() = e.downcast_ref::<WorkerPanicked>().cloned();
     });
     task.run_in_thread(|_| panic!("worker exploded"), Some(&ctx));
-    while got.lock().unwrap().is_none() {
-        ctx.poll(true);
-    }
-    let e = got.lock().unwrap().clone().unwrap();
+    poll_blocking_until(&ctx, "the task's completion", || got.locked().is_some());
+    let e = got.locked().clone().unwrap();
     assert!(e.0.contains("worker exploded"), "{e}");
 }
 
@@ -239,36 +241,28 @@ fn context_dropped_before_completion() {
         let th = task.run_in_thread(
             move |_t| {
                 let (m, cv) = &*g;
-                let mut open = m.lock().unwrap();
-                while !*open {
-                    open = cv.wait(open).unwrap();
-                }
+                drop(wait_cv(cv, m, "the gate to open", |open| *open));
             },
             Some(&ctx),
         );
         (ctx.downgrade(), th)
         // The thread exits: its context goes with it.
     })
-    .join()
-    .unwrap();
+    .joined();
     assert!(
         weak.upgrade().is_none(),
         "the task does not keep the context alive"
     );
     {
         let (m, cv) = &*gate;
-        *m.lock().unwrap() = true;
+        *m.locked() = true;
         cv.notify_all();
     }
-    while !th.is_finished() {
-        std::thread::yield_now();
-    }
+    wait_until("the task's worker thread to finish", || th.is_finished());
     assert_eq!(freed.load(SeqCst), 0, "held by the handle until it goes");
     drop(th);
     // The worker thread may hold the task a moment longer, until it exits.
-    while freed.load(SeqCst) == 0 {
-        std::thread::yield_now();
-    }
+    wait_until("the task to be freed", || freed.load(SeqCst) != 0);
     assert_eq!(freed.load(SeqCst), 1);
     assert!(!completed.load(SeqCst));
 }
@@ -289,5 +283,5 @@ fn result_of_wrong_type_is_an_error() {
         tx.send(t.take_result::<u64>()).unwrap();
     });
     task.complete();
-    assert_eq!(rx.recv().unwrap(), Ok(Some(5)));
+    assert_eq!(recv_within(&rx, "rx"), Ok(Some(5)));
 }

@@ -2,14 +2,16 @@
 //! conditions IN, OUT, PRI, ERR, HUP, NVAL; keep-or-drop callbacks; notify
 //! exactly once; removal by handle from any thread.
 
+mod helpers;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use corio::io::address::SocketAddress;
 use corio::io::{events, Channel, SocketChannel};
 use corio::{AioContext, Coroutine};
+use helpers::{join_within, poll_blocking, poll_until, JoinExt, LockExt};
 
 struct Counts {
     calls: AtomicUsize,
@@ -49,14 +51,6 @@ fn watch(
     .unwrap()
 }
 
-fn poll_until(ctx: &AioContext, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out");
-        ctx.poll(true);
-    }
-}
-
 fn tcp_pair() -> (SocketChannel, SocketChannel) {
     let l = SocketChannel::listen_sync(&SocketAddress::inet("127.0.0.1", 0), 1).unwrap();
     let c = SocketChannel::connect_sync(&l.local_address().unwrap()).unwrap();
@@ -72,7 +66,7 @@ fn io_channel_watch_in_level_triggered() {
     assert!(!ctx.poll(false));
     assert_eq!(c.calls.load(SeqCst), 0);
     b.write_all_bytes(b"xy").unwrap();
-    ctx.poll(true);
+    poll_blocking(&ctx);
     ctx.poll(false);
     // Level-triggered: still readable, so called on each poll.
     assert_eq!(c.calls.load(SeqCst), 2);
@@ -95,7 +89,7 @@ fn io_channel_watch_out_oneshot_notify_once() {
     let (a, _b) = SocketChannel::pair().unwrap();
     let c = counts();
     let h = watch(&a, &ctx, events::OUT, false, &c);
-    ctx.poll(true);
+    poll_blocking(&ctx);
     ctx.poll(false);
     assert_eq!(c.calls.load(SeqCst), 1);
     assert_eq!(c.last.load(SeqCst), events::OUT);
@@ -113,7 +107,9 @@ fn io_channel_watch_hup() {
     let _h = watch(&a, &ctx, events::HUP, false, &c);
     assert!(!ctx.poll(false));
     drop(b);
-    poll_until(&ctx, || c.notified.load(SeqCst) == 1);
+    poll_until(&ctx, "c.notified.load(SeqCst) == 1", || {
+        c.notified.load(SeqCst) == 1
+    });
     assert_eq!(c.last.load(SeqCst), events::HUP);
     assert_eq!(c.calls.load(SeqCst), 1);
 }
@@ -126,7 +122,9 @@ fn io_channel_watch_pri() {
     let _h = watch(&b, &ctx, events::PRI, false, &c);
     assert!(!ctx.poll(false));
     rustix::net::send(&a, b"!", rustix::net::SendFlags::OOB).unwrap();
-    poll_until(&ctx, || c.notified.load(SeqCst) == 1);
+    poll_until(&ctx, "c.notified.load(SeqCst) == 1", || {
+        c.notified.load(SeqCst) == 1
+    });
     assert_eq!(c.last.load(SeqCst), events::PRI);
 }
 
@@ -141,7 +139,9 @@ fn io_channel_watch_err() {
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(a);
-    poll_until(&ctx, || c.notified.load(SeqCst) == 1);
+    poll_until(&ctx, "c.notified.load(SeqCst) == 1", || {
+        c.notified.load(SeqCst) == 1
+    });
     assert_ne!(c.last.load(SeqCst) & events::ERR, 0);
 }
 
@@ -167,8 +167,10 @@ fn io_channel_watch_remove_from_other_thread() {
     let (a, b) = SocketChannel::pair().unwrap();
     let c = counts();
     let h = watch(&a, &ctx, events::IN, true, &c);
-    std::thread::spawn(move || h.remove()).join().unwrap();
-    poll_until(&ctx, || c.notified.load(SeqCst) == 1);
+    join_within(std::thread::spawn(move || h.remove()), "h.remove()");
+    poll_until(&ctx, "c.notified.load(SeqCst) == 1", || {
+        c.notified.load(SeqCst) == 1
+    });
     b.write_all_bytes(b"x").unwrap();
     assert!(!ctx.poll(false));
     assert_eq!(c.calls.load(SeqCst), 0);
@@ -190,7 +192,7 @@ fn io_channel_watch_added_from_other_thread() {
         a2.add_watch(
             events::IN,
             Box::new(move |_| {
-                *r.lock().unwrap() = Some(std::thread::current().id());
+                *r.locked() = Some(std::thread::current().id());
                 false
             }),
             None,
@@ -198,11 +200,10 @@ fn io_channel_watch_added_from_other_thread() {
         )
         .unwrap();
     })
-    .join()
-    .unwrap();
+    .joined();
     b.write_all_bytes(b"x").unwrap();
-    poll_until(&ctx, || ran_on.lock().unwrap().is_some());
-    assert_eq!(*ran_on.lock().unwrap(), Some(home));
+    poll_until(&ctx, "ran_on.is_some()", || ran_on.locked().is_some());
+    assert_eq!(*ran_on.locked(), Some(home));
 }
 
 #[test]
@@ -222,9 +223,11 @@ fn io_channel_watch_beside_yielding_coroutine() {
         assert_eq!(&buf, b"ping");
     });
     co.enter();
-    poll_until(&ctx, || c.notified.load(SeqCst) == 1);
+    poll_until(&ctx, "c.notified.load(SeqCst) == 1", || {
+        c.notified.load(SeqCst) == 1
+    });
     assert!(!co.is_terminated());
     b.write_all_bytes(b"ping").unwrap();
-    poll_until(&ctx, || co.is_terminated());
+    poll_until(&ctx, "co.is_terminated()", || co.is_terminated());
     b.shutdown(Shutdown::Both).unwrap();
 }

@@ -8,12 +8,15 @@
 //!
 //! One test: the main loop is process-wide state.
 
+mod helpers;
+
 use std::panic::catch_unwind;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use corio::io::Task;
 use corio::{main_loop, IoThread};
+use helpers::{join_iothread, poll_blocking_until};
 
 #[test]
 fn main_loop_is_bound_only_by_init() {
@@ -64,12 +67,12 @@ fn main_loop_is_bound_only_by_init() {
     let (tx, rx) = mpsc::channel();
     Task::new((), move |_| tx.send(std::thread::current().id()).unwrap())
         .run_in_thread(|_| {}, None);
-    let got = loop {
-        main.poll(true);
-        if let Ok(id) = rx.try_recv() {
-            break id;
-        }
-    };
+    let mut got = None;
+    poll_blocking_until(&main, "the task's completion on the main loop", || {
+        got = got.or_else(|| rx.try_recv().ok());
+        got.is_some()
+    });
+    let got = got.unwrap();
     assert_eq!(got, std::thread::current().id());
 
     // init from another thread, once bound, panics.
@@ -78,5 +81,5 @@ fn main_loop_is_bound_only_by_init() {
         tx.send(catch_unwind(main_loop::init).is_err()).unwrap();
     });
     assert!(rx.recv_timeout(Duration::from_secs(20)).unwrap());
-    worker.join();
+    join_iothread(worker, "worker");
 }

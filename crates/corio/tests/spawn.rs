@@ -6,29 +6,12 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod helpers;
+
 use corio::io::{Channel, SocketChannel};
 use corio::sync::CoQueue;
 use corio::{AioContext, Coroutine, IoThread, JoinError};
-
-/// Runs `f` on a thread and fails with `what` if it takes longer than 30 s
-/// (a lost wakeup fails with a name instead of hanging).
-fn deadline<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let t = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(v) => {
-            t.join().unwrap();
-            v
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no result within 30 s"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match t.join() {
-            Err(p) => std::panic::resume_unwind(p),
-            Ok(()) => unreachable!(),
-        },
-    }
-}
+use helpers::{poll_blocking, poll_blocking_until, within};
 
 /// Counts drops, to show that a cancelled coroutine's destructors ran.
 struct DropCount(Arc<AtomicUsize>);
@@ -52,7 +35,7 @@ fn park_forever() -> ! {
 
 #[test]
 fn spawn_returns_value_from_iothread() {
-    deadline("spawn_returns_value_from_iothread", || {
+    within("spawn_returns_value_from_iothread", || {
         let t = IoThread::new().unwrap();
         let h = t.spawn(|| {
             assert!(corio::in_coroutine());
@@ -67,7 +50,7 @@ fn spawn_returns_value_from_iothread() {
 /// A coroutine joining another yields; the joined one runs elsewhere.
 #[test]
 fn join_from_coroutine_yields() {
-    deadline("join_from_coroutine_yields", || {
+    within("join_from_coroutine_yields", || {
         let a = IoThread::with_name("a").unwrap();
         let b = IoThread::with_name("b").unwrap();
         let bctx = b.context().clone();
@@ -88,7 +71,7 @@ fn join_from_coroutine_yields() {
 /// `join` outside a coroutine on the context's own thread polls it.
 #[test]
 fn spawn_local_and_join_on_home_thread() {
-    deadline("spawn_local_and_join_on_home_thread", || {
+    within("spawn_local_and_join_on_home_thread", || {
         let _ctx = AioContext::new().unwrap();
         let shared = std::rc::Rc::new(20);
         let s = shared.clone();
@@ -107,13 +90,11 @@ fn spawn_local_and_join_on_home_thread() {
 
 #[test]
 fn try_join_and_is_finished() {
-    deadline("try_join_and_is_finished", || {
+    within("try_join_and_is_finished", || {
         let ctx = AioContext::new().unwrap();
         let mut h = ctx.spawn(|| 5);
         assert!(!h.is_finished());
-        while !h.is_finished() {
-            ctx.poll(true);
-        }
+        poll_blocking_until(&ctx, "h.is_finished()", || h.is_finished());
         assert_eq!(h.try_join().unwrap().unwrap(), 5);
         assert!(h.try_join().is_none(), "the result is taken once");
     });
@@ -123,7 +104,7 @@ fn try_join_and_is_finished() {
 /// goes on serving the others and `run_in`.
 #[test]
 fn panicking_coroutine_is_isolated() {
-    deadline("panicking_coroutine_is_isolated", || {
+    within("panicking_coroutine_is_isolated", || {
         let t = IoThread::new().unwrap();
         let q = Arc::new(AtomicUsize::new(0));
         let good: Vec<_> = (0..4)
@@ -157,7 +138,7 @@ fn panicking_coroutine_is_isolated() {
 /// A panicking bottom half is reported to the hook and the loop goes on.
 #[test]
 fn panicking_bh_does_not_end_iothread() {
-    deadline("panicking_bh_does_not_end_iothread", || {
+    within("panicking_bh_does_not_end_iothread", || {
         static SEEN: AtomicUsize = AtomicUsize::new(0);
         corio::iothread::set_panic_hook(Some(Box::new(|_ctx, p| {
             assert_eq!(p.downcast_ref::<&str>(), Some(&"bh boom"));
@@ -178,7 +159,7 @@ fn panicking_bh_does_not_end_iothread() {
 /// says Cancelled.
 #[test]
 fn abort_unwinds_suspended_coroutine() {
-    deadline("abort_unwinds_suspended_coroutine", || {
+    within("abort_unwinds_suspended_coroutine", || {
         let t = IoThread::new().unwrap();
         let drops = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
@@ -203,7 +184,7 @@ fn abort_unwinds_suspended_coroutine() {
 /// the coroutine is dropped instead of entering a dead coroutine.
 #[test]
 fn abort_on_home_thread_drops_pending_wakeup() {
-    deadline("abort_on_home_thread_drops_pending_wakeup", || {
+    within("abort_on_home_thread_drops_pending_wakeup", || {
         let ctx = AioContext::new().unwrap();
         let (tx, rx) = mpsc::channel();
         let h = ctx.spawn(move || {
@@ -215,7 +196,7 @@ fn abort_on_home_thread_drops_pending_wakeup() {
             if let Ok(me) = rx.try_recv() {
                 break me;
             }
-            ctx.poll(true);
+            poll_blocking(&ctx);
         };
         // Queue a wake from another thread, then cancel before it runs.
         std::thread::spawn({
@@ -235,7 +216,7 @@ fn abort_on_home_thread_drops_pending_wakeup() {
 /// A coroutine aborted before it started never runs.
 #[test]
 fn abort_before_start_never_runs() {
-    deadline("abort_before_start_never_runs", || {
+    within("abort_before_start_never_runs", || {
         let (ctx_tx, ctx_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let t = std::thread::spawn(move || {
@@ -262,7 +243,7 @@ fn abort_before_start_never_runs() {
 /// channels close (fd count back to where it was) and their destructors run.
 #[test]
 fn join_closes_fds_of_suspended_coroutines() {
-    deadline("join_closes_fds_of_suspended_coroutines", || {
+    within("join_closes_fds_of_suspended_coroutines", || {
         let before = open_fds();
         let t = IoThread::new().unwrap();
         let drops = Arc::new(AtomicUsize::new(0));
@@ -305,4 +286,31 @@ fn join_closes_fds_of_suspended_coroutines() {
         drop(peers);
         assert_eq!(open_fds(), before, "fds left open after IoThread::join");
     });
+}
+
+/// A coroutine aborted in the middle of a sleep ends holding the sleep's
+/// schedule claim; its object goes back to the pool without it, so the
+/// next coroutines made on this thread (which reuse it) enter normally.
+#[test]
+fn coroutine_aborted_in_a_sleep_leaves_no_claim_in_the_pool() {
+    within(
+        "coroutine_aborted_in_a_sleep_leaves_no_claim_in_the_pool",
+        || {
+            let ctx = AioContext::new().unwrap();
+            let started = Arc::new(AtomicBool::new(false));
+            let s = started.clone();
+            let h = ctx.spawn(move || {
+                s.store(true, SeqCst);
+                corio::sync::co_sleep_ns(corio::Clock::Realtime, 3_600_000_000_000);
+            });
+            poll_blocking_until(&ctx, "the sleeper to start", || started.load(SeqCst));
+            h.abort();
+            assert!(matches!(h.join(), Err(JoinError::Cancelled)));
+            for i in 0..8 {
+                let co = Coroutine::new(|| {});
+                co.enter();
+                assert!(co.is_terminated(), "coroutine {i} did not run");
+            }
+        },
+    );
 }

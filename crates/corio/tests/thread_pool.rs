@@ -5,6 +5,7 @@
 //! Where QEMU's jobs sleep for seconds, ours wait on a gate that the test
 //! opens: every assertion is on states, none on timings.
 
+mod helpers;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering::SeqCst};
@@ -13,6 +14,9 @@ use std::thread::ThreadId;
 
 use corio::thread_pool::{PoolError, PoolRequest};
 use corio::{AioContext, Coroutine, IoThread, ThreadPool};
+use helpers::{
+    join_iothread, poll_blocking_until, recv_within, wait_cv, wait_until, JoinExt, LockExt,
+};
 
 /// A gate that jobs wait on until the test opens it.
 #[derive(Default)]
@@ -22,13 +26,10 @@ struct Gate {
 }
 impl Gate {
     fn wait(&self) {
-        let mut o = self.open.lock().unwrap();
-        while !*o {
-            o = self.cv.wait(o).unwrap();
-        }
+        drop(wait_cv(&self.cv, &self.open, "the gate to open", |o| *o));
     }
     fn open(&self) {
-        *self.open.lock().unwrap() = true;
+        *self.open.locked() = true;
         self.cv.notify_all();
     }
 }
@@ -46,9 +47,7 @@ fn submit_no_complete() {
         },
         |_| {},
     );
-    while n.load(SeqCst) == 0 {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "n.load(SeqCst) != 0", || n.load(SeqCst) != 0);
     assert_eq!(n.load(SeqCst), 1);
 }
 
@@ -78,9 +77,7 @@ fn submit_aio() {
         },
     );
     assert_eq!(calls.load(SeqCst), 0, "not before the first poll");
-    while !req.is_completed() {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "req.is_completed()", || req.is_completed());
     assert_eq!(ret.load(SeqCst), 0);
     assert_eq!(n.load(SeqCst), 1);
     assert_eq!(calls.load(SeqCst), 1);
@@ -105,9 +102,7 @@ fn submit_co() {
     assert!(!co.is_terminated(), "suspended while the worker runs");
     assert_eq!(*got.borrow(), None);
     gate.open();
-    while !co.is_terminated() {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "co.is_terminated()", || co.is_terminated());
     assert_eq!(*got.borrow(), Some(Ok(7)));
 }
 
@@ -141,9 +136,11 @@ fn submit_many() {
             co
         })
         .collect();
-    while !reqs.iter().all(PoolRequest::is_completed) || !cos.iter().all(Coroutine::is_terminated) {
-        ctx.poll(true);
-    }
+    poll_blocking_until(
+        &ctx,
+        "every request completed and every coroutine ended",
+        || reqs.iter().all(PoolRequest::is_completed) && cos.iter().all(Coroutine::is_terminated),
+    );
     assert_eq!(n.load(SeqCst), 100);
     assert_eq!(done.load(SeqCst), 100);
     assert!(pool.threads() <= corio::thread_pool::DEFAULT_MAX_THREADS);
@@ -186,7 +183,7 @@ fn do_test_cancel(sync: bool) {
                     g.wait();
                     f.store(true, SeqCst);
                 },
-                move |res| *r.lock().unwrap() = Some(res),
+                move |res| *r.locked() = Some(res),
             );
             CancelJob {
                 req,
@@ -198,9 +195,9 @@ fn do_test_cancel(sync: bool) {
         .collect();
     // Every worker takes one job and blocks: exactly `max` run, the rest
     // stay queued (no worker is free to start them).
-    while running.load(SeqCst) < max {
-        std::thread::yield_now();
-    }
+    wait_until("every worker to start a job", || {
+        running.load(SeqCst) >= max
+    });
     assert_eq!(pool.queued(), 100 - max);
     assert!(100 - max > 50, "more than half still to run, as in QEMU");
     let mut cancelled = 0;
@@ -215,12 +212,30 @@ fn do_test_cancel(sync: bool) {
             cancelled += 1;
             if sync {
                 assert!(j.req.is_completed(), "cancel returns after the completion");
-                assert_eq!(*j.ret.lock().unwrap(), Some(Err(PoolError::Canceled)));
+                assert_eq!(*j.ret.locked(), Some(Err(PoolError::Canceled)));
             }
         }
     }
     assert_eq!(cancelled, 100 - max);
     assert_eq!(pool.queued(), 0);
+    if !sync {
+        // As QEMU's case: cancel_async on the jobs that are RUNNING (each
+        // blocks on the gate): refused, and the job goes on to complete
+        // normally, once.
+        for j in jobs.iter().filter(|j| j.started.load(SeqCst)) {
+            assert!(!j.req.cancel_async(), "a running job cannot be cancelled");
+            assert!(!j.req.is_completed(), "still running");
+        }
+        // This poll runs the cancelled jobs' completions, not the running
+        // jobs' ones.
+        ctx.poll(false);
+        assert!(
+            jobs.iter()
+                .filter(|j| j.started.load(SeqCst))
+                .all(|j| j.ret.locked().is_none()),
+            "a refused cancel_async completed a running job"
+        );
+    }
     gate.open();
     for j in &jobs {
         if sync {
@@ -228,11 +243,11 @@ fn do_test_cancel(sync: bool) {
             assert!(j.req.is_completed());
         }
     }
-    while !jobs.iter().all(|j| j.req.is_completed()) {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "every job completed", || {
+        jobs.iter().all(|j| j.req.is_completed())
+    });
     for j in &jobs {
-        let ret = j.ret.lock().unwrap().clone().expect("every job completed");
+        let ret = j.ret.locked().clone().expect("every job completed");
         if j.started.load(SeqCst) {
             assert_eq!(ret, Ok(()));
             assert!(j.finished.load(SeqCst), "a running job is never aborted");
@@ -272,10 +287,10 @@ fn panic_in_work_reaches_submitter() {
         || std::thread::current().id(),
         move |r| tx.send((r, false)).unwrap(),
     );
-    while !(r1.is_completed() && r2.is_completed()) {
-        ctx.poll(true);
-    }
-    let (a, b) = (rx.recv().unwrap(), rx.recv().unwrap());
+    poll_blocking_until(&ctx, "r1.is_completed() && r2.is_completed()", || {
+        r1.is_completed() && r2.is_completed()
+    });
+    let (a, b) = (recv_within(&rx, "rx"), recv_within(&rx, "rx"));
     let (bad, good) = if a.1 { (a.0, b.0) } else { (b.0, a.0) };
     match bad {
         Err(PoolError::Panicked(m)) => assert!(m.contains("boom in a worker"), "{m}"),
@@ -290,9 +305,7 @@ fn panic_in_work_reaches_submitter() {
         assert!(matches!(r, Err(PoolError::Panicked(m)) if m.contains("co boom")));
     });
     co.enter();
-    while !co.is_terminated() {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "co.is_terminated()", || co.is_terminated());
 }
 
 /// Completions run in the submitting context: a pool on an IOThread
@@ -318,11 +331,11 @@ fn completion_runs_in_submitting_iothread() {
         .enter();
     });
     for _ in 0..2 {
-        let (worker, completion) = rx.recv().unwrap();
+        let (worker, completion) = recv_within(&rx, "rx");
         assert_eq!(completion, iothread);
         assert_ne!(worker, iothread);
     }
-    t.join();
+    join_iothread(t, "t");
 }
 
 /// min threads start at once; with a short idle timeout, idle workers above
@@ -343,13 +356,11 @@ fn min_max_and_idle_timeout() {
         .collect();
     assert!(pool.threads() <= 4, "never more than max");
     gate.open();
-    while !reqs.iter().all(PoolRequest::is_completed) {
-        ctx.poll(true);
-    }
+    poll_blocking_until(&ctx, "every request completed", || {
+        reqs.iter().all(PoolRequest::is_completed)
+    });
     pool.set_params(0, 4);
-    while pool.threads() > 0 {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_until("the idle workers to exit", || pool.threads() == 0);
 }
 
 /// A context dropped while its pool still runs a request: the completion is
@@ -389,17 +400,14 @@ fn context_dropped_with_work_in_flight() {
             ctx.downgrade()
             // The thread exits: its context goes with it.
         })
-        .join()
-        .unwrap()
+        .joined()
     };
     assert!(
         weak.upgrade().is_none(),
         "the pool does not keep the context alive"
     );
     gate.open();
-    while !dropped.load(SeqCst) {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_until("the completion to be dropped", || dropped.load(SeqCst));
     assert!(ran.load(SeqCst));
     assert!(!completed.load(SeqCst));
 }
@@ -417,10 +425,7 @@ fn completion_panic_does_not_lose_the_batch() {
         reqs.push(ctx.thread_pool().submit_aio(
             move || {
                 let (m, c) = &*g;
-                let mut open = m.lock().unwrap();
-                while !*open {
-                    open = c.wait(open).unwrap();
-                }
+                drop(wait_cv(c, m, "the gate to open", |open| *open));
             },
             move |_r: Result<(), PoolError>| {
                 if i == 0 {
@@ -432,7 +437,7 @@ fn completion_panic_does_not_lose_the_batch() {
     }
     {
         let (m, c) = &*gate;
-        *m.lock().unwrap() = true;
+        *m.locked() = true;
         c.notify_all();
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -2,14 +2,16 @@
 //! stderr backend's format, and (with the `tracing` feature) the `tracing`
 //! backend.
 
+mod helpers;
 use corio::trace;
+use helpers::LockExt;
 
 /// Event states are process-wide: tests that switch them take turns.
 static STATES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn patterns_enable_and_disable() {
-    let _turn = STATES.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = STATES.locked();
     let names: Vec<&str> = trace::events().iter().map(|e| e.name()).collect();
     for qemu in [
         "qemu_aio_coroutine_enter",
@@ -105,13 +107,13 @@ fn tracing_backend_sees_events() {
         fn event(&self, e: &Event<'_>) {
             let mut s = String::new();
             e.record(&mut V(&mut s));
-            self.0.lock().unwrap().push(s);
+            self.0.locked().push(s);
         }
         fn enter(&self, _: &Id) {}
         fn exit(&self, _: &Id) {}
     }
 
-    let _turn = STATES.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = STATES.locked();
     let c = Collect::default();
     trace::set_backends(&[trace::Backend::Tracing]);
     trace::enable("qemu_coroutine_yield");
@@ -121,7 +123,7 @@ fn tracing_backend_sees_events() {
         co.enter();
     });
     trace::disable("*");
-    let seen = c.0.lock().unwrap();
+    let seen = c.0.locked();
     assert!(
         seen.iter()
             .any(|s| s.contains("event=qemu_coroutine_yield") && s.contains("from 0x")),

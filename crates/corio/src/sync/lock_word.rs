@@ -42,6 +42,9 @@ pub(super) struct Core<W> {
     woken_at: StateWord,
     /// The waiters. Never held across a yield.
     slow: SlowMutex<Slow<W>>,
+    /// How many times the mutex was handed to a starving waiter (QEMU's
+    /// handoff): a statistic, never a protocol input (std, `Relaxed`).
+    handoffs: std::sync::atomic::AtomicU64,
 }
 
 /// The origin of [`Core::woken_at`].
@@ -86,6 +89,7 @@ impl<W: Clone> Core<W> {
                 woken: None,
                 granted: false,
             }),
+            handoffs: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -99,6 +103,7 @@ impl<W: Clone> Core<W> {
                 woken: None,
                 granted: false,
             }),
+            handoffs: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -246,7 +251,13 @@ impl<W: Clone> Core<W> {
         // `slow` orders our critical section before the waiter, which reads
         // `granted` under it, as in `wake_oldest`'s handoff.
         slow.granted = true;
+        self.handoffs.fetch_add(1, Relaxed);
         true
+    }
+
+    /// How many times the mutex was handed over (see `handoffs`).
+    pub(super) fn handoffs(&self) -> u64 {
+        self.handoffs.load(Relaxed)
     }
 
     #[cold]
@@ -283,6 +294,9 @@ impl<W: Clone> Core<W> {
         let waker = w.waker.clone();
         slow.woken = Some(w);
         slow.granted = grant;
+        if grant {
+            self.handoffs.fetch_add(1, Relaxed);
+        }
         waker
     }
 }

@@ -287,6 +287,14 @@ impl<T: ?Sized> CoMutex<T> {
     fn ptr(&self) -> *const () {
         self as *const Self as *const ()
     }
+
+    /// How many unlocks so far handed the mutex over to a waiter that had
+    /// waited too long (QEMU's handoff: the mutex stays locked and the
+    /// waiter wakes up owning it) instead of releasing it. A statistic, for
+    /// tests and tuning.
+    pub fn handoffs(&self) -> u64 {
+        self.core.handoffs()
+    }
 }
 
 impl CoMutex<()> {

@@ -1,13 +1,17 @@
 //! QEMU's tests/unit/io-channel-helpers.c: 1 MB in 250 iovecs of 4194
 //! bytes, written by one thread and read by another, then compared.
+//!
+//! Uses `helpers`: a test crate that declares `mod io_channel_helpers;`
+//! declares `mod helpers;` too.
 
 #![allow(dead_code)]
 
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use corio::io::Channel;
+
+use crate::helpers::join_within;
 
 pub const IOV_COUNT: usize = 250;
 pub const IOV_LEN: usize = 4194;
@@ -44,20 +48,9 @@ where
         dst.readv_all(&mut iov).unwrap();
         got
     });
-    join_bounded(writer, "writer");
-    let got = join_bounded(reader, "reader");
+    join_within(writer, "writer");
+    let got = join_within(reader, "reader");
     assert!(got == expect, "data read differs from data written");
-}
-
-/// Joins a thread, failing the test instead of hanging past 60 s.
-pub fn join_bounded<T>(h: std::thread::JoinHandle<T>, what: &str) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !h.is_finished() {
-        assert!(Instant::now() < deadline, "{what} thread hung");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    h.join()
-        .unwrap_or_else(|_| panic!("{what} thread panicked"))
 }
 
 /// A well-formed WebSocket upgrade request (RFC 6455's example key).

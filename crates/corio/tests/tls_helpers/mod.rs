@@ -12,8 +12,10 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use crate::helpers::LockExt;
 use std::thread::ThreadId;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use corio::io::address::SocketAddress;
 use corio::io::tls::{Endpoint, TlsChannel, TlsCreds, TlsError};
@@ -24,7 +26,9 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 
-use crate::io_channel_helpers::{join_bounded, run_threads};
+use crate::helpers::join_within;
+use crate::helpers::poll_until;
+use crate::io_channel_helpers::run_threads;
 
 pub type Tls = TlsChannel<SocketChannel>;
 
@@ -32,11 +36,7 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Bytes moved each way by the coroutine transfers.
 pub fn big() -> usize {
-    if std::env::var_os("CORIO_TEST_THOROUGH").is_some() {
-        64 << 20
-    } else {
-        4 << 20
-    }
+    crate::helpers::quick_or_thorough(4 << 20, 64 << 20)
 }
 
 // ----- a PKI per test -----
@@ -200,18 +200,6 @@ pub fn qemu_authz() -> Arc<dyn corio::io::tls::Authz> {
     Arc::new(|dn: &str| dn.starts_with("C=UK,CN=qemu"))
 }
 
-/// Polls `ctx` without blocking until `done`, failing the test at the
-/// deadline instead of hanging.
-pub fn poll_until(ctx: &AioContext, what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        if !ctx.poll(false) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
 /// How a handshake task ended: the channel, or the error's message.
 pub type Handshaken = Result<Arc<Tls>, String>;
 
@@ -229,7 +217,7 @@ pub fn start_task(ch: Tls, ctx: &AioContext) -> Outcome {
                 assert!(TlsError::from_io(&e).is_some(), "{e:?}");
                 e.to_string()
             });
-            *o.lock().unwrap() = Some((std::thread::current().id(), r));
+            *o.locked() = Some((std::thread::current().id(), r));
         },
         Some(ctx),
     );
@@ -243,11 +231,11 @@ pub fn handshake_tasks(ctx: &AioContext, client: Tls, server: Tls) -> (Handshake
     let c = start_task(client, ctx);
     let s = start_task(server, ctx);
     poll_until(ctx, "both handshake completions", || {
-        c.lock().unwrap().is_some() && s.lock().unwrap().is_some()
+        c.locked().is_some() && s.locked().is_some()
     });
     let me = std::thread::current().id();
-    let (ct, cr) = c.lock().unwrap().take().unwrap();
-    let (st, sr) = s.lock().unwrap().take().unwrap();
+    let (ct, cr) = c.locked().take().unwrap();
+    let (st, sr) = s.locked().take().unwrap();
     assert_eq!(ct, me, "client completion ran off the context's thread");
     assert_eq!(st, me, "server completion ran off the context's thread");
     (cr, sr)
@@ -261,7 +249,7 @@ pub fn handshake_threads(
     let s = server.clone();
     let st = std::thread::spawn(move || s.handshake_sync().map_err(|e| e.to_string()));
     let cr = client.handshake_sync().map_err(|e| e.to_string());
-    (cr, join_bounded(st, "server handshake"))
+    (cr, join_within(st, "server handshake"))
 }
 
 /// Good certificates, both ends verifying, client authorized by name;

@@ -2,8 +2,6 @@
 //! that speaks through the codec (`ClientDecoder`), for the server tests.
 //! Every read has a deadline: a lost reply fails with a name, never hangs.
 
-#![allow(dead_code)]
-
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -17,37 +15,14 @@ use corio_nbd::server::{Export, Server, ServerConfig, ServerHandle};
 use corio_nbd::storage::memory::MemoryStorage;
 use corio_nbd::storage::Storage;
 
-/// How long any single read may wait.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+#[allow(unused_imports)] // re-exported for the server tests
+pub use super::{TempDir, DEADLINE};
 
 pub struct TestServer {
     pub handle: ServerHandle,
     pub thread: Option<JoinHandle<io::Result<()>>>,
     pub path: PathBuf,
     _dir: TempDir,
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "corio-nbd-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 pub fn memory(size: u64) -> Arc<MemoryStorage> {
@@ -204,16 +179,7 @@ impl Client {
 
     /// Whether the server hung up (EOF or reset) within the deadline.
     pub fn closed_by_server(&mut self) -> bool {
-        let mut b = [0u8; 1];
-        loop {
-            match self.s.read(&mut b) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
+        super::closed_by_server(&mut self.s)
     }
 
     pub fn greeting(&mut self) -> HandshakeFlags {
@@ -353,15 +319,7 @@ impl Client {
         payload: &[u8],
     ) -> u64 {
         let cookie = self.cookie();
-        let mut out = Vec::new();
-        Request {
-            cookie,
-            command,
-            flags,
-            offset,
-            length,
-        }
-        .encode(self.mode, &mut out);
+        let mut out = encode_request(self.mode, cookie, command, flags, offset, length);
         out.extend_from_slice(payload);
         self.send(&out);
         cookie
@@ -370,15 +328,8 @@ impl Client {
     /// Sends a request unless the server has hung up; the cookie if sent.
     pub fn try_request(&mut self, command: Command, offset: u64, payload: &[u8]) -> Option<u64> {
         let cookie = self.cookie();
-        let mut out = Vec::new();
-        Request {
-            cookie,
-            command,
-            flags: CmdFlags::empty(),
-            offset,
-            length: payload.len() as u64,
-        }
-        .encode(self.mode, &mut out);
+        let len = payload.len() as u64;
+        let mut out = encode_request(self.mode, cookie, command, CmdFlags::empty(), offset, len);
         out.extend_from_slice(payload);
         self.s.write_all(&out).ok().map(|()| cookie)
     }
@@ -548,9 +499,32 @@ impl Client {
     }
 }
 
-/// A pattern of `len` bytes, different per `seed`.
+/// A pattern of `len` bytes (any length), different per `seed`, with no
+/// zero byte (so no block of it reads as a hole). The real-client tests
+/// use [`super::clients::image::pattern`]: 8-byte words that never repeat.
 pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
         .collect()
+}
+
+/// One request header, encoded for `mode`.
+pub fn encode_request(
+    mode: Mode,
+    cookie: u64,
+    command: Command,
+    flags: CmdFlags,
+    offset: u64,
+    length: u64,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    Request {
+        cookie,
+        command,
+        flags,
+        offset,
+        length,
+    }
+    .encode(mode, &mut out);
+    out
 }

@@ -2,43 +2,15 @@
 //! socket in a temporary directory, and external clients run with a
 //! deadline. A missing tool fails the test with its name; nothing skips.
 
-#![allow(dead_code)]
-
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long a server may take to listen, and a client to finish.
-pub const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "corio-nbd-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use super::wait_deadline;
+#[allow(unused_imports)] // re-exported for the tests of the binary
+pub use super::{run, Run, TempDir, DEADLINE};
 
 /// A server process, killed on drop.
 pub struct ServerProc {
@@ -127,17 +99,15 @@ impl ServerProc {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
         // SAFETY: kill(2) with a pid we spawned and have not reaped.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+        match wait_deadline(&mut self.child, DEADLINE) {
+            Some(status) => {
                 let err = self.stderr();
-                return (status, err);
+                (status, err)
             }
-            if start.elapsed() > DEADLINE {
+            None => {
                 let err = self.kill_and_stderr();
                 panic!("server did not exit within {DEADLINE:?} of SIGTERM: {err}");
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -161,74 +131,6 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A client run to completion with a deadline.
-pub struct Run {
-    pub ok: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Runs `program args...` with `PATH` starting at /usr/bin (nbdsh needs the
-/// system python3 with the `nbd` module, not a pyenv one).
-///
-/// # Panics
-/// If the program is missing or does not finish within [`DEADLINE`].
-pub fn run(program: &str, args: &[&str]) -> Run {
-    let path = format!(
-        "/usr/bin:/bin:{}",
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut child = Command::new(program)
-        .args(args)
-        .env("PATH", path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `{program}` (is it installed?): {e}"));
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_string(&mut s);
-            }
-            s
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`{program} {}` did not finish within {DEADLINE:?}",
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        ok: status.success(),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
     }
 }
 

@@ -148,15 +148,7 @@ impl Raw {
     /// Whether the server has closed the connection: a read returns EOF
     /// or a reset (not a timeout) within [`READ_TIMEOUT`].
     pub fn closed_by_server(&mut self) -> bool {
-        let mut buf = [0u8; 512];
-        loop {
-            match self.sock.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
-            }
-        }
+        super::super::closed_by_server(&mut self.sock)
     }
 }
 

@@ -10,14 +10,15 @@
 //! (nbdinfo, nbdsh, nbdcopy, qemu-img, qemu-io, fio) fails the test: CI
 //! (`.ci/run`) installs them.
 
-#![allow(dead_code)] // each test file uses a part of this module
-
 pub mod image;
 pub mod raw;
 
+#[allow(unused_imports)] // re-exported for the real-client tests
+pub use super::{output_within, wait_deadline};
+
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{Read, Seek};
+
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -148,57 +149,6 @@ fn python_with_libnbd_path() -> OsString {
     let mut ordered = vec![good.clone()];
     ordered.extend(std::env::split_paths(&path));
     std::env::join_paths(ordered).expect("PATH entries join")
-}
-
-/// Waits for `child` up to `deadline`; `None` if it is still running.
-pub fn wait_deadline(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait on a child") {
-            return Some(status);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn read_back(mut file: File) -> Vec<u8> {
-    let mut buf = Vec::new();
-    file.rewind().expect("rewind output file");
-    file.read_to_end(&mut buf).expect("read output file");
-    buf
-}
-
-/// Runs `cmd` to completion within `deadline`, capturing its output in
-/// files (not pipes: a daemon the command forks may keep them open).
-///
-/// # Panics
-/// When the command cannot start or does not finish in time (it is killed).
-pub fn output_within(cmd: &mut Command, deadline: Duration) -> Output {
-    let desc = format!("{cmd:?}");
-    let out = tempfile::tempfile().expect("temp file for stdout");
-    let err = tempfile::tempfile().expect("temp file for stderr");
-    cmd.stdin(Stdio::null())
-        .stdout(out.try_clone().expect("dup stdout file"))
-        .stderr(err.try_clone().expect("dup stderr file"));
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
-    let Some(status) = wait_deadline(&mut child, deadline) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "{desc} did not finish within {deadline:?}; stderr so far:\n{}",
-            String::from_utf8_lossy(&read_back(err))
-        );
-    };
-    Output {
-        status,
-        stdout: read_back(out),
-        stderr: read_back(err),
-    }
 }
 
 /// Runs `cmd` within [`CLIENT_DEADLINE`].
