@@ -4,13 +4,13 @@
 //! `qemu-img map` and qemu-nbd on the same image. Missing tools (qemu-img,
 //! qemu-io, qemu-nbd, nbdcopy, nbdinfo) fail the tests.
 
-mod bin_helpers;
+mod helpers;
 mod qcow2_helpers;
 
 use std::path::Path;
 use std::thread;
 
-use bin_helpers::{run, TempDir};
+use helpers::process::{run, TempDir};
 use qcow2_helpers::{
     check_clean, compare, ok, qemu_io, raw_shadow, s, serve, serve_qemu, shm_dir, uri,
 };
@@ -321,7 +321,7 @@ fn image_is_flushed_when_a_client_leaves() {
             "h.pwrite(b'\\x66' * (3 << 20), 0); h.pwrite(b'\\x67' * 65536, 5 << 20)",
         ],
     );
-    let deadline = std::time::Instant::now() + bin_helpers::DEADLINE;
+    let deadline = std::time::Instant::now() + helpers::DEADLINE;
     loop {
         let r = run(
             "qemu-io",

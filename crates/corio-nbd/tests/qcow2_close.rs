@@ -4,12 +4,12 @@
 //! moves to it: see BENCHMARKS.md, qcow2 phase 2).
 //! Missing qemu-img / qemu-io fail the test.
 
-mod bin_helpers;
+mod helpers;
 mod qcow2_helpers;
 
-use bin_helpers::TempDir;
 use corio_nbd::storage::qcow2::{Qcow2Options, Qcow2Storage};
 use corio_nbd::storage::Storage;
+use helpers::process::TempDir;
 use qcow2_helpers::{check_clean, ok, qemu_io, s};
 
 #[test]

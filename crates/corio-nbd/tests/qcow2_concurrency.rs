@@ -11,13 +11,13 @@
 //! commands. On ext4 every I/O goes through the thread pool; on tmpfs the
 //! small ones run in place. Missing qemu-img / qemu-io fail the tests.
 
-mod bin_helpers;
+mod helpers;
 mod qcow2_helpers;
 
 use std::path::Path;
 use std::thread;
 
-use bin_helpers::TempDir;
+use helpers::process::TempDir;
 use qcow2_helpers::{check_clean, compare, ok, qemu_io, raw_shadow, s, serve, shm_dir, uri};
 
 const CLUSTER: u64 = 64 << 10;

@@ -5,12 +5,12 @@
 //! backing chain; and QEMU's "probed raw" rule: without `-f`, a raw image
 //! may not get a format header written into its first sector.
 
-mod bin_helpers;
+mod helpers;
 mod qcow2_helpers;
 
 use std::path::Path;
 
-use bin_helpers::{corio_nbd, run, TempDir};
+use helpers::process::{corio_nbd, run, TempDir};
 use qcow2_helpers::{ok, qemu_io, s, serve, uri};
 
 /// Runs corio-nbd on `image` (it must refuse and exit); returns stderr.

@@ -5,10 +5,10 @@
 //! must find the image clean and `qemu-img compare` identical to the
 //! shadow. Missing qemu-img / qemu-io fail the tests.
 
-mod bin_helpers;
+mod helpers;
 mod qcow2_helpers;
 
-use bin_helpers::TempDir;
+use helpers::process::TempDir;
 use qcow2_helpers::{
     check_clean, ok, qemu_io, raw_shadow, s, served_in_place, shm_dir, write_and_verify, WRITES,
 };
@@ -186,7 +186,7 @@ fn internal_snapshot_left_intact() {
             s(&snap),
         ],
     );
-    let r = bin_helpers::run("cmp", &[s(&snap), s(&before)]);
+    let r = helpers::run("cmp", &[s(&snap), s(&before)]);
     assert!(r.ok, "snapshot s1 changed: {}{}", r.stdout, r.stderr);
 }
 

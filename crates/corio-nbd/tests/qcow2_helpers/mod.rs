@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::bin_helpers::{corio_nbd, run, Run, ServerProc, TempDir};
+use crate::helpers::process::{corio_nbd, run, Run, ServerProc, TempDir};
 
 /// A temporary directory on tmpfs (/dev/shm), where the qcow2 backend
 /// serves requests in place rather than in the thread pool.
