@@ -375,8 +375,9 @@ impl AioContext {
     /// bottom half, a coroutine handed over, a timer): a notify that comes
     /// while the home thread is between its own check of some flag and its
     /// next blocking poll is not remembered. To tell a loop "look at my
-    /// flag again", schedule a bottom half ([`bh_schedule_oneshot`]
-    /// (Self::bh_schedule_oneshot)) after setting the flag instead.
+    /// flag again", schedule a bottom half
+    /// ([`bh_schedule_oneshot`](Self::bh_schedule_oneshot)) after setting
+    /// the flag instead.
     ///
     /// # Thread context
     /// Any thread.
