@@ -712,59 +712,6 @@ impl AioContext {
         }
         progress
     }
-
-    // ----- timers -----
-
-    fn timer_insert(&self, t: &Arc<TimerInner>) {
-        let mut local = self.shared.local();
-        let at = t.expire.load(Relaxed);
-        let pos = local
-            .timers
-            .partition_point(|o| o.expire.load(Relaxed) <= at);
-        local.timers.insert(pos, t.clone());
-        // No notify: timers are armed on the home thread, which is awake.
-    }
-
-    fn timer_remove(&self, t: &Arc<TimerInner>) {
-        let mut local = self.shared.local();
-        if let Some(i) = local.timers.iter().position(|o| Arc::ptr_eq(o, t)) {
-            local.timers.remove(i);
-        }
-    }
-
-    fn run_timers(&self) -> bool {
-        let s = &*self.shared;
-        if s.local_in_poll().timers.is_empty() {
-            return false;
-        }
-        let now = Clock::Realtime.now_ns();
-        let mut progress = false;
-        loop {
-            let t = {
-                let mut local = s.local_in_poll();
-                match local.timers.first() {
-                    Some(t) if t.expire.load(Relaxed) <= now => local.timers.remove(0),
-                    _ => break,
-                }
-            };
-            t.expire.store(-1, Relaxed);
-            let called = match t.cb.try_lock() {
-                Ok(mut cb) => {
-                    cb();
-                    true
-                }
-                // An earlier run panicked: the timer still works.
-                Err(std::sync::TryLockError::Poisoned(e)) => {
-                    (e.into_inner())();
-                    true
-                }
-                // Running further up the stack (a nested poll).
-                Err(std::sync::TryLockError::WouldBlock) => false,
-            };
-            progress |= called;
-        }
-        progress
-    }
 }
 
 impl std::fmt::Debug for AioContext {
