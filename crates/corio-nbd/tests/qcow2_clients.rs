@@ -12,7 +12,7 @@ use std::thread;
 
 use helpers::process::{run, TempDir};
 use qcow2_helpers::{
-    check_clean, compare, ok, qemu_io, raw_shadow, s, serve, serve_qemu, shm_dir, uri,
+    check_clean, compare, create, ok, qemu_io, raw_shadow, s, serve, serve_qemu, shm_dir, uri,
 };
 
 const MIB: u64 = 1 << 20;
@@ -25,7 +25,7 @@ fn concurrent_clients(dir: &TempDir) {
     const SPAN: u64 = 4 * MIB;
     let img = dir.path("conc.qcow2");
     let size = (CLIENTS * SPAN).to_string();
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), &size]);
+    create("qcow2", &img, &size, &[]);
     let srv = serve(
         dir,
         "c",
@@ -73,7 +73,7 @@ fn concurrent_clients_on_two_iothreads_in_place() {
 /// A qcow2 image with data, zero clusters and unallocated space.
 fn mixed_image(dir: &TempDir) -> std::path::PathBuf {
     let img = dir.path("mixed.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "24M"]);
+    create("qcow2", &img, "24M", &[]);
     qemu_io(
         "qcow2",
         s(&img),
@@ -109,7 +109,7 @@ fn nbdcopy_from_qcow2() {
 fn nbdcopy_into_qcow2() {
     let dir = TempDir::new("q2-copy-in");
     let src = dir.path("src.raw");
-    ok("qemu-img", &["create", "-q", "-f", "raw", s(&src), "24M"]);
+    create("raw", &src, "24M", &[]);
     qemu_io(
         "raw",
         s(&src),
@@ -118,7 +118,7 @@ fn nbdcopy_into_qcow2() {
     // The target starts full of other data: holes in the source must be
     // zeroed through the server.
     let img = dir.path("target.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "24M"]);
+    create("qcow2", &img, "24M", &[]);
     qemu_io("qcow2", s(&img), &["write -P 0x55 0 24M"]);
     let srv = serve(
         &dir,
@@ -227,27 +227,13 @@ fn block_status_through_a_backing_chain() {
     let base = dir.path("base.raw");
     let mid = dir.path("mid.qcow2");
     let top = dir.path("top.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "raw", s(&base), "16M"]);
+    create("raw", &base, "16M", &[]);
     qemu_io(
         "raw",
         s(&base),
         &["write -P 0x11 0 2M", "write -P 0x12 9M 1M"],
     );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.raw",
-            "-F",
-            "raw",
-            s(&mid),
-            "16M",
-        ],
-    );
+    create("qcow2", &mid, "16M", &["-b", "base.raw", "-F", "raw"]);
     qemu_io(
         "qcow2",
         s(&mid),
@@ -257,21 +243,7 @@ fn block_status_through_a_backing_chain() {
             "write -P 0x22 14M 1M",
         ],
     );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "mid.qcow2",
-            "-F",
-            "qcow2",
-            s(&top),
-            "16M",
-        ],
-    );
+    create("qcow2", &top, "16M", &["-b", "mid.qcow2", "-F", "qcow2"]);
     qemu_io(
         "qcow2",
         s(&top),
@@ -308,7 +280,7 @@ fn block_status_of_compressed_clusters() {
 fn image_is_flushed_when_a_client_leaves() {
     let dir = TempDir::new("q2-disconnect");
     let img = dir.path("live.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "8M"]);
+    create("qcow2", &img, "8M", &[]);
     let mut srv = serve(&dir, "d", &["-f", "qcow2", "-t"], &img);
     // nbdsh sends no flush (qemu-io would, on close): only the
     // disconnect can write back the L2 and refcount tables.

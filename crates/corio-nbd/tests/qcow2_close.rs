@@ -10,13 +10,13 @@ mod qcow2_helpers;
 use corio_nbd::storage::qcow2::{Qcow2Options, Qcow2Storage};
 use corio_nbd::storage::Storage;
 use helpers::process::TempDir;
-use qcow2_helpers::{check_clean, ok, qemu_io, s};
+use qcow2_helpers::{check_clean, create, qemu_io, s};
 
 #[test]
 fn dropped_image_keeps_its_writes() {
     let dir = TempDir::new("q2-close");
     let img = dir.path("drop.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "8M"]);
+    create("qcow2", &img, "8M", &[]);
     let image = Qcow2Storage::open(&img, Qcow2Options::default()).unwrap();
     // Two clusters in fresh L2 entries (held in imago's cache until a
     // flush), and a partial one.

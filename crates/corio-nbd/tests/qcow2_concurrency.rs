@@ -18,7 +18,7 @@ use std::path::Path;
 use std::thread;
 
 use helpers::process::TempDir;
-use qcow2_helpers::{check_clean, compare, ok, qemu_io, raw_shadow, s, serve, shm_dir, uri};
+use qcow2_helpers::{check_clean, compare, create, qemu_io, raw_shadow, s, serve, shm_dir, uri};
 
 const CLUSTER: u64 = 64 << 10;
 const CLUSTERS: u64 = 256;
@@ -71,28 +71,11 @@ fn commands(i: u64) -> Vec<String> {
 fn clients_on_an_overlay(dir: &TempDir) {
     let size = (CLUSTERS * CLUSTER).to_string();
     let backing = dir.path("base.raw");
-    ok(
-        "qemu-img",
-        &["create", "-q", "-f", "raw", s(&backing), &size],
-    );
+    create("raw", &backing, &size, &[]);
     let fill = format!("write -P 0x55 0 {size}");
     qemu_io("raw", s(&backing), &[&fill]);
     let img = dir.path("top.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.raw",
-            "-F",
-            "raw",
-            s(&img),
-            &size,
-        ],
-    );
+    create("qcow2", &img, &size, &["-b", "base.raw", "-F", "raw"]);
     let shadow = dir.path("shadow.raw");
     raw_shadow(&img, &shadow);
     let srv = serve(

@@ -11,7 +11,7 @@ mod qcow2_helpers;
 use std::path::Path;
 
 use helpers::process::{corio_nbd, run, TempDir};
-use qcow2_helpers::{ok, qemu_io, s, serve, uri};
+use qcow2_helpers::{create, ok, qemu_io, s, serve, uri};
 
 /// Runs corio-nbd on `image` (it must refuse and exit); returns stderr.
 fn refused(dir: &TempDir, args: &[&str], image: &Path) -> String {
@@ -39,19 +39,15 @@ fn encrypted(dir: &TempDir, name: &str, format: &str) -> std::path::PathBuf {
     } else {
         ""
     };
-    ok(
-        "qemu-img",
+    create(
+        "qcow2",
+        &img,
+        "4M",
         &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
             "--object",
             "secret,id=sec0,data=123456",
             "-o",
             &format!("encrypt.format={format},encrypt.key-secret=sec0{fast}"),
-            s(&img),
-            "4M",
         ],
     );
     img
@@ -81,21 +77,11 @@ fn encrypted_backing_file_is_refused() {
     let dir = TempDir::new("q2-enc-backing");
     encrypted(&dir, "base.qcow2", "luks");
     let top = dir.path("top.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-u",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            s(&top),
-            "4M",
-        ],
+    create(
+        "qcow2",
+        &top,
+        "4M",
+        &["-u", "-b", "base.qcow2", "-F", "qcow2"],
     );
     let err = refused(&dir, &["-f", "qcow2", "-r"], &top);
     assert_has(&err, &["base.qcow2", "is encrypted (LUKS)"]);
@@ -105,19 +91,7 @@ fn encrypted_backing_file_is_refused() {
 fn zstd_compression_is_refused() {
     let dir = TempDir::new("q2-zstd");
     let img = dir.path("zstd.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "compression_type=zstd",
-            s(&img),
-            "4M",
-        ],
-    );
+    create("qcow2", &img, "4M", &["-o", "compression_type=zstd"]);
     let err = refused(&dir, &["-f", "qcow2"], &img);
     assert_has(
         &err,
@@ -133,19 +107,7 @@ fn zstd_compression_is_refused() {
 fn extended_l2_is_refused() {
     let dir = TempDir::new("q2-extl2");
     let img = dir.path("extl2.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "extended_l2=on",
-            s(&img),
-            "4M",
-        ],
-    );
+    create("qcow2", &img, "4M", &["-o", "extended_l2=on"]);
     let err = refused(&dir, &["-f", "qcow2"], &img);
     assert_has(
         &err,
@@ -171,19 +133,7 @@ fn set_dirty(img: &Path) {
 fn dirty_image_is_refused_until_repaired() {
     let dir = TempDir::new("q2-dirty");
     let img = dir.path("dirty.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "lazy_refcounts=on",
-            s(&img),
-            "4M",
-        ],
-    );
+    create("qcow2", &img, "4M", &["-o", "lazy_refcounts=on"]);
     qemu_io("qcow2", s(&img), &["write -P 0x77 0 1M"]);
     set_dirty(&img);
     let err = refused(&dir, &["-f", "qcow2"], &img);
@@ -216,7 +166,7 @@ fn dirty_image_is_refused_until_repaired() {
 fn probed_raw_refuses_a_format_header_in_sector_0() {
     let dir = TempDir::new("q2-probed-raw");
     let img = dir.path("disk.raw");
-    ok("qemu-img", &["create", "-q", "-f", "raw", s(&img), "4M"]);
+    create("raw", &img, "4M", &[]);
     let srv = serve(&dir, "p", &["-t"], &img);
     let u = uri(&srv.socket);
     // Ordinary data in sector 0 is fine; so is a header elsewhere.
@@ -255,7 +205,7 @@ fn probed_raw_refuses_a_format_header_in_sector_0() {
 fn unsupported_formats_are_named() {
     let dir = TempDir::new("q2-formats");
     let img = dir.path("disk.vmdk");
-    ok("qemu-img", &["create", "-q", "-f", "vmdk", s(&img), "4M"]);
+    create("vmdk", &img, "4M", &[]);
     let err = refused(&dir, &[], &img);
     assert_has(&err, &["looks like a vmdk image", "-f raw"]);
     let err = refused(&dir, &["-f", "vmdk"], &img);

@@ -10,7 +10,8 @@ mod qcow2_helpers;
 
 use helpers::process::TempDir;
 use qcow2_helpers::{
-    check_clean, ok, qemu_io, raw_shadow, s, served_in_place, shm_dir, write_and_verify, WRITES,
+    check_clean, create, ok, qemu_io, raw_shadow, s, served_in_place, shm_dir, write_and_verify,
+    WRITES,
 };
 
 /// Fills `image` (any format qemu-io opens) with a pattern in a few
@@ -31,7 +32,7 @@ fn seed(fmt: &str, image: &std::path::Path) {
 fn fresh_image() {
     let dir = TempDir::new("q2-fresh");
     let img = dir.path("fresh.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "8M"]);
+    create("qcow2", &img, "8M", &[]);
     assert!(!served_in_place(&img), "{} is not on tmpfs", img.display());
     write_and_verify(&dir, &img, &["-f", "qcow2"], WRITES);
 }
@@ -42,24 +43,10 @@ fn fresh_and_overlay_images_on_tmpfs() {
     let dir = shm_dir("q2-shm");
     let base = dir.path("base.qcow2");
     let top = dir.path("top.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&base), "8M"]);
+    create("qcow2", &base, "8M", &[]);
     assert!(served_in_place(&base));
     seed("qcow2", &base);
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            s(&top),
-            "8M",
-        ],
-    );
+    create("qcow2", &top, "8M", &["-b", "base.qcow2", "-F", "qcow2"]);
     write_and_verify(&dir, &top, &["-f", "qcow2"], WRITES);
     write_and_verify(&dir, &base, &["-f", "qcow2"], WRITES);
 }
@@ -68,7 +55,7 @@ fn fresh_and_overlay_images_on_tmpfs() {
 fn image_with_data_and_probed_format() {
     let dir = TempDir::new("q2-probed");
     let img = dir.path("data.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "8M"]);
+    create("qcow2", &img, "8M", &[]);
     seed("qcow2", &img);
     // No -f: the qcow2 magic is probed, as qemu-nbd does.
     write_and_verify(&dir, &img, &[], WRITES);
@@ -80,45 +67,17 @@ fn overlay_on_a_backing_file() {
     let base = dir.path("base.raw");
     let mid = dir.path("mid.qcow2");
     let top = dir.path("top.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "raw", s(&base), "8M"]);
+    create("raw", &base, "8M", &[]);
     seed("raw", &base);
     // A relative backing name: resolved against the image's directory,
     // not the server's working directory.
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.raw",
-            "-F",
-            "raw",
-            s(&mid),
-            "8M",
-        ],
-    );
+    create("qcow2", &mid, "8M", &["-b", "base.raw", "-F", "raw"]);
     qemu_io(
         "qcow2",
         s(&mid),
         &["write -P 0x21 1M 1M", "write -z 6M 64k"],
     );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "mid.qcow2",
-            "-F",
-            "qcow2",
-            s(&top),
-            "8M",
-        ],
-    );
+    create("qcow2", &top, "8M", &["-b", "mid.qcow2", "-F", "qcow2"]);
     let base_before = std::fs::read(&base).unwrap();
     write_and_verify(&dir, &top, &["-f", "qcow2"], WRITES);
     // The backing files were opened read-only and are untouched.
@@ -135,7 +94,7 @@ fn compressed_clusters() {
     let dir = TempDir::new("q2-compressed");
     let src = dir.path("src.raw");
     let img = dir.path("comp.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "raw", s(&src), "8M"]);
+    create("raw", &src, "8M", &[]);
     seed("raw", &src);
     ok(
         "qemu-img",
@@ -163,7 +122,7 @@ fn internal_snapshot_left_intact() {
     let dir = TempDir::new("q2-snapshot");
     let img = dir.path("snap.qcow2");
     let before = dir.path("before.raw");
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "8M"]);
+    create("qcow2", &img, "8M", &[]);
     seed("qcow2", &img);
     ok("qemu-img", &["snapshot", "-c", "s1", s(&img)]);
     raw_shadow(&img, &before);
@@ -195,18 +154,11 @@ fn external_data_file() {
     let dir = TempDir::new("q2-datafile");
     let img = dir.path("meta.qcow2");
     let data = dir.path("meta.data");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            &format!("data_file={}", s(&data)),
-            s(&img),
-            "8M",
-        ],
+    create(
+        "qcow2",
+        &img,
+        "8M",
+        &["-o", &format!("data_file={}", s(&data))],
     );
     seed("qcow2", &img);
     write_and_verify(&dir, &img, &["-f", "qcow2"], WRITES);
@@ -219,19 +171,7 @@ fn external_data_file() {
 fn version_2_image_zeroes_by_writing() {
     let dir = TempDir::new("q2-v2");
     let img = dir.path("v2.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "compat=0.10",
-            s(&img),
-            "8M",
-        ],
-    );
+    create("qcow2", &img, "8M", &["-o", "compat=0.10"]);
     seed("qcow2", &img);
     // Only cluster-aligned discards: a partial cluster keeps its data
     // (NBD leaves what a trimmed range reads unspecified), which a raw

@@ -48,6 +48,15 @@ pub fn ok(program: &str, args: &[&str]) -> String {
 }
 
 /// A path as a `&str` (test paths are UTF-8).
+/// `qemu-img create -q -f FMT [OPTS...] IMAGE SIZE`, failing the test if it
+/// fails.
+pub fn create(fmt: &str, image: &Path, size: &str, opts: &[&str]) {
+    let mut args = vec!["create", "-q", "-f", fmt];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&[s(image), size]);
+    ok("qemu-img", &args);
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 test path")
 }

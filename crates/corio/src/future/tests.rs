@@ -582,10 +582,11 @@ fn block_on_migrated_while_parked_wakes_at_new_home() {
         // On a's thread, after the coroutine has parked (a's thread ran it
         // up to its yield before taking this call).
         a.context().run_in(move || {
-            // SAFETY: the coroutine's stack holds only `Send` values at its
-            // yield in `block_on` (the gate, the waker, contexts, handles)
-            // and no thread-local reference; nothing wakes it on a's
-            // context but the bridge's waker, which block_on replaces.
+            // At its yield in `block_on` the coroutine's stack holds only
+            // `Send` values (the gate, the waker, contexts, handles).
+            // SAFETY: that, no thread-local reference on its stack, and
+            // nothing but the bridge's waker (which block_on replaces) wakes
+            // it on a's context: it may move to b.
             unsafe { to.co_schedule_migrate(&co) };
         });
         while gate.polls() < 2 {
