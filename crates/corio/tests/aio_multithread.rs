@@ -8,26 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corio::{co_reschedule_self, yield_now, AioContext, CoHandle, Coroutine, IoThread};
-use helpers::{join_iothread, join_within, LockExt};
+use helpers::{join_iothread, join_within, LockExt, Rng};
 
 const NUM_CONTEXTS: usize = 5;
 
 fn duration() -> Duration {
     helpers::quick_or_thorough(Duration::from_secs(1), Duration::from_secs(10))
-}
-
-/// A small xorshift generator: the tests need cheap randomness, not quality.
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 fn start_threads() -> Vec<IoThread> {

@@ -4,6 +4,8 @@
 //! many rounds), and the documented tokio patterns, the working ones and
 //! the one that does not work.
 
+mod helpers;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use corio::future::block_on;
 use corio::{IoThread, JoinError};
+use helpers::Rng;
 
 fn thorough() -> bool {
     std::env::var_os("CORIO_TEST_THOROUGH").is_some_and(|v| v != "0")
@@ -35,20 +38,6 @@ fn deadline<T: Send + 'static>(what: &str, secs: u64, f: impl FnOnce() -> T + Se
             Err(p) => std::panic::resume_unwind(p),
             Ok(()) => unreachable!(),
         },
-    }
-}
-
-/// A small xorshift generator: the tests need cheap randomness, not quality.
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
     }
 }
 

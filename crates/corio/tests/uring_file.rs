@@ -3,6 +3,8 @@
 //! ring beside epoll, and the thread pool when the kernel refuses io_uring
 //! (a seccomp filter on the test's thread makes `io_uring_setup` fail).
 
+mod helpers;
+
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use corio::io::AioFile;
 use corio::{AioContext, FdMon, JoinError, ThreadPool};
+use helpers::Rng;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -151,19 +154,6 @@ fn temp_file(len: u64) -> File {
 }
 
 /// xorshift64: reproducible offsets without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn random_offsets_match_shadow(mode: Mode) {
     on_context(mode, move |ctx| {
         const SIZE: u64 = 256 * 1024;
@@ -175,12 +165,12 @@ fn random_offsets_match_shadow(mode: Mode) {
         };
         run(ctx, move || {
             let mut shadow = vec![0u8; SIZE as usize];
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+            let mut rng = Rng::new(1);
             for i in 0..ops {
-                let len = 1 + rng.below(16 * 1024) as usize;
-                let off = rng.below(SIZE - len as u64);
+                let len = 1 + rng.below(16 * 1024);
+                let off = rng.below((SIZE - len as u64) as usize) as u64;
                 if rng.below(2) == 0 {
-                    let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                    let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
                     let (r, back) = file.write_all_at(off, data);
                     r.unwrap();
                     shadow[off as usize..off as usize + len].copy_from_slice(&back);

@@ -261,3 +261,26 @@ fn join_bounded<T>(
     }
     h.join()
 }
+
+/// A small xorshift generator: the tests need cheap randomness, not quality.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (any value; zero is mapped away).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
