@@ -11,7 +11,7 @@ mod helpers;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
-use helpers::process::{corio_nbd, ServerProc, TempDir, DEADLINE};
+use helpers::process::{corio_nbd, handshake, ServerProc, TempDir, DEADLINE};
 
 const BLOCK: usize = 4096;
 const REPLY_MAGIC: u32 = 0x6744_6698;
@@ -43,20 +43,6 @@ fn raise_nofile(need: u64) {
         "RLIMIT_NOFILE hard limit {} is below the {need} descriptors this test needs",
         lim.rlim_max
     );
-}
-
-fn handshake(s: &mut UnixStream) -> u64 {
-    let mut greeting = [0u8; 18];
-    s.read_exact(&mut greeting).unwrap();
-    assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
-    s.write_all(&3u32.to_be_bytes()).unwrap(); // FIXED_NEWSTYLE | NO_ZEROES
-    let mut opt = b"IHAVEOPT".to_vec();
-    opt.extend(1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME
-    opt.extend(0u32.to_be_bytes());
-    s.write_all(&opt).unwrap();
-    let mut reply = [0u8; 10];
-    s.read_exact(&mut reply).unwrap();
-    u64::from_be_bytes(reply[..8].try_into().unwrap())
 }
 
 fn request(cmd: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {

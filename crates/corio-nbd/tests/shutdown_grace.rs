@@ -6,28 +6,12 @@
 
 mod helpers;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 
-use helpers::process::{corio_nbd, ServerProc, TempDir};
+use helpers::process::{corio_nbd, handshake, ServerProc, TempDir};
 
 const MIB: u32 = 1 << 20;
-
-/// Fixed newstyle with NO_ZEROES, `NBD_OPT_EXPORT_NAME ""`: returns the
-/// export size.
-fn handshake(s: &mut UnixStream) -> u64 {
-    let mut greeting = [0u8; 18];
-    s.read_exact(&mut greeting).unwrap();
-    assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
-    s.write_all(&3u32.to_be_bytes()).unwrap(); // FIXED_NEWSTYLE | NO_ZEROES
-    let mut opt = b"IHAVEOPT".to_vec();
-    opt.extend(1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME
-    opt.extend(0u32.to_be_bytes());
-    s.write_all(&opt).unwrap();
-    let mut reply = [0u8; 10];
-    s.read_exact(&mut reply).unwrap();
-    u64::from_be_bytes(reply[..8].try_into().unwrap())
-}
 
 fn read_request(cookie: u64, offset: u64, len: u32) -> Vec<u8> {
     let mut r = 0x2560_9513u32.to_be_bytes().to_vec();

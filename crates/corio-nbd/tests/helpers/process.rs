@@ -2,7 +2,7 @@
 //! socket in a temporary directory, and external clients run with a
 //! deadline. A missing tool fails the test with its name; nothing skips.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -137,4 +137,20 @@ impl Drop for ServerProc {
 /// The corio-nbd binary under test.
 pub fn corio_nbd() -> &'static str {
     env!("CARGO_BIN_EXE_corio-nbd")
+}
+
+/// A raw client's handshake with a server started here: fixed newstyle with
+/// NO_ZEROES, `NBD_OPT_EXPORT_NAME ""`; returns the export size.
+pub fn handshake(s: &mut UnixStream) -> u64 {
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
+    s.write_all(&3u32.to_be_bytes()).unwrap(); // FIXED_NEWSTYLE | NO_ZEROES
+    let mut opt = b"IHAVEOPT".to_vec();
+    opt.extend(1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME
+    opt.extend(0u32.to_be_bytes());
+    s.write_all(&opt).unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).unwrap();
+    u64::from_be_bytes(reply[..8].try_into().unwrap())
 }
