@@ -118,7 +118,8 @@ struct Shared {
     /// Home-thread state (see the `Sync` impl).
     local: RefCell<Local>,
     /// The context's thread pool, created on first use (QEMU's
-    /// `ctx->thread_pool`); dropping it with the context stops its workers.
+    /// `ctx->thread_pool`); dropping it with the context cancels its queued
+    /// requests and joins its workers (`thread_pool.rs`, "Teardown").
     /// Opaque here: the pool (a floor above) puts and takes its own type.
     thread_pool: OpaqueSlot,
     /// Adaptive polling's counters ([`AioContext::poll_stats`]).

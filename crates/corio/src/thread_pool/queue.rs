@@ -47,7 +47,8 @@ pub(super) struct QueueState<J> {
     pub(super) min: usize,
     pub(super) max: usize,
     pub(super) idle_timeout: Duration,
-    /// The pool's owner is gone: workers exit once the queue is empty.
+    /// The pool's owner is gone: workers exit once their running request
+    /// returns (the queue was emptied), and none is started.
     pub(super) stopping: bool,
 }
 
@@ -111,6 +112,19 @@ impl<J> WorkQueue<J> {
         }
     }
 
+    /// Stops the queue: no request is taken and no worker started from now
+    /// on; the workers exit once their running request returns. Returns the
+    /// requests that had not started, for the caller to cancel.
+    pub(super) fn stop(&self) -> VecDeque<J> {
+        let mut st = self.lock();
+        st.stopping = true;
+        let left = std::mem::take(&mut st.queue);
+        self.queued.store(0, Relaxed);
+        drop(st);
+        self.work.notify_all();
+        left
+    }
+
     /// Removes the first queued request that `matches` (a cancel); returns
     /// whether one was queued.
     pub(super) fn remove(&self, matches: impl Fn(&J) -> bool) -> bool {
@@ -135,7 +149,7 @@ impl<J> WorkQueue<J> {
             st.signalled += 1;
             return true;
         }
-        if st.cur < st.max {
+        if st.cur < st.max && !st.stopping {
             spawn(st);
         }
         false
@@ -248,12 +262,11 @@ mod loom_tests {
             }
             assert_eq!(*n, jobs, "a request ran twice");
             drop(n);
-            q.lock().stopping = true;
-            q.notify_all();
+            assert!(q.stop().is_empty());
             for w in workers {
                 w.join().unwrap();
             }
-            assert!(q.lock().queue.is_empty());
+            assert_eq!(q.lock().cur, 0);
         });
     }
 
