@@ -80,7 +80,7 @@ mod done;
 mod queue;
 
 use self::done::DoneList;
-use self::queue::{QueueState, Queued, WorkQueue, Worker};
+use self::queue::{Queued, Wake, WorkQueue, Worker};
 use crate::aio::{AioContext, WeakAioContext};
 use crate::coroutine::{yield_now, CoHandle, Coroutine};
 use crate::trace;
@@ -273,25 +273,18 @@ struct PoolShared {
 }
 
 impl PoolShared {
-    fn spawn_worker(self: &Arc<Self>, st: &mut QueueState<Arc<dyn Job>>) {
+    /// Creates a worker thread (counted by the queue already) and keeps its
+    /// handle for the drop to join.
+    fn spawn_worker(self: &Arc<Self>) -> std::io::Result<()> {
         let shared = self.clone();
-        let spawned = std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("worker".to_owned())
-            .spawn(move || worker(&shared));
-        match spawned {
-            Ok(handle) => {
-                st.cur += 1;
-                let mut threads = lock(&self.threads);
-                // Workers that exited on their idle timeout need no join.
-                threads.retain(|t| !t.is_finished());
-                threads.push(handle);
-            }
-            // Out of threads: the queued work waits for a running worker,
-            // as it would at `max`. With no worker at all it would wait
-            // forever, so that is a panic.
-            Err(e) if st.cur == 0 => panic!("thread pool: cannot start a worker: {e}"),
-            Err(_) => {}
-        }
+            .spawn(move || worker(&shared))?;
+        let mut threads = lock(&self.threads);
+        // Workers that exited on their idle timeout need no join.
+        threads.retain(|t| !t.is_finished());
+        threads.push(handle);
+        Ok(())
     }
 
     /// The pool's teardown (see the module docs): cancels what has not
@@ -305,8 +298,7 @@ impl PoolShared {
             trace::thread_pool_cancel_aio(job.as_ptr(), std::ptr::null());
             job.discard();
         }
-        // Workers start under the queue lock, never once it is stopped:
-        // every worker's handle is in `threads` now.
+        self.queue.wait_spawned();
         let threads = std::mem::take(&mut *lock(&self.threads));
         let me = std::thread::current().id();
         for t in threads {
@@ -427,10 +419,14 @@ impl ThreadPool {
         let mut st = self.shared.queue.lock();
         st.min = min;
         st.max = max;
-        while st.cur < st.min && !st.stopping {
-            self.shared.spawn_worker(&mut st);
-        }
         drop(st);
+        // Threads are created unlocked, one at a time.
+        loop {
+            match self.shared.queue.grow_to_min() {
+                Wake::Nothing => break,
+                w => self.shared.queue.act(w, || self.shared.spawn_worker()),
+            }
+        }
         // Workers above a lowered `max` or `min` re-check when they wake.
         self.shared.queue.notify_all();
     }
@@ -530,15 +526,13 @@ impl ThreadPool {
             .expect("thread pool: its AioContext was dropped");
         ctx.assert_home("submit to its thread pool");
         trace::thread_pool_submit_aio(self.ptr(), job.as_ptr(), std::ptr::null());
-        self.shared
-            .queue
-            .push(job, |st| self.shared.spawn_worker(st));
+        self.shared.queue.push(job, || self.shared.spawn_worker());
     }
 }
 
 fn worker(pool: &Arc<PoolShared>) {
     pool.queue
-        .work(&mut PoolWorker(pool), |st| pool.spawn_worker(st));
+        .work(&mut PoolWorker(pool), || pool.spawn_worker());
 }
 
 /// Worker thread: hands a finished request to the context.

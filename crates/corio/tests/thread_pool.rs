@@ -146,6 +146,41 @@ fn submit_many() {
     assert!(pool.threads() <= corio::thread_pool::DEFAULT_MAX_THREADS);
 }
 
+/// Review finding (workers started outside the queue lock, one from
+/// another): a burst of blocking requests on an empty pool still gets a
+/// worker per request, so none waits for a busy worker while another could
+/// start (QEMU's rule).
+#[test]
+fn burst_on_an_empty_pool_starts_a_worker_per_request() {
+    let ctx = AioContext::new().unwrap();
+    let pool = ctx.thread_pool();
+    let gate = Arc::new(Gate::default());
+    let (tx, rx) = mpsc::channel();
+    let reqs: Vec<PoolRequest> = (0..8)
+        .map(|_| {
+            let (g, tx) = (gate.clone(), tx.clone());
+            pool.submit_aio(
+                move || {
+                    tx.send(std::thread::current().id()).unwrap();
+                    g.wait();
+                },
+                |_| {},
+            )
+        })
+        .collect();
+    let mut ids: Vec<ThreadId> = (0..8)
+        .map(|_| recv_within(&rx, "every request running at once"))
+        .collect();
+    ids.sort_unstable_by_key(|id| format!("{id:?}"));
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "each blocked request has its own worker");
+    assert_eq!(pool.threads(), 8);
+    gate.open();
+    poll_blocking_until(&ctx, "every request completed", || {
+        reqs.iter().all(PoolRequest::is_completed)
+    });
+}
+
 struct CancelJob {
     req: PoolRequest,
     started: Arc<AtomicBool>,
