@@ -100,6 +100,7 @@ pub(crate) use self::enter::*;
 use self::recycle::*;
 
 pub(crate) use cancel::{cancel, cancelling, Cancel};
+pub use home::orphans_dropped;
 pub(crate) use home::{install_current_home, take_orphans, Home, MoveTarget};
 
 use std::cell::{Cell, RefCell, UnsafeCell};
