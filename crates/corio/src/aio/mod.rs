@@ -75,6 +75,13 @@ pub use bh::Bh;
 pub use fd::{EventNotifier, EventsCallback, FdCallback, NotifierCallback, PollCallback};
 pub use poll::{PollStats, DEFAULT_POLL_IDLE_INTERVAL};
 pub(crate) use sys::FileOp;
+
+/// Takes the calling thread's current context away (the thread then has
+/// none), for a reused worker thread to start its next task as a fresh
+/// thread would (`io::task`'s workers).
+pub(crate) fn take_current_ctx() -> Option<AioContext> {
+    current::replace_current_ctx(None)
+}
 pub use sys::{events, FdMon};
 pub use timer::{Clock, Timer};
 

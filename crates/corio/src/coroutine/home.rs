@@ -86,6 +86,15 @@ impl Drop for Orphans {
     }
 }
 
+/// Drops this thread's orphans now, as its exit would (counted and traced
+/// the same way).
+pub(super) fn drop_orphans() {
+    let orphans = ORPHANS
+        .try_with(|o| std::mem::take(&mut *o.0.borrow_mut()))
+        .unwrap_or_default();
+    drop(Orphans(RefCell::new(orphans)));
+}
+
 /// How many coroutines were dropped, in this process, because their thread
 /// exited before it ever had an event loop to run them on: each had been
 /// woken before any [`AioContext`](crate::AioContext) existed and could
