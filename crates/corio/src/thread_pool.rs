@@ -40,7 +40,9 @@
 //! * every worker thread is joined (its thread-locals destroyed) before
 //!   the drop returns. So the drop blocks while a running request blocks:
 //!   a work function must not wait for its context's thread once the
-//!   context may be dropped, as in QEMU.
+//!   context may be dropped, as in QEMU. That includes a thread's exit,
+//!   which drops its current context (with glibc, the main thread's too,
+//!   from `exit`): a request that never returns keeps that exit waiting.
 //!
 //! A context may be dropped on one of its own pool's workers (the last
 //! reference held by a work function, or by the worker that was scheduling
