@@ -29,9 +29,12 @@
 //! worker is `starting` (created, not yet at its loop) it counts as a worker
 //! on its way: a submission starts no other, and the new worker, when it
 //! takes its first request, wakes or starts the next one if more wait
-//! (QEMU's `pending_threads`, whose new worker calls `do_spawn_thread`). So
-//! a burst of submissions costs the submitter at most one thread creation,
-//! and the workers grow one from another.
+//! (QEMU's `pending_threads`, whose new worker calls `do_spawn_thread`);
+//! a worker that starts one goes on starting, back to back, as many as the
+//! queued requests still need (QEMU's backlog, `new_threads`). So a burst
+//! of submissions costs the submitter at most one thread creation, and the
+//! others are created by one worker in a row rather than each by the
+//! previous new one, which would wait for every new thread to be scheduled.
 //!
 //! # Stopping
 //!
@@ -207,6 +210,23 @@ impl<J> WorkQueue<J> {
         Wake::Spawn
     }
 
+    /// Reserves one more worker if the requests queued outnumber the
+    /// workers on their way to them (starting, signalled, spinning) and
+    /// none sleeps unsignalled; for a worker that just started one
+    /// ([`work`](Self::work)), so that a burst's workers are created one
+    /// after another by one thread, not each by the previous new one
+    /// (a chain that waits for every new thread to be scheduled).
+    fn grow_for_backlog(&self) -> Wake {
+        let mut st = self.lock();
+        let on_the_way = st.starting + st.signalled + usize::from(st.spinning);
+        if st.queue.len() > on_the_way && st.idle <= st.signalled && st.cur < st.max && !st.stopping
+        {
+            Self::reserve_worker(&mut st)
+        } else {
+            Wake::Nothing
+        }
+    }
+
     /// Reserves one worker below `min` (QEMU's `thread_pool_update_params`);
     /// the caller calls [`act`](Self::act) and again until it gets
     /// [`Wake::Nothing`].
@@ -302,8 +322,14 @@ impl<J> WorkQueue<J> {
         loop {
             if let Some(job) = st.queue.pop_front() {
                 self.queued.store(st.queue.len(), Relaxed);
-                let wake = Self::wake_or_spawn(&mut st);
+                let mut wake = Self::wake_or_spawn(&mut st);
                 drop(st);
+                // Having started one worker, start the others the queue
+                // needs, back to back (QEMU's backlog, `new_threads`).
+                while let Wake::Spawn = wake {
+                    self.act(wake, &spawn);
+                    wake = self.grow_for_backlog();
+                }
                 self.act(wake, &spawn);
                 w.run(job);
                 spun = false;
@@ -344,6 +370,7 @@ impl<J> WorkQueue<J> {
 mod tests {
     use super::*;
     use std::cell::Cell;
+    use std::sync::Arc;
 
     /// Review finding: a submitter never creates a thread under the queue
     /// lock, and a burst of submissions on an empty pool creates one
@@ -370,6 +397,67 @@ mod tests {
         let st = q.lock();
         assert_eq!((st.cur, st.starting, st.spawning), (1, 1, 0));
         assert_eq!(st.queue.len(), 10);
+    }
+
+    /// Records, for each request it runs, how many threads had been
+    /// created by then.
+    struct Recording {
+        spawns: Arc<AtomicUsize>,
+        seen: std::sync::mpsc::Sender<usize>,
+    }
+
+    impl Worker<usize> for Recording {
+        fn run(&mut self, _job: usize) {
+            self.seen.send(self.spawns.load(Relaxed)).unwrap();
+        }
+
+        fn spin(&mut self, _queued: &AtomicUsize) {}
+    }
+
+    /// A worker that starts one for a burst starts the rest the queue
+    /// needs right away, before it runs its own request (QEMU's backlog),
+    /// rather than leaving each to the previous new one. Five requests:
+    /// the submitter starts one worker; that worker, taking request 0,
+    /// starts four more before it runs it. The four are never created
+    /// here (their threads would only take requests), so the first worker
+    /// runs the rest; then the queue is stopped and it exits.
+    #[test]
+    fn a_worker_starts_the_backlog_back_to_back() {
+        let q = Arc::new(WorkQueue::<usize>::new(64, Duration::from_secs(10)));
+        let spawns = Arc::new(AtomicUsize::new(0));
+        let count = || {
+            spawns.fetch_add(1, Relaxed);
+            Ok(())
+        };
+        for j in 0..5 {
+            q.push(j, count);
+        }
+        assert_eq!(spawns.load(Relaxed), 1, "the submitter started one");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = {
+            let (q, spawns) = (q.clone(), spawns.clone());
+            std::thread::spawn(move || {
+                let mut w = Recording {
+                    spawns: spawns.clone(),
+                    seen: tx,
+                };
+                q.work(&mut w, || {
+                    spawns.fetch_add(1, Relaxed);
+                    Ok(())
+                });
+            })
+        };
+        let deadline = Duration::from_secs(60);
+        let seen: Vec<usize> = (0..5)
+            .map(|_| {
+                rx.recv_timeout(deadline)
+                    .expect("the worker runs every request")
+            })
+            .collect();
+        assert_eq!(seen[0], 5, "four started before the first request ran");
+        assert!(seen.iter().all(|&n| n == 5), "none started later: {seen:?}");
+        assert!(q.stop().is_empty());
+        worker.join().unwrap();
     }
 
     /// A thread that cannot be created is uncounted; with no worker at all
