@@ -41,8 +41,16 @@
 //!   the drop returns. So the drop blocks while a running request blocks:
 //!   a work function must not wait for its context's thread once the
 //!   context may be dropped, as in QEMU. That includes a thread's exit,
-//!   which drops its current context (with glibc, the main thread's too,
-//!   from `exit`): a request that never returns keeps that exit waiting.
+//!   which drops its current context: a request that never returns keeps
+//!   the thread from exiting.
+//!
+//! One exception: the process's exit. Once `main` returns, `exit` destroys
+//! the main thread's thread-locals and with them its current context;
+//! that drop cancels the queued requests but neither waits for the running
+//! ones nor joins (the workers end with the process, as QEMU's do: it never
+//! frees its main context's pool). A thread other than the main one that
+//! calls `std::process::exit` with its current context's requests
+//! running still waits for them.
 //!
 //! A context may be dropped on one of its own pool's workers (the last
 //! reference held by a work function, or by the worker that was scheduling
@@ -300,6 +308,11 @@ impl PoolShared {
             trace::thread_pool_cancel_aio(job.as_ptr(), std::ptr::null());
             job.discard();
         }
+        if process_exiting() {
+            // The workers die with the process; waiting for a request
+            // that may never return would only keep it from exiting.
+            return;
+        }
         self.queue.wait_spawned();
         let threads = std::mem::take(&mut *lock(&self.threads));
         let me = std::thread::current().id();
@@ -310,6 +323,14 @@ impl PoolShared {
             }
         }
     }
+}
+
+/// Whether the process is exiting: the calling thread is the process's
+/// main thread and its thread-locals are being destroyed, which `exit`
+/// does after `main` returns (glibc runs the calling thread's
+/// thread-local destructors there).
+fn process_exiting() -> bool {
+    crate::aio::thread_exiting() && rustix::thread::gettid() == rustix::process::getpid()
 }
 
 /// A worker thread's part: runs requests, spins for the next one.

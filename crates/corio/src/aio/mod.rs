@@ -82,6 +82,12 @@ pub(crate) use sys::FileOp;
 pub(crate) fn take_current_ctx() -> Option<AioContext> {
     current::replace_current_ctx(None)
 }
+
+/// Whether the calling thread's thread-locals are being destroyed (its
+/// current context is gone or going): the thread is exiting.
+pub(crate) fn thread_exiting() -> bool {
+    current::current_ctx_destroyed()
+}
 pub use sys::{events, FdMon};
 pub use timer::{Clock, Timer};
 
