@@ -24,9 +24,39 @@
 //! A worker stores the result in the request, pushes the request onto the
 //! pool's `done` list and, if the list was empty, schedules one bottom half in
 //! the context that completes the whole list. The pool holds the context
-//! weakly: a context dropped with work in flight drops those completions
-//! (never runs them elsewhere), and its pool's workers exit once the queue is
-//! empty.
+//! weakly, so that a pending completion never keeps the context alive.
+//!
+//! # Teardown
+//!
+//! The pool goes with its context (QEMU's `thread_pool_free` from
+//! `aio_context_finalize`), and its drop is deterministic:
+//!
+//! * requests that have not started are cancelled: their work function is
+//!   dropped unrun and their completion is dropped uncalled (QEMU asserts
+//!   that no request is left at that point; with no context there is
+//!   nowhere to run a completion, not even one with `-ECANCELED`);
+//! * running requests finish; their results and completions are dropped
+//!   on the worker thread, uncalled;
+//! * every worker thread is joined (its thread-locals destroyed) before
+//!   the drop returns. So the drop blocks while a running request blocks:
+//!   a work function must not wait for its context's thread once the
+//!   context may be dropped, as in QEMU. That includes a thread's exit,
+//!   which drops its current context: a request that never returns keeps
+//!   the thread from exiting.
+//!
+//! One exception: the process's exit. Once `main` returns, `exit` destroys
+//! the main thread's thread-locals and with them its current context;
+//! that drop cancels the queued requests but neither waits for the running
+//! ones nor joins (the workers end with the process, as QEMU's do: it never
+//! frees its main context's pool). A thread other than the main one that
+//! calls `std::process::exit` with its current context's requests
+//! running still waits for them.
+//!
+//! A context may be dropped on one of its own pool's workers (the last
+//! reference held by a work function, or by the worker that was scheduling
+//! a completion when the home thread let go). That worker is not joined
+//! (it cannot join itself): the drop joins the other workers and returns,
+//! and the worker exits once its request returns, its thread detached.
 //!
 //! # Examples
 //!
@@ -53,13 +83,14 @@ use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod done;
 mod queue;
 
 use self::done::DoneList;
-use self::queue::{QueueState, Queued, WorkQueue, Worker};
+use self::queue::{Queued, Wake, WorkQueue, Worker};
 use crate::aio::{AioContext, WeakAioContext};
 use crate::coroutine::{yield_now, CoHandle, Coroutine};
 use crate::trace;
@@ -151,6 +182,9 @@ trait Job: Send + Sync {
     fn complete(&self, pool: *const ());
     /// Home thread: a queued request becomes DONE with `Canceled`.
     fn cancel(&self) -> bool;
+    /// The pool is dropped: a queued request is cancelled and its
+    /// completion dropped uncalled.
+    fn discard(&self);
     fn state(&self) -> State;
     fn as_ptr(&self) -> *const ();
 }
@@ -218,6 +252,12 @@ where
         true
     }
 
+    fn discard(&self) {
+        self.cancel();
+        let done = lock(&self.inner).done.take();
+        drop(done); // outside the lock, as in `cancel`
+    }
+
     fn state(&self) -> State {
         lock(&self.inner).state
     }
@@ -237,23 +277,60 @@ struct PoolShared {
     /// Finished requests for the context (the hand-off protocol is in
     /// `thread_pool/done.rs`).
     done: DoneList<Arc<dyn Job>>,
+    /// The worker threads started, for the drop to join (those that exited
+    /// on their idle timeout are pruned when the next one starts).
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl PoolShared {
-    fn spawn_worker(self: &Arc<Self>, st: &mut QueueState<Arc<dyn Job>>) {
+    /// Creates a worker thread (counted by the queue already) and keeps its
+    /// handle for the drop to join.
+    fn spawn_worker(self: &Arc<Self>) -> std::io::Result<()> {
         let shared = self.clone();
-        let spawned = std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("worker".to_owned())
-            .spawn(move || worker(&shared));
-        match spawned {
-            Ok(_) => st.cur += 1,
-            // Out of threads: the queued work waits for a running worker,
-            // as it would at `max`. With no worker at all it would wait
-            // forever, so that is a panic.
-            Err(e) if st.cur == 0 => panic!("thread pool: cannot start a worker: {e}"),
-            Err(_) => {}
+            .spawn(move || worker(&shared))?;
+        let mut threads = lock(&self.threads);
+        // Workers that exited on their idle timeout need no join.
+        threads.retain(|t| !t.is_finished());
+        threads.push(handle);
+        Ok(())
+    }
+
+    /// The pool's teardown (see the module docs): cancels what has not
+    /// started, lets the running requests finish and joins every worker
+    /// but the calling thread.
+    ///
+    /// # Thread context
+    /// Any thread (the thread that drops the context).
+    fn shut_down(&self) {
+        for job in self.queue.stop() {
+            trace::thread_pool_cancel_aio(job.as_ptr(), std::ptr::null());
+            job.discard();
+        }
+        if process_exiting() {
+            // The workers die with the process; waiting for a request
+            // that may never return would only keep it from exiting.
+            return;
+        }
+        self.queue.wait_spawned();
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        let me = std::thread::current().id();
+        for t in threads {
+            if t.thread().id() != me {
+                // A worker's panic was its own (requests catch theirs).
+                let _ = t.join();
+            }
         }
     }
+}
+
+/// Whether the process is exiting: the calling thread is the process's
+/// main thread and its thread-locals are being destroyed, which `exit`
+/// does after `main` returns (glibc runs the calling thread's
+/// thread-local destructors there).
+fn process_exiting() -> bool {
+    crate::aio::thread_exiting() && rustix::thread::gettid() == rustix::process::getpid()
 }
 
 /// A worker thread's part: runs requests, spins for the next one.
@@ -301,15 +378,13 @@ pub struct ThreadPool {
     shared: Arc<PoolShared>,
 }
 
-/// Owned by the context (its pool slot): stops the workers when the context
-/// is dropped.
+/// Owned by the context (its pool slot): tears the pool down when the
+/// context is dropped (see the module docs, "Teardown").
 pub(crate) struct PoolOwner(ThreadPool);
 
 impl Drop for PoolOwner {
     fn drop(&mut self) {
-        let s = &self.0.shared;
-        s.queue.lock().stopping = true;
-        s.queue.notify_all();
+        self.0.shared.shut_down();
     }
 }
 
@@ -337,6 +412,7 @@ impl ThreadPool {
                         ctx: ctx.downgrade(),
                         queue: WorkQueue::new(DEFAULT_MAX_THREADS, DEFAULT_IDLE_TIMEOUT),
                         done: DoneList::new(),
+                        threads: Mutex::new(Vec::new()),
                     }),
                 })
             })
@@ -366,10 +442,14 @@ impl ThreadPool {
         let mut st = self.shared.queue.lock();
         st.min = min;
         st.max = max;
-        while st.cur < st.min {
-            self.shared.spawn_worker(&mut st);
-        }
         drop(st);
+        // Threads are created unlocked, one at a time.
+        loop {
+            match self.shared.queue.grow_to_min() {
+                Wake::Nothing => break,
+                w => self.shared.queue.act(w, || self.shared.spawn_worker()),
+            }
+        }
         // Workers above a lowered `max` or `min` re-check when they wake.
         self.shared.queue.notify_all();
     }
@@ -469,15 +549,13 @@ impl ThreadPool {
             .expect("thread pool: its AioContext was dropped");
         ctx.assert_home("submit to its thread pool");
         trace::thread_pool_submit_aio(self.ptr(), job.as_ptr(), std::ptr::null());
-        self.shared
-            .queue
-            .push(job, |st| self.shared.spawn_worker(st));
+        self.shared.queue.push(job, || self.shared.spawn_worker());
     }
 }
 
 fn worker(pool: &Arc<PoolShared>) {
     pool.queue
-        .work(&mut PoolWorker(pool), |st| pool.spawn_worker(st));
+        .work(&mut PoolWorker(pool), || pool.spawn_worker());
 }
 
 /// Worker thread: hands a finished request to the context.

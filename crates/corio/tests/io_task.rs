@@ -285,3 +285,58 @@ fn result_of_wrong_type_is_an_error() {
     task.complete();
     assert_eq!(recv_within(&rx, "rx"), Ok(Some(5)));
 }
+
+/// Review finding: QIOTask threads are reused (QEMU starts one per task),
+/// but corio's own thread-locals do not pass from one task to the next. A
+/// first task makes itself a current context (`AioContext::current`) and
+/// leaves a finished coroutine in the thread's pool; a later task on the
+/// same thread finds no current context and an empty pool, and the first
+/// task's context is dropped.
+#[test]
+fn reused_worker_thread_starts_without_corio_thread_locals() {
+    main_loop();
+    let (tx, rx) = mpsc::channel();
+    Task::new(Source(1), |_: &mut Task<Source>| {}).run_in_thread(
+        move |_| {
+            let ctx = AioContext::current();
+            let co = corio::Coroutine::new(|| {});
+            co.enter();
+            drop(co);
+            let local = corio::coroutine::pooled().0;
+            tx.send((std::thread::current().id(), ctx.downgrade(), local))
+                .unwrap();
+        },
+        None,
+    );
+    let (first, weak, local) = recv_within(&rx, "the first task's report");
+    assert!(local > 0, "the first task left a pooled coroutine");
+    // The thread parks as idle after its task; later tasks go to it (one
+    // at a time), or to a new thread if it is not idle yet.
+    let deadline = std::time::Instant::now() + helpers::DEADLINE;
+    loop {
+        let (tx, rx) = mpsc::channel();
+        Task::new(Source(2), |_: &mut Task<Source>| {}).run_in_thread(
+            move |_| {
+                let has_ctx = AioContext::try_current().is_some();
+                let local = corio::coroutine::pooled().0;
+                tx.send((std::thread::current().id(), has_ctx, local))
+                    .unwrap();
+            },
+            None,
+        );
+        let (t, has_ctx, local) = recv_within(&rx, "a later task's report");
+        if t == first {
+            assert!(!has_ctx, "the previous task's current context leaked");
+            assert_eq!(local, 0, "the previous task's pooled coroutines leaked");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no later task ran on the first task's thread"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    wait_until("the first task's context to be dropped", || {
+        weak.upgrade().is_none()
+    });
+}

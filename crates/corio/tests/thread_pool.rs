@@ -146,6 +146,41 @@ fn submit_many() {
     assert!(pool.threads() <= corio::thread_pool::DEFAULT_MAX_THREADS);
 }
 
+/// Review finding (workers started outside the queue lock, one from
+/// another): a burst of blocking requests on an empty pool still gets a
+/// worker per request, so none waits for a busy worker while another could
+/// start (QEMU's rule).
+#[test]
+fn burst_on_an_empty_pool_starts_a_worker_per_request() {
+    let ctx = AioContext::new().unwrap();
+    let pool = ctx.thread_pool();
+    let gate = Arc::new(Gate::default());
+    let (tx, rx) = mpsc::channel();
+    let reqs: Vec<PoolRequest> = (0..8)
+        .map(|_| {
+            let (g, tx) = (gate.clone(), tx.clone());
+            pool.submit_aio(
+                move || {
+                    tx.send(std::thread::current().id()).unwrap();
+                    g.wait();
+                },
+                |_| {},
+            )
+        })
+        .collect();
+    let mut ids: Vec<ThreadId> = (0..8)
+        .map(|_| recv_within(&rx, "every request running at once"))
+        .collect();
+    ids.sort_unstable_by_key(|id| format!("{id:?}"));
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "each blocked request has its own worker");
+    assert_eq!(pool.threads(), 8);
+    gate.open();
+    poll_blocking_until(&ctx, "every request completed", || {
+        reqs.iter().all(PoolRequest::is_completed)
+    });
+}
+
 struct CancelJob {
     req: PoolRequest,
     started: Arc<AtomicBool>,
@@ -363,42 +398,84 @@ fn min_max_and_idle_timeout() {
     wait_until("the idle workers to exit", || pool.threads() == 0);
 }
 
-/// A context dropped while its pool still runs a request: the completion is
-/// dropped (never run), nothing leaks, nothing hangs.
+/// Sets its flag when dropped.
+struct DropFlag(Arc<AtomicBool>);
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+/// Opens its gate when dropped.
+struct OpenOnDrop(Arc<Gate>);
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+thread_local! {
+    /// Set by a job on its worker thread: the flag is raised when that
+    /// thread's thread-locals are destroyed, that is when it has exited.
+    static ON_THREAD_EXIT: RefCell<Option<DropFlag>> = const { RefCell::new(None) };
+}
+
+/// Raises `flag` when the calling thread exits.
+fn flag_thread_exit(flag: Arc<AtomicBool>) {
+    ON_THREAD_EXIT.with(|f| *f.borrow_mut() = Some(DropFlag(flag)));
+}
+
+/// Review finding (QEMU's `thread_pool_free`): dropping a context with its
+/// pool busy cancels the request that has not started (its work never runs,
+/// its completion is dropped uncalled), lets the running one finish (its
+/// completion is dropped uncalled too: the context is gone) and joins the
+/// worker thread before the drop returns. The queued request's work, when
+/// dropped, opens the gate the running one waits on: so the running one can
+/// only finish if the drop cancels the queued one first.
 #[test]
 fn context_dropped_with_work_in_flight() {
-    struct DropFlag(Arc<AtomicBool>);
-    impl Drop for DropFlag {
-        fn drop(&mut self) {
-            self.0.store(true, SeqCst);
-        }
-    }
     let gate = Arc::new(Gate::default());
-    let ran = Arc::new(AtomicBool::new(false));
-    let completed = Arc::new(AtomicBool::new(false));
-    let dropped = Arc::new(AtomicBool::new(false));
+    let flags: Vec<Arc<AtomicBool>> = (0..7).map(|_| Arc::default()).collect();
+    let [a_ran, a_completed, a_done_dropped, b_ran, b_completed, b_done_dropped, worker_exited] =
+        <[_; 7]>::try_from(flags.clone()).unwrap();
     let weak = {
-        let (g, r, c, d) = (
-            gate.clone(),
-            ran.clone(),
-            completed.clone(),
-            dropped.clone(),
-        );
+        let flags = flags.clone();
+        let gate = gate.clone();
         std::thread::spawn(move || {
+            let [a_ran, a_completed, a_done_dropped, b_ran, b_completed, b_done_dropped, exited] =
+                <[_; 7]>::try_from(flags).unwrap();
             let ctx = AioContext::new().unwrap();
-            let flag = DropFlag(d);
-            ctx.thread_pool().submit_aio(
+            let pool = ctx.thread_pool();
+            pool.set_params(0, 1); // one worker: B waits behind A
+            let (started_tx, started_rx) = mpsc::channel();
+            let (g, flag) = (gate.clone(), DropFlag(a_done_dropped));
+            pool.submit_aio(
                 move || {
+                    flag_thread_exit(exited);
+                    started_tx.send(()).unwrap();
                     g.wait();
-                    r.store(true, SeqCst);
+                    a_ran.store(true, SeqCst);
                 },
                 move |_| {
                     let _f = flag;
-                    c.store(true, SeqCst);
+                    a_completed.store(true, SeqCst);
                 },
             );
+            recv_within(&started_rx, "request A to start");
+            let (opener, flag) = (OpenOnDrop(gate), DropFlag(b_done_dropped));
+            pool.submit_aio(
+                move || {
+                    let _o = opener;
+                    b_ran.store(true, SeqCst);
+                },
+                move |_| {
+                    let _f = flag;
+                    b_completed.store(true, SeqCst);
+                },
+            );
+            assert_eq!(pool.queued(), 1, "B waits behind A");
             ctx.downgrade()
-            // The thread exits: its context goes with it.
+            // The thread exits: its (current) context goes with it.
         })
         .joined()
     };
@@ -406,10 +483,69 @@ fn context_dropped_with_work_in_flight() {
         weak.upgrade().is_none(),
         "the pool does not keep the context alive"
     );
+    assert!(
+        worker_exited.load(SeqCst),
+        "the worker thread was joined before the drop returned"
+    );
+    assert!(a_ran.load(SeqCst), "the running request finished");
+    assert!(!b_ran.load(SeqCst), "the queued request was cancelled");
+    assert!(!a_completed.load(SeqCst) && !b_completed.load(SeqCst));
+    assert!(a_done_dropped.load(SeqCst) && b_done_dropped.load(SeqCst));
+}
+
+/// The last reference to a context dropped on one of its own pool's
+/// workers (by a work function): the drop cancels the queued request and
+/// does not join the worker it runs on (that would deadlock); the worker
+/// exits once its request returns.
+#[test]
+fn context_dropped_on_its_own_worker() {
+    let _current = AioContext::current(); // so that `ctx` is not the thread's current one
+    let ctx = AioContext::new().unwrap();
+    let pool = ctx.thread_pool();
+    pool.set_params(0, 1);
+    let gate = Arc::new(Gate::default());
+    let (dropped_on, b_ran, b_done_dropped, exited) = (
+        Arc::new(Mutex::new(None::<ThreadId>)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (g, c, d, e) = (
+        gate.clone(),
+        ctx.clone(),
+        dropped_on.clone(),
+        exited.clone(),
+    );
+    pool.submit_aio(
+        move || {
+            flag_thread_exit(e);
+            g.wait();
+            drop(c); // the last reference: the pool is dropped here
+            *d.locked() = Some(std::thread::current().id());
+        },
+        |_| panic!("no completion runs once the context is gone"),
+    );
+    let (r, flag) = (b_ran.clone(), DropFlag(b_done_dropped.clone()));
+    pool.submit_aio(
+        move || r.store(true, SeqCst),
+        move |_| {
+            let _f = flag;
+            panic!("no completion runs once the context is gone");
+        },
+    );
+    let weak = ctx.downgrade();
+    drop(ctx);
     gate.open();
-    wait_until("the completion to be dropped", || dropped.load(SeqCst));
-    assert!(ran.load(SeqCst));
-    assert!(!completed.load(SeqCst));
+    wait_until("the worker to exit", || exited.load(SeqCst));
+    assert!(weak.upgrade().is_none());
+    assert!(
+        dropped_on.locked().is_some(),
+        "the job returned from the drop"
+    );
+    assert!(!b_ran.load(SeqCst), "the queued request was cancelled");
+    assert!(b_done_dropped.load(SeqCst));
+    assert_eq!(pool.threads(), 0);
+    assert_eq!(pool.queued(), 0);
 }
 
 /// Review finding: when one completion panics, the completions batched with

@@ -18,6 +18,13 @@ pub(crate) fn current_ctx() -> Option<AioContext> {
     CURRENT_CTX.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
+/// Whether this thread's current-context slot is destroyed or being
+/// destroyed (the thread is exiting).
+#[inline(never)]
+pub(super) fn current_ctx_destroyed() -> bool {
+    CURRENT_CTX.try_with(|_| ()).is_err()
+}
+
 /// Makes `ctx` this thread's current context if it has none yet; returns
 /// whether it did.
 #[inline(never)]

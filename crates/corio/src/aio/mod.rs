@@ -75,6 +75,19 @@ pub use bh::Bh;
 pub use fd::{EventNotifier, EventsCallback, FdCallback, NotifierCallback, PollCallback};
 pub use poll::{PollStats, DEFAULT_POLL_IDLE_INTERVAL};
 pub(crate) use sys::FileOp;
+
+/// Takes the calling thread's current context away (the thread then has
+/// none), for a reused worker thread to start its next task as a fresh
+/// thread would (`io::task`'s workers).
+pub(crate) fn take_current_ctx() -> Option<AioContext> {
+    current::replace_current_ctx(None)
+}
+
+/// Whether the calling thread's thread-locals are being destroyed (its
+/// current context is gone or going): the thread is exiting.
+pub(crate) fn thread_exiting() -> bool {
+    current::current_ctx_destroyed()
+}
 pub use sys::{events, FdMon};
 pub use timer::{Clock, Timer};
 
@@ -119,7 +132,8 @@ struct Shared {
     /// Home-thread state (see the `Sync` impl).
     local: RefCell<Local>,
     /// The context's thread pool, created on first use (QEMU's
-    /// `ctx->thread_pool`); dropping it with the context stops its workers.
+    /// `ctx->thread_pool`); dropping it with the context cancels its queued
+    /// requests and joins its workers (`thread_pool.rs`, "Teardown").
     /// Opaque here: the pool (a floor above) puts and takes its own type.
     thread_pool: OpaqueSlot,
     /// Adaptive polling's counters ([`AioContext::poll_stats`]).

@@ -10,9 +10,11 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use super::CoInner;
+use crate::trace;
 
 /// The event loop a coroutine belongs to, as the coroutine layer sees it.
 pub(crate) trait Home: Send + Sync + 'static {
@@ -49,8 +51,65 @@ static CURRENT_HOME: OnceLock<fn() -> Arc<dyn Home>> = OnceLock::new();
 thread_local! {
     /// Coroutines to queue on this thread's first home: woken before any
     /// event loop existed in the process, then rescheduled (a panic cut their
-    /// wakeup chain). Taken by `aio` when it creates this thread's context.
-    static ORPHANS: RefCell<Vec<Arc<CoInner>>> = const { RefCell::new(Vec::new()) };
+    /// wakeup chain). Taken by `aio` when it creates this thread's context;
+    /// dropped with the thread if it never does ([`Orphans`]'s drop).
+    static ORPHANS: Orphans = const { Orphans(RefCell::new(Vec::new())) };
+}
+
+/// Orphans dropped at their thread's exit, in the whole process.
+static ORPHANS_DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// This thread's orphans. A thread that exits without ever creating a
+/// context leaves them with no home: they can never run again (QEMU has no
+/// such case; its coroutines always have a context). Dropping the list is
+/// then the right end for them, and it happens on their home thread, the
+/// only one where a suspended coroutine may be unwound: each one whose
+/// last reference this is unwinds from its yield point, its destructors
+/// running on that thread, and its stack goes back to the pool (the
+/// coroutine layer's thread state has no destructor, so it is still there
+/// during thread-local destruction). One that other handles still reach is
+/// dropped by the last of them (leaked if that is on another thread; see
+/// the crate's "Lifetime" rules). Each drop is counted
+/// ([`orphans_dropped`]) and traced (`coroutine_orphan_dropped`), since it
+/// usually means a wakeup chain was cut by a panic on a thread that never
+/// ran an event loop.
+struct Orphans(RefCell<Vec<Arc<CoInner>>>);
+
+impl Drop for Orphans {
+    fn drop(&mut self) {
+        for co in std::mem::take(self.0.get_mut()) {
+            trace::coroutine_orphan_dropped(Arc::as_ptr(&co).cast());
+            // Relaxed: a statistic; the thread's join orders it for readers.
+            ORPHANS_DROPPED.fetch_add(1, Relaxed);
+            drop(co);
+        }
+    }
+}
+
+/// Drops this thread's orphans now, as its exit would (counted and traced
+/// the same way).
+pub(super) fn drop_orphans() {
+    let orphans = ORPHANS
+        .try_with(|o| std::mem::take(&mut *o.0.borrow_mut()))
+        .unwrap_or_default();
+    drop(Orphans(RefCell::new(orphans)));
+}
+
+/// How many coroutines were dropped, in this process, because their thread
+/// exited before it ever had an event loop to run them on: each had been
+/// woken before any [`AioContext`](crate::AioContext) existed and could
+/// never run again. They are unwound on their home thread as it exits
+/// (their destructors run there). Each drop is also traced as
+/// `coroutine_orphan_dropped`.
+///
+/// # Examples
+///
+/// ```
+/// // Nothing woken before the first context and left behind: none dropped.
+/// assert_eq!(corio::coroutine::orphans_dropped(), 0);
+/// ```
+pub fn orphans_dropped() -> usize {
+    ORPHANS_DROPPED.load(Relaxed)
 }
 
 /// Installs `f`, which gives the calling thread's current home (the first
@@ -77,7 +136,7 @@ pub(super) fn push_home(co: Arc<CoInner>) {
     match home_or_current(&co) {
         Some(home) => home.push_scheduled(co),
         None => {
-            let _ = ORPHANS.try_with(|o| o.borrow_mut().push(co));
+            let _ = ORPHANS.try_with(|o| o.0.borrow_mut().push(co));
         }
     }
 }
@@ -85,6 +144,6 @@ pub(super) fn push_home(co: Arc<CoInner>) {
 /// The coroutines kept by [`push_home`] on this thread, for its new home.
 pub(crate) fn take_orphans() -> Vec<Arc<CoInner>> {
     ORPHANS
-        .try_with(|o| std::mem::take(&mut *o.borrow_mut()))
+        .try_with(|o| std::mem::take(&mut *o.0.borrow_mut()))
         .unwrap_or_default()
 }

@@ -100,6 +100,22 @@ pub(crate) use self::enter::*;
 use self::recycle::*;
 
 pub(crate) use cancel::{cancel, cancelling, Cancel};
+pub use home::orphans_dropped;
+
+/// Empties what the coroutine layer keeps in the calling thread's
+/// thread-locals, as the thread's exit would: its orphans (dropped, and so
+/// unwound here), then its pooled coroutine objects and its cached stacks
+/// (given to the shared pool). For a reused worker thread between two
+/// tasks (`io::task`'s workers). The thread's token, its identity, stays.
+///
+/// # Thread context
+/// Outside any coroutine.
+pub(crate) fn reset_thread_locals() {
+    debug_assert!(tls::current_co().is_null(), "reset inside a coroutine");
+    home::drop_orphans();
+    recycle::pool::flush();
+    stack::flush_cache();
+}
 pub(crate) use home::{install_current_home, take_orphans, Home, MoveTarget};
 
 use std::cell::{Cell, RefCell, UnsafeCell};

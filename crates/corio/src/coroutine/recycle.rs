@@ -64,6 +64,13 @@ pub(super) mod pool {
         drop(full);
     }
 
+    /// Empties this thread's pool (the objects' stacks go to the shared
+    /// stack pool, as at thread exit).
+    pub(crate) fn flush() {
+        let pool = POOL.try_with(|p| std::mem::replace(&mut *p.borrow_mut(), Pool(Vec::new())));
+        drop(pool); // after the borrow ended
+    }
+
     /// Objects in this thread's pool (each holds one stack).
     pub(crate) fn len() -> usize {
         POOL.try_with(|p| p.borrow().0.len()).unwrap_or(0)

@@ -54,6 +54,13 @@ impl Drop for LocalCache {
     }
 }
 
+/// Gives this thread's cached stacks to the shared pool, as at thread exit.
+pub(crate) fn flush_cache() {
+    let cache = CACHE
+        .try_with(|c| std::mem::replace(&mut *c.borrow_mut(), LocalCache { stacks: Vec::new() }));
+    drop(cache); // after the borrow ended: `LocalCache`'s drop gives them back
+}
+
 /// Sets the size of stacks created from now on (at least one page more than
 /// the platform minimum is used). Pooled stacks of another size are not reused.
 pub fn set_stack_size(bytes: usize) {

@@ -214,6 +214,12 @@ impl<S: Send + 'static> Task<S> {
     /// error ([`WorkerPanicked`]). If the context is dropped before the
     /// completion runs, the completion is dropped unrun.
     ///
+    /// A reused thread starts the worker with corio's own thread-locals
+    /// empty, as a new thread would (no current context, no cached
+    /// coroutines or stacks from the earlier task); any other thread-local
+    /// may still hold what an earlier worker left there, so a worker must
+    /// not rely on finding those fresh.
+    ///
     /// The returned handle may be dropped (the usual case) or used to
     /// [`wait_thread`](TaskThread::wait_thread). The completion runs only
     /// when that context is polled: with `None`, someone must poll the main

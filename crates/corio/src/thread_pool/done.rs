@@ -55,7 +55,7 @@ impl<J> DoneList<J> {
     pub(super) fn push<C>(&self, job: J, ctx: impl FnOnce() -> Option<C>) -> Option<C> {
         let mut d = self.lock();
         d.list.push(job);
-        Self::claim_bh(&mut d, ctx)
+        Self::claim_bh_or_drop(d, ctx)
     }
 
     /// The completion bottom half: takes the whole list. An append from
@@ -81,15 +81,25 @@ impl<J> DoneList<J> {
     ) -> Option<C> {
         let mut d = self.lock();
         d.list.splice(0..0, jobs);
-        Self::claim_bh(&mut d, ctx)
+        Self::claim_bh_or_drop(d, ctx)
     }
 
-    fn claim_bh<C>(d: &mut Inner<J>, ctx: impl FnOnce() -> Option<C>) -> Option<C> {
+    /// Claims the bottom half if none is pending; if the context is gone,
+    /// drops the list after unlocking (a request's destructors may drop
+    /// the last reference to a context, whose pool teardown joins workers
+    /// that may be waiting for this lock).
+    fn claim_bh_or_drop<C>(
+        mut d: MutexGuard<'_, Inner<J>>,
+        ctx: impl FnOnce() -> Option<C>,
+    ) -> Option<C> {
         if d.bh_scheduled {
             return None; // the pending bottom half will take the list
         }
         let Some(ctx) = ctx() else {
-            d.list.clear(); // the context is gone: nobody to complete for
+            // The context is gone: nobody to complete for.
+            let orphaned = std::mem::take(&mut d.list);
+            drop(d);
+            drop(orphaned);
             return None;
         };
         d.bh_scheduled = true;

@@ -14,6 +14,10 @@ trace_events! {
     qemu_coroutine_yield(from: Ptr, to: Ptr) "from {from:p} to {to:p}";
     /// A coroutine returned (or panicked) and gives its stack back to the pool.
     qemu_coroutine_terminate(co: Ptr) "self {co:p}";
+    /// A coroutine woken before any context existed is dropped with its
+    /// thread, which exits without one: it can never run (ours: QEMU has no
+    /// event here). See `coroutine::orphans_dropped`.
+    coroutine_orphan_dropped(co: Ptr) "co {co:p}";
 
     // util/async.c
     /// `co_schedule` pushed a coroutine onto a context's queue.

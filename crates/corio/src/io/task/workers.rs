@@ -14,10 +14,18 @@
 //! after [`IDLE_TIMEOUT`] without a task, and at once if [`MAX_IDLE`]
 //! threads are already idle.
 //!
-//! Unlike QEMU's threads, a reused thread keeps its thread-locals from one
-//! task to the next: a worker that makes itself an `AioContext` (for
-//! example through `AioContext::current`) leaves it to the thread's next
-//! tasks, until the thread exits.
+//! # Thread-locals between tasks
+//!
+//! QEMU's worker starts on a fresh thread; a reused thread here would keep
+//! its thread-locals from one task to the next. corio's own are emptied
+//! after every task, as the thread's exit would empty them
+//! ([`reset_corio_thread_locals`]): the current `AioContext` (one a worker
+//! made, for example through `AioContext::current`, is dropped unless
+//! something else holds it), the coroutines woken there before any context
+//! existed, and the per-thread coroutine and stack caches. So no corio state
+//! reaches the next task. Other thread-locals (the worker's own, other
+//! crates') are not touched: a worker must not rely on finding them fresh,
+//! nor on finding them again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -82,6 +90,7 @@ pub(super) fn run(job: Job) -> std::io::Result<()> {
 
 fn thread_main(first: Job) {
     first();
+    reset_corio_thread_locals();
     let me = Arc::new(Idle {
         slot: Mutex::new(Slot::default()),
         has_job: AtomicBool::new(false),
@@ -89,7 +98,17 @@ fn thread_main(first: Job) {
     });
     while let Some(job) = next_job(&me) {
         job();
+        reset_corio_thread_locals();
     }
+}
+
+/// Empties corio's thread-locals after a task, before the thread takes
+/// another: the next task starts, as far as corio goes, as on a fresh
+/// thread. The context first: its drop may unwind coroutines, which puts
+/// their objects and stacks in the caches emptied next.
+fn reset_corio_thread_locals() {
+    drop(crate::aio::take_current_ctx());
+    crate::coroutine::reset_thread_locals();
 }
 
 /// Parks `me` as idle and waits for a task; `None` when the thread should
