@@ -3,9 +3,15 @@
 //!
 //! * `pingpong_4k`: one client (a std blocking socket on the bench
 //!   thread) writes 4 KiB over TCP on 127.0.0.1 and reads the 4 KiB echo,
-//!   one request at a time; microseconds per round trip. Servers: a corio
-//!   coroutine on a context thread with the epoll monitor, the same with
-//!   the io_uring monitor, and a blocking std server thread (the floor).
+//!   one request at a time; microseconds per round trip. Servers: a
+//!   blocking std server thread (the floor; ratios are to it), a corio
+//!   coroutine on a context thread polling as an IoThread does
+//!   (`poll-max-ns` 32768) with the epoll monitor (its socket handler
+//!   switches the spin off), with the io_uring monitor and no polling, with
+//!   the io_uring monitor and polling (the spin watches the ring's
+//!   completion queue), and a tokio current_thread runtime on its own
+//!   thread (also compared with each corio variant). `PINGPONG_STATS=1`
+//!   prints each corio server's `poll_stats` when it ends.
 //! * `randread_4k_qd1`, `randread_4k_qd32`: 4 KiB reads at random aligned
 //!   offsets of a 64 MiB file in the page cache, from 1 or 32 coroutines on
 //!   one context; reads per second. `AioFile` on the io_uring monitor's
@@ -44,12 +50,16 @@ struct PingServer {
 }
 
 impl PingServer {
-    fn corio(kind: FdMon) -> PingServer {
+    /// A coroutine server on a context thread with the fd monitor `kind`,
+    /// polling as an IoThread does when `poll_max_ns` is
+    /// [`corio::iothread::DEFAULT_POLL_MAX_NS`] (0: no adaptive polling).
+    fn corio(kind: FdMon, poll_max_ns: i64) -> PingServer {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let thread = std::thread::spawn(move || {
             let ctx = AioContext::with_fd_monitor(kind).unwrap();
             assert_eq!(ctx.fd_monitor(), kind, "monitor not available");
+            ctx.set_poll_params(poll_max_ns, 0, 0);
             let (s, _) = l.accept().unwrap();
             s.set_nodelay(true).unwrap();
             let done = Arc::new(AtomicBool::new(false));
@@ -68,6 +78,40 @@ impl PingServer {
             while !done.load(SeqCst) {
                 ctx.poll(true);
             }
+            let st = ctx.poll_stats();
+            if std::env::var_os("PINGPONG_STATS").is_some() {
+                eprintln!("{kind:?} poll_max_ns {poll_max_ns}: {st:?}");
+            }
+        });
+        PingServer {
+            addr,
+            thread: Some(thread),
+        }
+    }
+
+    /// A tokio current_thread runtime on its own thread, one task serving
+    /// the client with `read_exact` / `write_all`.
+    fn tokio() -> PingServer {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (s, _) = l.accept().unwrap();
+                s.set_nodelay(true).unwrap();
+                s.set_nonblocking(true).unwrap();
+                let mut s = tokio::net::TcpStream::from_std(s).unwrap();
+                let mut buf = vec![0u8; MSG];
+                while s.read_exact(&mut buf).await.is_ok() {
+                    if s.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                }
+            });
         });
         PingServer {
             addr,
@@ -264,7 +308,7 @@ fn report(group: &str, unit: &str, names: &[String], figs: &[Vec<f64>]) {
     for (name, f) in names.iter().zip(figs) {
         let mut v = f.clone();
         println!(
-            "{group:<18} {name:<22} {:>10.2} {unit}  (median of {}; min {:.2}, max {:.2})",
+            "{group:<18} {name:<34} {:>10.2} {unit}  (median of {}; min {:.2}, max {:.2})",
             median(&mut v),
             v.len(),
             v[0],
@@ -274,7 +318,7 @@ fn report(group: &str, unit: &str, names: &[String], figs: &[Vec<f64>]) {
     for (name, f) in names.iter().zip(figs).skip(1) {
         let mut r: Vec<f64> = f.iter().zip(&figs[0]).map(|(x, base)| x / base).collect();
         println!(
-            "{group:<18} {:<22} {:>10.3}x (median of per-round ratios; min {:.3}, max {:.3})",
+            "{group:<18} {:<34} {:>10.3}x (median of per-round ratios; min {:.3}, max {:.3})",
             format!("{name}/{}", names[0]),
             median(&mut r),
             r[0],
@@ -284,11 +328,21 @@ fn report(group: &str, unit: &str, names: &[String], figs: &[Vec<f64>]) {
 }
 
 fn pingpong(rounds: usize, n: usize) {
-    let names = ["epoll", "io_uring", "std blocking"].map(String::from);
+    use corio::iothread::DEFAULT_POLL_MAX_NS;
+    let names = [
+        "std blocking",
+        "epoll",
+        "io_uring",
+        "io_uring polling",
+        "tokio",
+    ]
+    .map(String::from);
     let mut clients = vec![
-        PingClient::new(PingServer::corio(FdMon::Epoll)),
-        PingClient::new(PingServer::corio(FdMon::IoUring)),
         PingClient::new(PingServer::std()),
+        PingClient::new(PingServer::corio(FdMon::Epoll, DEFAULT_POLL_MAX_NS)),
+        PingClient::new(PingServer::corio(FdMon::IoUring, 0)),
+        PingClient::new(PingServer::corio(FdMon::IoUring, DEFAULT_POLL_MAX_NS)),
+        PingClient::new(PingServer::tokio()),
     ];
     for c in &mut clients {
         c.run(n / 4); // warm-up
@@ -301,6 +355,28 @@ fn pingpong(rounds: usize, n: usize) {
         }
     }
     report("pingpong_4k", "us/rt", &names, &figs);
+    report_vs(
+        "pingpong_4k",
+        &names[names.len() - 1],
+        &names[1..names.len() - 1],
+        &figs[figs.len() - 1],
+        &figs[1..figs.len() - 1],
+    );
+}
+
+/// Ratios of each of `names` to the `base` variant (medians of per-round
+/// ratios).
+fn report_vs(group: &str, base: &str, names: &[String], base_figs: &[f64], figs: &[Vec<f64>]) {
+    for (name, f) in names.iter().zip(figs) {
+        let mut r: Vec<f64> = f.iter().zip(base_figs).map(|(x, b)| x / b).collect();
+        println!(
+            "{group:<18} {:<34} {:>10.3}x (median of per-round ratios; min {:.3}, max {:.3})",
+            format!("{name}/{base}"),
+            median(&mut r),
+            r[0],
+            r[r.len() - 1]
+        );
+    }
 }
 
 fn randread_group(rounds: usize, qd: usize, total: usize) {
