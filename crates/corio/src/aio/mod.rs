@@ -516,14 +516,23 @@ impl AioContext {
         // The spin found work and every handler is polled: as in QEMU,
         // this poll needs no fd monitor call (the next one makes it).
         let mut skip_monitor = false;
-        if adaptive && Self::may_spin(&local) {
+        if adaptive && Self::may_spin(&mut local) {
             let spin = self.spin_for_work(local);
             local = s.local_in_poll();
             poll_ready = spin.ready;
             if spin.found {
-                // Work arrived while spinning: take it without sleeping.
+                // Work arrived while spinning: take it without sleeping
+                // (completions in the ring are reaped by a zero-timeout
+                // wait, which makes no system call).
                 blocking = false;
-                skip_monitor = local.poll_handlers.unpolled == 0;
+                skip_monitor = !spin.ring && local.poll_handlers.unpolled == 0;
+                if spin.ring && local.handlers.is_empty() && !local.ring_busy() {
+                    // The wait below is skipped without handlers; what the
+                    // ring holds can then only be the context's own notifier
+                    // or removed polls, which it would drop: drop them here,
+                    // or every later spin would end at once on them.
+                    local.drop_completions();
+                }
             }
         } else if blocking && local.poll_handlers.started {
             // Not spinning this time (an unpolled handler came, or the
@@ -554,6 +563,9 @@ impl AioContext {
         let ready =
             if timeout != 0 || (!local.handlers.is_empty() && !skip_monitor) || local.ring_busy() {
                 let mut ready = std::mem::take(&mut local.ready);
+                if timeout != 0 {
+                    self.count_blocking_wait();
+                }
                 let waited = local
                     .flush_file_ring()
                     .and_then(|()| local.monitor.wait(timeout, &mut ready));

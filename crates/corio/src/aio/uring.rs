@@ -115,6 +115,16 @@ impl Local {
         }
     }
 
+    /// Reaps the monitor's completions and drops them: for a poll that
+    /// has no handler to dispatch them to (see `AioContext::poll`). A
+    /// failure is left for the next wait to report.
+    pub(super) fn drop_completions(&mut self) {
+        let mut ready = std::mem::take(&mut self.ready);
+        let _ = self.monitor.wait(0, &mut ready);
+        ready.clear();
+        self.ready = ready;
+    }
+
     /// After the monitor's wait: the coroutines whose operations completed.
     pub(super) fn take_woken(&mut self, out: &mut Vec<CoHandle>) {
         if let Monitor::Uring(u) = &mut self.monitor {

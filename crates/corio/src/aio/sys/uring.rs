@@ -610,10 +610,12 @@ impl FdMonitor for Uring {
         let timeout_ns = if self.stash.is_empty() { timeout_ns } else { 0 };
         let queued = self.ring.submission().len();
         let r = if timeout_ns == 0 {
-            // Nothing to wait for: enter the kernel only to submit.
-            if self.ring.submission().is_empty() {
+            // Nothing to wait for: enter the kernel only to submit, or to
+            // flush completions the kernel holds back (`kernel_has_more`).
+            if queued == 0 && !self.kernel_has_more() {
                 Ok(0)
             } else {
+                // `submit` adds GETEVENTS when the kernel holds some back.
                 self.ring.submit()
             }
         } else if timeout_ns < 0 {
@@ -655,6 +657,38 @@ mod libc_errno {
     pub(super) const EBUSY: i32 = Errno::BUSY.raw_os_error();
     pub(super) const ETIME: i32 = Errno::TIME.raw_os_error();
     pub(super) const ECANCELED: i32 = Errno::CANCELED.raw_os_error();
+}
+
+/// What the context's adaptive polling asks the ring (QEMU's
+/// `fdmon_io_uring_need_wait`): every registered fd has a poll in the ring
+/// once the queued ones are submitted, and its readiness arrives as a CQE,
+/// so "is there work" is a look at the completion queue's indexes in shared
+/// memory, not a system call.
+impl Uring {
+    /// Submits the polls and operations queued so far (one
+    /// `io_uring_enter` if any), so that from now on every registered fd's
+    /// readiness and every operation's completion shows in the completion
+    /// queue. The spin calls this once before it starts.
+    pub(crate) fn submit_pending(&mut self) -> io::Result<()> {
+        self.arm_pending()?;
+        self.flush()
+    }
+
+    /// Whether a `wait` would find work without blocking: completions in
+    /// the queue (or stashed), or held back by the kernel. No system call.
+    pub(crate) fn has_completions(&mut self) -> bool {
+        !self.stash.is_empty() || !self.ring.completion().is_empty() || self.kernel_has_more()
+    }
+
+    /// The kernel holds completions it has not posted: task work waiting
+    /// for this thread (`IORING_SQ_TASKRUN`, set only with
+    /// `IORING_SETUP_TASKRUN_FLAG`) or an overflowed completion queue
+    /// (`IORING_SQ_CQ_OVERFLOW`). Either needs an `io_uring_enter` with
+    /// `GETEVENTS`, which `submit` makes when it sees them.
+    fn kernel_has_more(&mut self) -> bool {
+        let sq = self.ring.submission();
+        sq.taskrun() || sq.cq_overflow()
+    }
 }
 
 #[cfg(all(test, not(loom)))]
