@@ -24,7 +24,8 @@
 //! benches/io_echo.rs, for the same reason: a shared machine).
 //!
 //! `cargo bench -p corio --bench uring` (`-- --rounds N`, `-- --quick`,
-//! `-- FILTER` for one group).
+//! `-- FILTER` for one group; `-- --server 'io_uring polling'` runs one
+//! ping-pong server alone, to trace it).
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -75,12 +76,14 @@ impl PingServer {
                 }
                 d2.store(true, SeqCst);
             });
+            let mut polls = 0u64;
             while !done.load(SeqCst) {
                 ctx.poll(true);
+                polls += 1;
             }
             let st = ctx.poll_stats();
             if std::env::var_os("PINGPONG_STATS").is_some() {
-                eprintln!("{kind:?} poll_max_ns {poll_max_ns}: {st:?}");
+                eprintln!("{kind:?} poll_max_ns {poll_max_ns}: {polls} polls, {st:?}");
             }
         });
         PingServer {
@@ -327,23 +330,45 @@ fn report(group: &str, unit: &str, names: &[String], figs: &[Vec<f64>]) {
     }
 }
 
-fn pingpong(rounds: usize, n: usize) {
+/// The ping-pong servers, in report order (the first is the base).
+const SERVERS: [&str; 5] = [
+    "std blocking",
+    "epoll",
+    "io_uring",
+    "io_uring polling",
+    "tokio",
+];
+
+fn ping_server(name: &str) -> PingServer {
     use corio::iothread::DEFAULT_POLL_MAX_NS;
-    let names = [
-        "std blocking",
-        "epoll",
-        "io_uring",
-        "io_uring polling",
-        "tokio",
-    ]
-    .map(String::from);
-    let mut clients = vec![
-        PingClient::new(PingServer::std()),
-        PingClient::new(PingServer::corio(FdMon::Epoll, DEFAULT_POLL_MAX_NS)),
-        PingClient::new(PingServer::corio(FdMon::IoUring, 0)),
-        PingClient::new(PingServer::corio(FdMon::IoUring, DEFAULT_POLL_MAX_NS)),
-        PingClient::new(PingServer::tokio()),
-    ];
+    match name {
+        "std blocking" => PingServer::std(),
+        "epoll" => PingServer::corio(FdMon::Epoll, DEFAULT_POLL_MAX_NS),
+        "io_uring" => PingServer::corio(FdMon::IoUring, 0),
+        "io_uring polling" => PingServer::corio(FdMon::IoUring, DEFAULT_POLL_MAX_NS),
+        "tokio" => PingServer::tokio(),
+        _ => panic!("--server {name:?}: expected one of {SERVERS:?}"),
+    }
+}
+
+/// `--server NAME`: that server alone, `n` round trips after a warm-up,
+/// for `strace -c -f` or `perf stat` of one variant.
+fn pingpong_one(name: &str, n: usize) {
+    let mut c = PingClient::new(ping_server(name));
+    c.run(n / 4);
+    let t = c.run(n);
+    println!(
+        "pingpong_4k        {name:<34} {:>10.2} us/rt  ({n} round trips)",
+        t.as_nanos() as f64 / 1000.0
+    );
+}
+
+fn pingpong(rounds: usize, n: usize) {
+    let names = SERVERS.map(String::from);
+    let mut clients: Vec<PingClient> = SERVERS
+        .iter()
+        .map(|s| PingClient::new(ping_server(s)))
+        .collect();
     for c in &mut clients {
         c.run(n / 4); // warm-up
     }
@@ -419,6 +444,11 @@ fn main() {
         .find(|a| !a.starts_with("--") && a.parse::<usize>().is_err());
     let want = |g: &str| filter.is_none_or(|f| g.contains(f.as_str()));
     let scale = if quick { 10 } else { 1 };
+    if let Some(i) = args.iter().position(|a| a == "--server") {
+        let name = args.get(i + 1).expect("--server NAME");
+        pingpong_one(name, 20_000 / scale);
+        return;
+    }
     if want("pingpong_4k") {
         pingpong(rounds, 20_000 / scale);
     }
