@@ -157,10 +157,15 @@ impl AioContext {
     ///
     /// # Thread context
     /// Home thread only.
-    pub(crate) fn uring_submit(&self, op: FileOp, waiter: CoHandle) -> Result<u64, FileOp> {
+    pub(crate) fn uring_submit(
+        &self,
+        op: FileOp,
+        bs: *const (),
+        waiter: CoHandle,
+    ) -> Result<u64, FileOp> {
         let mut local = self.shared.local();
         match local.file_ring() {
-            Some(u) => Ok(u.submit_op(op, waiter)),
+            Some(u) => Ok(u.submit_op(op, bs, waiter)),
             None => Err(op),
         }
     }

@@ -267,17 +267,31 @@ impl Uring {
     /// when its CQE is reaped. Returns the operation's id. If the ring is
     /// broken (the queue cannot be flushed), the operation completes at
     /// once with that error, its buffer untouched.
-    pub(crate) fn submit_op(&mut self, op: FileOp, waiter: CoHandle) -> u64 {
+    ///
+    /// `bs` names the file for the trace event (QEMU's BlockDriverState).
+    pub(crate) fn submit_op(&mut self, op: FileOp, bs: *const (), waiter: CoHandle) -> u64 {
         let id = self.next_op;
         self.next_op = (self.next_op + 1) & !(OP_BIT | IGNORE);
-        let (fd, offset, op_type) = match &op {
-            FileOp::Read { fd, offset, .. } => (*fd, *offset, 0),
-            FileOp::Write { fd, offset, .. } => (*fd, *offset, 1),
-            FileOp::Fsync { fd, .. } => (*fd, 0, 2),
-            FileOp::Fallocate { fd, offset, .. } => (*fd, *offset, 3),
+        let (fd, offset, nbytes, op_type) = match &op {
+            FileOp::Read {
+                fd,
+                offset,
+                buf,
+                at,
+            } => (*fd, *offset, buf.len() - at, qemu_aio::READ),
+            FileOp::Write {
+                fd,
+                offset,
+                buf,
+                at,
+            } => (*fd, *offset, buf.len() - at, qemu_aio::WRITE),
+            FileOp::Fsync { fd, .. } => (*fd, 0, 0, qemu_aio::FLUSH),
+            FileOp::Fallocate {
+                fd, offset, mode, ..
+            } => (*fd, *offset, 0, qemu_aio::fallocate(*mode)),
         };
         let (entry, buf) = build_op(op);
-        trace::luring_co_submit(self.ptr(), id, fd, offset, buf.len(), op_type);
+        trace::luring_co_submit(bs, self.ptr(), id, fd, offset, nbytes, op_type);
         // Move the buffer into the table first: its heap block does not
         // move with the `Vec`, so the pointers `build_op` took stay valid.
         self.ops.insert(
@@ -646,6 +660,32 @@ impl FdMonitor for Uring {
         }
         self.reap(out);
         Ok(())
+    }
+}
+
+/// QEMU's request types (`QEMU_AIO_*` in include/block/raw-aio.h), which
+/// its `luring_co_submit` trace event reports.
+mod qemu_aio {
+    pub(super) const READ: i32 = 0x0001;
+    pub(super) const WRITE: i32 = 0x0002;
+    pub(super) const FLUSH: i32 = 0x0008;
+    pub(super) const DISCARD: i32 = 0x0010;
+    pub(super) const WRITE_ZEROES: i32 = 0x0020;
+    pub(super) const TRUNCATE: i32 = 0x0080;
+
+    /// The type QEMU gives what a `fallocate` of `mode` does: punching a
+    /// hole is a discard, zeroing a range a write of zeroes, and plain
+    /// allocation its preallocation (which QEMU runs as a truncate).
+    pub(super) fn fallocate(mode: i32) -> i32 {
+        const PUNCH_HOLE: i32 = 0x02;
+        const ZERO_RANGE: i32 = 0x10;
+        if mode & PUNCH_HOLE != 0 {
+            DISCARD
+        } else if mode & ZERO_RANGE != 0 {
+            WRITE_ZEROES
+        } else {
+            TRUNCATE
+        }
     }
 }
 
