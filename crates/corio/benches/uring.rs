@@ -11,7 +11,10 @@
 //!   the io_uring monitor and polling (the spin watches the ring's
 //!   completion queue), and a tokio current_thread runtime on its own
 //!   thread (also compared with each corio variant). `PINGPONG_STATS=1`
-//!   prints each corio server's `poll_stats` when it ends.
+//!   prints each corio server's `poll_stats` when it ends;
+//!   `PINGPONG_PIN=1` pins the client to CPU 0 and the servers to CPU 1;
+//!   `PINGPONG_GAP_US=g` makes the client pause `g` µs between round
+//!   trips (see `PingClient::run`).
 //! * `randread_4k_qd1`, `randread_4k_qd32`: 4 KiB reads at random aligned
 //!   offsets of a 64 MiB file in the page cache, from 1 or 32 coroutines on
 //!   one context; reads per second. `AioFile` on the io_uring monitor's
@@ -44,6 +47,27 @@ const FILE_SIZE: u64 = 64 << 20;
 
 // --------------------------------------------------------------- ping-pong
 
+/// With `PINGPONG_PIN=1`, pins the calling thread to `cpu`: the client to
+/// CPU 0, every server to CPU 1. Unpinned, on a 2-vCPU machine with other
+/// load, client and server often share a CPU: the server's `send` then
+/// wakes the client onto its own CPU, which preempts it, and the figures
+/// measure the scheduler more than the servers.
+/// Returns the affinity to restore (threads started later inherit it).
+fn pin(cpu: usize) -> Option<rustix::thread::CpuSet> {
+    std::env::var_os("PINGPONG_PIN")?;
+    let old = rustix::thread::sched_getaffinity(None).expect("sched_getaffinity");
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set).expect("PINGPONG_PIN: sched_setaffinity");
+    Some(old)
+}
+
+fn unpin(old: Option<rustix::thread::CpuSet>) {
+    if let Some(old) = old {
+        rustix::thread::sched_setaffinity(None, &old).expect("sched_setaffinity");
+    }
+}
+
 /// A server thread serving one client, until the client hangs up.
 struct PingServer {
     addr: SocketAddr,
@@ -58,6 +82,7 @@ impl PingServer {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let thread = std::thread::spawn(move || {
+            let _ = pin(1);
             let ctx = AioContext::with_fd_monitor(kind).unwrap();
             assert_eq!(ctx.fd_monitor(), kind, "monitor not available");
             ctx.set_poll_params(poll_max_ns, 0, 0);
@@ -98,6 +123,7 @@ impl PingServer {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let thread = std::thread::spawn(move || {
+            let _ = pin(1);
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
@@ -126,6 +152,7 @@ impl PingServer {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let thread = std::thread::spawn(move || {
+            let _ = pin(1);
             let (mut s, _) = l.accept().unwrap();
             s.set_nodelay(true).unwrap();
             let mut buf = vec![0u8; MSG];
@@ -156,16 +183,40 @@ impl PingClient {
         PingClient { s, server }
     }
 
-    /// `n` round trips; the time each took on average.
+    /// `n` round trips; the time each took on average. With
+    /// `PINGPONG_GAP_US=g` the client busy-waits `g` µs after each round
+    /// trip (not counted), so that the server has always gone back to
+    /// waiting when the next request comes: every request then goes
+    /// through the fd monitor (or the spin). Without it the server's
+    /// `recv` mostly finds the next request already there (the client
+    /// answers while the server's `send` is still returning).
     fn run(&mut self, n: usize) -> Duration {
+        let gap = std::env::var("PINGPONG_GAP_US")
+            .ok()
+            .filter(|g| !g.is_empty())
+            .map(|g| Duration::from_micros(g.parse().expect("PINGPONG_GAP_US=<µs>")));
         let out = vec![0x5au8; MSG];
         let mut back = vec![0u8; MSG];
-        let start = Instant::now();
+        let Some(gap) = gap else {
+            let start = Instant::now();
+            for _ in 0..n {
+                self.s.write_all(&out).unwrap();
+                self.s.read_exact(&mut back).unwrap();
+            }
+            return start.elapsed() / n as u32;
+        };
+        let mut total = Duration::ZERO;
         for _ in 0..n {
+            let start = Instant::now();
             self.s.write_all(&out).unwrap();
             self.s.read_exact(&mut back).unwrap();
+            let end = Instant::now();
+            total += end - start;
+            while end.elapsed() < gap {
+                std::hint::spin_loop();
+            }
         }
-        start.elapsed() / n as u32
+        total / n as u32
     }
 }
 
@@ -354,9 +405,12 @@ fn ping_server(name: &str) -> PingServer {
 /// `--server NAME`: that server alone, `n` round trips after a warm-up,
 /// for `strace -c -f` or `perf stat` of one variant.
 fn pingpong_one(name: &str, n: usize) {
+    let pinned = pin(0);
     let mut c = PingClient::new(ping_server(name));
     c.run(n / 4);
     let t = c.run(n);
+    drop(c);
+    unpin(pinned);
     println!(
         "pingpong_4k        {name:<34} {:>10.2} us/rt  ({n} round trips)",
         t.as_nanos() as f64 / 1000.0
@@ -364,6 +418,7 @@ fn pingpong_one(name: &str, n: usize) {
 }
 
 fn pingpong(rounds: usize, n: usize) {
+    let pinned = pin(0);
     let names = SERVERS.map(String::from);
     let mut clients: Vec<PingClient> = SERVERS
         .iter()
@@ -379,6 +434,8 @@ fn pingpong(rounds: usize, n: usize) {
             figs[i].push(clients[i].run(n).as_nanos() as f64 / 1000.0);
         }
     }
+    drop(clients);
+    unpin(pinned);
     report("pingpong_4k", "us/rt", &names, &figs);
     report_vs(
         "pingpong_4k",
