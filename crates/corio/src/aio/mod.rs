@@ -82,6 +82,7 @@ use self::bh::{BhInner, DELETED, IDLE, ONESHOT, SCHEDULED};
 use self::current::current_ctx;
 use self::fd::FdNode;
 use self::notify::NotifyMe;
+use self::poll::Prepared;
 use self::queue::AtomicStack;
 use self::slot::OpaqueSlot;
 use self::sys::{Epoll, FdMonitor, Monitor, Ready};
@@ -501,49 +502,21 @@ impl AioContext {
     /// On another thread; and a panic in a callback propagates from here.
     pub fn poll(&self, blocking: bool) -> bool {
         let s = &*self.shared;
-        let mut local = s.local();
+        if !s.is_home() {
+            not_home(&s.home_name, "access its home-thread state");
+        }
         // A coroutine whose stack holds this frame must not migrate until
         // it returns: the home-thread state below is this thread's.
         let _frame = coroutine::PollFrame::enter();
-        let adaptive = blocking && local.poll.max_ns > 0;
-        let block_start = if adaptive {
-            Clock::Realtime.now_ns()
+        // The spin and the poll-ready list exist for blocking polls only;
+        // the non-blocking path (nested polls, bottom-half loops) skips them.
+        let (prep, block_start) = if blocking {
+            self.prepare_blocking()
         } else {
-            0
+            (Prepared::empty(), 0)
         };
-        let mut blocking = blocking;
-        let mut poll_ready = Vec::new();
-        // The spin found work and every handler is polled: as in QEMU,
-        // this poll needs no fd monitor call (the next one makes it).
-        let mut skip_monitor = false;
-        if adaptive && Self::may_spin(&mut local) {
-            let spin = self.spin_for_work(local);
-            local = s.local_in_poll();
-            poll_ready = spin.ready;
-            if spin.found {
-                // Work arrived while spinning: take it without sleeping
-                // (completions in the ring are reaped by a zero-timeout
-                // wait, which makes no system call).
-                blocking = false;
-                skip_monitor = !spin.ring && local.poll_handlers.unpolled == 0;
-                if spin.ring && local.handlers.is_empty() && !local.ring_busy() {
-                    // The wait below is skipped without handlers; what the
-                    // ring holds can then only be the context's own notifier
-                    // or removed polls, which it would drop: drop them here,
-                    // or every later spin would end at once on them.
-                    local.drop_completions();
-                }
-            }
-        } else if blocking && local.poll_handlers.started {
-            // Not spinning this time (an unpolled handler came, or the
-            // spin shrank to 0): the polled handlers get `io_poll_end`
-            // before the sleep, as in QEMU's `try_poll_mode`.
-            drop(local);
-            if self.poll_set_started(false, &mut poll_ready) {
-                blocking = false;
-            }
-            local = s.local_in_poll();
-        }
+        let blocking = prep.contains(Prepared::BLOCKING);
+        let mut local = s.local_in_poll();
         if blocking {
             // Its SeqCst fence pairs with the one in `notify`
             // (`NotifyMe::needs_kick`): either the look for work below sees
@@ -560,53 +533,57 @@ impl AioContext {
         trace::aio_poll_begin(s.ptr(), blocking, timeout);
         // With nothing to wait for but our own notifier, a zero timeout needs
         // no system call: the notifier is only written while we sleep.
-        let ready =
-            if timeout != 0 || (!local.handlers.is_empty() && !skip_monitor) || local.ring_busy() {
-                let mut ready = std::mem::take(&mut local.ready);
-                if timeout != 0 {
-                    self.count_blocking_wait();
+        let ready = if timeout != 0
+            || (!local.handlers.is_empty() && !prep.contains(Prepared::SKIP_MONITOR))
+            || local.ring_busy()
+        {
+            let mut ready = std::mem::take(&mut local.ready);
+            if timeout != 0 {
+                self.count_blocking_wait();
+            }
+            let waited = local
+                .flush_file_ring()
+                .and_then(|()| local.monitor.wait(timeout, &mut ready));
+            if let Err(e) = waited {
+                // Only a broken invariant gets here (EBADF, EFAULT,
+                // EINVAL; EINTR is a plain wake-up). Lower `notify_me`
+                // first, so that a caller who catches the panic does not
+                // leave every later `notify` writing the eventfd.
+                if blocking {
+                    s.notify_me.lower();
                 }
-                let waited = local
-                    .flush_file_ring()
-                    .and_then(|()| local.monitor.wait(timeout, &mut ready));
-                if let Err(e) = waited {
-                    // Only a broken invariant gets here (EBADF, EFAULT,
-                    // EINVAL; EINTR is a plain wake-up). Lower `notify_me`
-                    // first, so that a caller who catches the panic does not
-                    // leave every later `notify` writing the eventfd.
-                    if blocking {
-                        s.notify_me.lower();
-                    }
-                    local.ready = ready;
-                    drop(local);
-                    panic!("AioContext::poll: fd monitor wait failed: {e}");
-                }
-                Some(ready)
-            } else {
-                None
-            };
+                local.ready = ready;
+                drop(local);
+                panic!("AioContext::poll: fd monitor wait failed: {e}");
+            }
+            Some(ready)
+        } else {
+            None
+        };
         if blocking {
             // See `NotifyMe::lower` for its ordering (it pairs with nothing).
             s.notify_me.lower();
         }
-        let mut woken = Vec::new();
-        if ready.is_some() {
-            local.take_woken(&mut woken);
-        }
+        let woken = if ready.is_some() {
+            local.take_woken()
+        } else {
+            None
+        };
         drop(local);
 
-        if adaptive {
+        if prep.contains(Prepared::ADAPTIVE) {
             self.adjust_polling_time(Clock::Realtime.now_ns() - block_start);
         }
         // Coroutines whose file operations completed resume here, on
         // the home thread (QEMU's luring_process_completions).
-        let mut progress = !woken.is_empty();
-        for co in woken {
-            co.wake();
+        let mut progress = false;
+        if let Some(woken) = woken {
+            progress = Self::wake_completed(woken);
         }
         progress |= self.bh_poll();
-        if !poll_ready.is_empty() {
-            progress |= self.dispatch_poll_ready(poll_ready);
+        if prep.contains(Prepared::POLL_READY) {
+            // A poll nested in a bottom half above may have run them.
+            progress |= self.dispatch_poll_ready();
         }
         if let Some(mut ready) = ready {
             progress |= self.dispatch(&ready);
@@ -620,6 +597,74 @@ impl AioContext {
         }
         progress |= self.run_timers();
         trace::aio_poll_end(s.ptr(), progress);
+        progress
+    }
+
+    /// A blocking poll's first steps: the adaptive spin, or the polled
+    /// handlers' `io_poll_end` before a sleep. Handlers found ready wait in
+    /// `poll_handlers.ready`. Returns how the poll goes on and when it
+    /// started blocking. Out of line, so that the non-blocking path pays
+    /// none of it.
+    #[inline(never)]
+    fn prepare_blocking(&self) -> (Prepared, i64) {
+        let s = &*self.shared;
+        let mut local = s.local_in_poll();
+        let mut prep = Prepared::BLOCKING;
+        let mut block_start = 0;
+        if local.poll.max_ns > 0 {
+            prep.insert(Prepared::ADAPTIVE);
+            block_start = Clock::Realtime.now_ns();
+        }
+        let mut ready = Vec::new();
+        if prep.contains(Prepared::ADAPTIVE) && Self::may_spin(&mut local) {
+            let spin = self.spin_for_work(local);
+            ready = spin.ready;
+            if spin.found {
+                // Work arrived while spinning: take it without sleeping
+                // (completions in the ring are reaped by a zero-timeout
+                // wait, which makes no system call).
+                prep.remove(Prepared::BLOCKING);
+                let mut local = s.local_in_poll();
+                // Every handler is polled and the ring (if any) had
+                // nothing: as in QEMU, this poll needs no fd monitor call
+                // (the next one makes it).
+                if !spin.ring && local.poll_handlers.unpolled == 0 {
+                    prep.insert(Prepared::SKIP_MONITOR);
+                }
+                if spin.ring && local.handlers.is_empty() && !local.ring_busy() {
+                    // The wait is skipped without handlers; what the ring
+                    // holds can then only be the context's own notifier or
+                    // removed polls, which it would drop: drop them here,
+                    // or every later spin would end at once on them.
+                    local.drop_completions();
+                }
+            }
+        } else if local.poll_handlers.started {
+            // Not spinning this time (an unpolled handler came, or the
+            // spin shrank to 0): the polled handlers get `io_poll_end`
+            // before the sleep, as in QEMU's `try_poll_mode`.
+            drop(local);
+            if self.poll_set_started(false, &mut ready) {
+                prep.remove(Prepared::BLOCKING);
+            }
+        } else {
+            drop(local);
+        }
+        if !ready.is_empty() {
+            prep.insert(Prepared::POLL_READY);
+            s.local_in_poll().poll_handlers.ready.append(&mut ready);
+        }
+        (prep, block_start)
+    }
+
+    /// Resumes the coroutines whose file operations completed; returns
+    /// whether there were any.
+    #[inline(never)]
+    fn wake_completed(woken: Vec<CoHandle>) -> bool {
+        let progress = !woken.is_empty();
+        for co in woken {
+            co.wake();
+        }
         progress
     }
 

@@ -130,6 +130,8 @@ pub(super) struct PollHandlers {
     /// The polled handlers got `io_poll_begin` and not yet `io_poll_end`
     /// (QEMU's `poll_started`).
     pub(super) started: bool,
+    /// Handlers a spin found ready, until their poll runs `io_poll_ready`.
+    pub(super) ready: Vec<Arc<FdNode>>,
 }
 
 impl PollHandlers {
@@ -223,6 +225,40 @@ pub(super) struct Spin {
     /// The io_uring monitor's completion queue had entries: the poll must
     /// reap them (a zero-timeout wait, no system call).
     pub(super) ring: bool,
+}
+
+/// How a poll goes on after its first steps
+/// (`AioContext::prepare_blocking`): a set of flags in one byte, so that it
+/// stays in a register on the non-blocking path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Prepared(u8);
+
+impl Prepared {
+    /// Still to sleep in the fd monitor (no work found while spinning).
+    pub(super) const BLOCKING: Prepared = Prepared(1);
+    /// Adaptive polling is on: the poll adjusts its spin afterwards.
+    pub(super) const ADAPTIVE: Prepared = Prepared(2);
+    /// Handlers wait in `PollHandlers::ready` for their `io_poll_ready`.
+    pub(super) const POLL_READY: Prepared = Prepared(4);
+    /// The spin found work and every handler is polled: no monitor call.
+    pub(super) const SKIP_MONITOR: Prepared = Prepared(8);
+
+    /// No flag: a non-blocking poll.
+    pub(super) const fn empty() -> Prepared {
+        Prepared(0)
+    }
+
+    pub(super) const fn contains(self, f: Prepared) -> bool {
+        self.0 & f.0 == f.0
+    }
+
+    pub(super) fn insert(&mut self, f: Prepared) {
+        self.0 |= f.0;
+    }
+
+    pub(super) fn remove(&mut self, f: Prepared) {
+        self.0 &= !f.0;
+    }
 }
 
 impl AioContext {
@@ -483,8 +519,10 @@ impl AioContext {
     }
 
     /// Runs the `io_poll_ready` callbacks of the handlers a spin found
-    /// ready; returns whether any ran.
-    pub(super) fn dispatch_poll_ready(&self, ready: Vec<Arc<FdNode>>) -> bool {
+    /// ready (parked in `PollHandlers::ready`); returns whether any ran.
+    #[inline(never)]
+    pub(super) fn dispatch_poll_ready(&self) -> bool {
+        let ready = std::mem::take(&mut self.shared.local_in_poll().poll_handlers.ready);
         let mut progress = false;
         for node in ready {
             if node.call(&node.io_poll_ready) {

@@ -116,8 +116,8 @@ impl Local {
     }
 
     /// Reaps the monitor's completions and drops them: for a poll that
-    /// has no handler to dispatch them to (see `AioContext::poll`). A
-    /// failure is left for the next wait to report.
+    /// has no handler to dispatch them to (see `AioContext::prepare_blocking`).
+    /// A failure is left for the next wait to report.
     pub(super) fn drop_completions(&mut self) {
         let mut ready = std::mem::take(&mut self.ready);
         let _ = self.monitor.wait(0, &mut ready);
@@ -125,18 +125,22 @@ impl Local {
         self.ready = ready;
     }
 
-    /// After the monitor's wait: the coroutines whose operations completed.
-    pub(super) fn take_woken(&mut self, out: &mut Vec<CoHandle>) {
-        if let Monitor::Uring(u) = &mut self.monitor {
-            u.take_woken(out);
-        }
-        if let FileRing::Ring(u) = &mut self.file_ring {
-            // Reaps from memory: its submissions went in before the wait.
-            let mut none = Vec::new();
-            if u.wait(0, &mut none).is_ok() {
-                u.take_woken(out);
+    /// After the monitor's wait: the coroutines whose operations completed,
+    /// if any ring can have some.
+    pub(super) fn take_woken(&mut self) -> Option<Vec<CoHandle>> {
+        let mut out = Vec::new();
+        match (&mut self.monitor, &mut self.file_ring) {
+            (Monitor::Uring(u), _) => u.take_woken(&mut out),
+            (_, FileRing::Ring(u)) => {
+                // Reaps from memory: its submissions went in before the wait.
+                let mut none = Vec::new();
+                if u.wait(0, &mut none).is_ok() {
+                    u.take_woken(&mut out);
+                }
             }
+            _ => return None,
         }
+        Some(out).filter(|w| !w.is_empty())
     }
 }
 
