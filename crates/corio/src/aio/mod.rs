@@ -538,9 +538,6 @@ impl AioContext {
             || local.ring_busy()
         {
             let mut ready = std::mem::take(&mut local.ready);
-            if timeout != 0 {
-                self.count_blocking_wait();
-            }
             let waited = local
                 .flush_file_ring()
                 .and_then(|()| local.monitor.wait(timeout, &mut ready));
@@ -563,6 +560,10 @@ impl AioContext {
         if blocking {
             // See `NotifyMe::lower` for its ordering (it pairs with nothing).
             s.notify_me.lower();
+            if timeout != 0 {
+                // Counted here, off the non-blocking path.
+                self.count_blocking_wait();
+            }
         }
         let woken = if ready.is_some() {
             local.take_woken()
