@@ -62,6 +62,9 @@ trace_events! {
     luring_co_submit(bs: Ptr, s: Ptr, luringcb: u64, fd: i32, offset: u64, nbytes: usize, op_type: i32) "bs {bs:p} s {s:p} luringcb {luringcb} fd {fd} offset {offset} nbytes {nbytes} type {op_type}";
     /// A file operation's completion was reaped; `ret` is its result (negative errno).
     luring_process_completion(s: Ptr, luringcb: u64, ret: i32) "LuringState {s:p} luringcb {luringcb} ret {ret}";
+    /// A read that came back short is submitted again for the rest
+    /// (`AioFile::read_full_at`); `nread`: bytes read so far.
+    luring_resubmit_short_read(s: Ptr, luringcb: u64, nread: i32) "LuringState {s:p} luringcb {luringcb} nread {nread}";
     /// `io_uring_enter` submitted queued operations (`ret`: how many, or a negative errno).
     luring_io_uring_submit(s: Ptr, ret: i32) "LuringState {s:p} ret {ret}";
     // ours: iothread.rs

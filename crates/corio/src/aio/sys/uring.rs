@@ -22,6 +22,20 @@
 //! `POLL_REMOVE` is submitted at once, before the caller can close the fd
 //! and expect its peer to see the close.
 //!
+//! # Adaptive polling
+//!
+//! A context that spins before it sleeps watches this ring from memory
+//! ([`Uring::has_completions`], after [`Uring::submit_pending`]): that is
+//! how fds without a poll callback take part in polling on this monitor
+//! (`aio/poll.rs`). The ring is set up with no flags, as QEMU's: a poll
+//! completion is posted by task work of this thread, and without
+//! `IORING_SETUP_COOP_TASKRUN` the kernel interrupts the spinning thread to
+//! run it, so the completion reaches the queue with no system call of ours.
+//! Should the ring ever be set up with `COOP_TASKRUN | TASKRUN_FLAG`, the
+//! kernel sets `IORING_SQ_TASKRUN` instead; the check and the zero-timeout
+//! wait handle that flag (and `IORING_SQ_CQ_OVERFLOW`) by entering the
+//! kernel with `GETEVENTS`. BENCHMARKS.md has the measurements.
+//!
 //! # user_data
 //!
 //! * polls: `generation << 32 | fd`, so that a completion of a removed
@@ -290,8 +304,21 @@ impl Uring {
                 fd, offset, mode, ..
             } => (*fd, *offset, 0, qemu_aio::fallocate(*mode)),
         };
+        // A read that continues after a short one (`AioFile::read_full_at`)
+        // is QEMU's resubmission of a short read, not a new request.
+        let resubmit = match &op {
+            FileOp::Read { at, .. } if *at > 0 => Some(*at),
+            _ => None,
+        };
         let (entry, buf) = build_op(op);
-        trace::luring_co_submit(bs, self.ptr(), id, fd, offset, nbytes, op_type);
+        match resubmit {
+            Some(nread) => trace::luring_resubmit_short_read(
+                self.ptr(),
+                id,
+                i32::try_from(nread).unwrap_or(i32::MAX),
+            ),
+            None => trace::luring_co_submit(bs, self.ptr(), id, fd, offset, nbytes, op_type),
+        }
         // Move the buffer into the table first: its heap block does not
         // move with the `Vec`, so the pointers `build_op` took stay valid.
         self.ops.insert(
