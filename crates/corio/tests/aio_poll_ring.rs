@@ -43,9 +43,7 @@ fn polling_ctx(kind: FdMon) -> AioContext {
             std::thread::sleep(wait);
             c.bh_schedule_oneshot(move || r.store(true, SeqCst));
         });
-        while !ran.load(SeqCst) {
-            ctx.poll(true);
-        }
+        poll_blocking_until(&ctx, "the growing bottom half", || ran.load(SeqCst));
         join_within(t, "grow the spin");
     }
     ctx
@@ -101,28 +99,58 @@ struct PingPong {
 /// A coroutine echo server on `ctx` (a channel: `read_all` yields with
 /// `yield_for(IN)`), driven by `rounds` request/response round trips from
 /// another thread; the counters over the rounds after the first.
+///
+/// The client sends each request only once the server is waiting for it,
+/// so that every request tests the wait (on a loaded machine client and
+/// server may share a CPU, and the server would otherwise mostly find the
+/// next request already there): on io_uring once the server has started a
+/// new spin (its `spins` counter moved), on epoll (no spin) once the
+/// coroutine is about to read, plus 2 ms for it to go to sleep.
 fn ping_pong(ctx: &AioContext, rounds: usize) -> PingPong {
     let (server, client) = UnixStream::pair().unwrap();
     let warm = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let d = done.clone();
+    let reading = Arc::new(AtomicBool::new(false));
+    let (d, r) = (done.clone(), reading.clone());
     let _co = ctx.spawn(move || {
         let ch = SocketChannel::new_fd(OwnedFd::from(server)).unwrap();
         ch.set_blocking(false).unwrap();
         let mut buf = [0u8; 64];
-        while ch.read_all(&mut buf).is_ok() {
-            if ch.write_all_bytes(&buf).is_err() {
+        loop {
+            r.store(true, SeqCst);
+            if ch.read_all(&mut buf).is_err() || ch.write_all_bytes(&buf).is_err() {
                 break;
             }
         }
         d.store(true, SeqCst);
     });
     let w = warm.clone();
+    let spins_ctx = (ctx.fd_monitor() == FdMon::IoUring).then(|| ctx.clone());
+    // Read here, before this thread polls again: a spin that started
+    // before the client read the counter would be missed.
+    let mut spins = spins_ctx.as_ref().map(|c| c.poll_stats().spins);
     let client = std::thread::spawn(move || {
         let mut s = client;
         s.set_read_timeout(Some(DEADLINE)).unwrap();
         let mut back = [0u8; 64];
         for i in 0..rounds {
+            let start = Instant::now();
+            match (&spins_ctx, &mut spins) {
+                (Some(c), Some(seen)) => {
+                    while c.poll_stats().spins == *seen {
+                        assert!(start.elapsed() < DEADLINE, "round {i}: no spin");
+                        std::thread::yield_now();
+                    }
+                    *seen = c.poll_stats().spins;
+                }
+                _ => {
+                    while !reading.swap(false, SeqCst) {
+                        assert!(start.elapsed() < DEADLINE, "round {i}: no read");
+                        std::thread::yield_now();
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
             let req = [i as u8; 64];
             s.write_all(&req).unwrap();
             s.read_exact(&mut back).unwrap();
@@ -156,8 +184,16 @@ fn ping_pong(ctx: &AioContext, rounds: usize) -> PingPong {
 fn io_uring_socket_handler_keeps_polling() {
     let ctx = polling_ctx(FdMon::IoUring);
     let p = ping_pong(&ctx, 200);
-    assert!(p.spins > 0, "no spin while a socket handler is registered");
-    assert!(p.ring_progress > 0, "no spin found its work in the ring");
+    assert!(
+        p.spins >= 190,
+        "{} spins for 200 requests with a socket handler registered",
+        p.spins
+    );
+    assert!(
+        p.ring_progress >= 190,
+        "{} of 200 requests found in the ring",
+        p.ring_progress
+    );
     assert_eq!(
         p.blocking_waits, 0,
         "the context slept between requests ({} spins, {} with work, {} via the ring)",
@@ -218,8 +254,8 @@ fn readiness_while_spinning_is_handled_level_triggered() {
     poll_blocking_until(&ctx, "the handler", || calls.load(SeqCst) == 1);
     let a = join_within(writer, "writer");
     for n in 2..=4 {
-        ctx.poll(true);
-        assert_eq!(calls.load(SeqCst), n, "not level-triggered");
+        let polls = poll_blocking_until(&ctx, "the handler again", || calls.load(SeqCst) == n);
+        assert_eq!(polls, 1, "not level-triggered: call {n} took {polls} polls");
     }
     let (spins, with_work, ring, sleeps) = delta(ctx.poll_stats(), before);
     assert_eq!(sleeps, 0, "slept ({spins} spins, {with_work} with work)");
