@@ -574,6 +574,10 @@ impl AioContext {
         if blocking {
             // See `NotifyMe::lower` for its ordering (it pairs with nothing).
             s.notify_me.lower();
+            if timeout != 0 {
+                // Counted here, off the non-blocking path.
+                self.count_blocking_wait();
+            }
         }
         let woken = if ready.is_some() {
             local.take_woken()
@@ -619,7 +623,7 @@ impl AioContext {
     #[inline(never)]
     fn prepare_blocking(&self) -> (Prepared, i64) {
         let s = &*self.shared;
-        let local = s.local_in_poll();
+        let mut local = s.local_in_poll();
         let mut prep = Prepared::BLOCKING;
         let mut block_start = 0;
         if local.poll.max_ns > 0 {
@@ -627,16 +631,27 @@ impl AioContext {
             block_start = Clock::Realtime.now_ns();
         }
         let mut ready = Vec::new();
-        if prep.contains(Prepared::ADAPTIVE) && Self::may_spin(&local) {
+        if prep.contains(Prepared::ADAPTIVE) && Self::may_spin(&mut local) {
             let spin = self.spin_for_work(local);
             ready = spin.ready;
             if spin.found {
-                // Work arrived while spinning: take it without sleeping.
+                // Work arrived while spinning: take it without sleeping
+                // (completions in the ring are reaped by a zero-timeout
+                // wait, which makes no system call).
                 prep.remove(Prepared::BLOCKING);
-                // Every handler is polled: as in QEMU, this poll needs no
-                // fd monitor call (the next one makes it).
-                if s.local_in_poll().poll_handlers.unpolled == 0 {
+                let mut local = s.local_in_poll();
+                // Every handler is polled and the ring (if any) had
+                // nothing: as in QEMU, this poll needs no fd monitor call
+                // (the next one makes it).
+                if !spin.ring && local.poll_handlers.unpolled == 0 {
                     prep.insert(Prepared::SKIP_MONITOR);
+                }
+                if spin.ring && local.handlers.is_empty() && !local.ring_busy() {
+                    // The wait is skipped without handlers; what the ring
+                    // holds can then only be the context's own notifier or
+                    // removed polls, which it would drop: drop them here,
+                    // or every later spin would end at once on them.
+                    local.drop_completions();
                 }
             }
         } else if local.poll_handlers.started {

@@ -25,10 +25,32 @@
 //! handlers are all polled makes no fd-monitor call (QEMU's rule); the next
 //! poll does.
 //!
-//! Sockets: channel handlers stay unpolled. A poll callback for a socket
-//! would have to ask the kernel (`recv(MSG_PEEK | MSG_DONTWAIT)`, one system
-//! call, several µs on this VM per call, per round), which costs as much as
-//! the `epoll_wait` it would save; see BENCHMARKS.md.
+//! # Sockets and the fd monitor
+//!
+//! Channel (socket) handlers have no poll callback: one would have to ask
+//! the kernel (`recv(MSG_PEEK | MSG_DONTWAIT)`, a system call per socket per
+//! round, 350-570 ns here), which costs more than the `epoll_wait` it would
+//! save; see BENCHMARKS.md. What decides whether they stop the spin is the
+//! fd monitor:
+//!
+//! * **epoll**: a handler without a poll callback switches the spin off
+//!   (QEMU's `poll_disable_cnt`), since its readiness is only seen by a
+//!   system call (`epoll_wait`), and the spin exists to avoid those.
+//! * **io_uring**: every registered fd has a `POLL_ADD` in the ring, and its
+//!   readiness arrives as a completion in the ring's completion queue,
+//!   which is shared memory. So the ring covers every handler: unpolled
+//!   handlers (and file operations in flight) do not switch the spin off;
+//!   the spin submits what is queued once before it starts, and in each
+//!   round, beside the bottom-half list and the poll callbacks, compares the
+//!   queue's head and tail (QEMU's `fdmon_io_uring_need_wait`, which also
+//!   keeps polling on with io_uring). A completion ends the spin; the poll
+//!   then reaps it with a zero-timeout wait, which makes no system call,
+//!   and dispatches, without sleeping. The kernel posts a poll completion
+//!   from task work run by this thread: the ring is set up without
+//!   `IORING_SETUP_COOP_TASKRUN`, so the kernel interrupts the spinning
+//!   thread to run it (an IPI) and the completion appears in memory; with
+//!   `TASKRUN_FLAG` rings the spin also watches `IORING_SQ_TASKRUN` (see
+//!   `sys/uring.rs` and BENCHMARKS.md for the measurements).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -51,6 +73,8 @@ pub(super) struct PollCounters {
     poll_progress: AtomicU64,
     ready_calls: AtomicU64,
     idle_removed: AtomicU64,
+    ring_progress: AtomicU64,
+    blocking_waits: AtomicU64,
     /// Mirrors of home-thread state, updated when it changes.
     polled_handlers: AtomicUsize,
     unpolled_handlers: AtomicUsize,
@@ -76,10 +100,19 @@ pub struct PollStats {
     /// Times a polled handler was left out of the spins for being idle a
     /// whole poll window (QEMU's `remove_idle_poll_handlers`).
     pub idle_removed: u64,
+    /// Spins that ended because the io_uring fd monitor's completion queue
+    /// had entries: an fd became ready (a socket handler's, polled or not)
+    /// or a file operation completed. Always 0 on epoll.
+    pub ring_progress: u64,
+    /// Blocking polls that asked the fd monitor to wait with a timeout
+    /// other than zero (an `epoll_wait` or `io_uring_enter` that may sleep):
+    /// the wake-ups adaptive polling is there to save.
+    pub blocking_waits: u64,
     /// Polled handlers the spin calls now.
     pub polled_handlers: usize,
-    /// Handlers without a poll callback: polling is off while this is not 0
-    /// (QEMU's `poll_disable_cnt`).
+    /// Handlers without a poll callback. On the epoll fd monitor polling is
+    /// off while this is not 0 (QEMU's `poll_disable_cnt`); on io_uring the
+    /// ring's completion queue covers them and polling stays on.
     pub unpolled_handlers: usize,
     /// The current spin length in ns (QEMU's `poll_ns`).
     pub poll_ns: i64,
@@ -189,6 +222,9 @@ pub(super) struct Spin {
     /// Handlers whose `io_poll` reported progress: their `io_poll_ready`
     /// runs in this poll.
     pub(super) ready: Vec<Arc<FdNode>>,
+    /// The io_uring monitor's completion queue had entries: the poll must
+    /// reap them (a zero-timeout wait, no system call).
+    pub(super) ring: bool,
 }
 
 /// How a poll goes on after its first steps
@@ -359,25 +395,41 @@ impl AioContext {
             poll_progress: c.poll_progress.load(Relaxed),
             ready_calls: c.ready_calls.load(Relaxed),
             idle_removed: c.idle_removed.load(Relaxed),
+            ring_progress: c.ring_progress.load(Relaxed),
+            blocking_waits: c.blocking_waits.load(Relaxed),
             polled_handlers: c.polled_handlers.load(Relaxed),
             unpolled_handlers: c.unpolled_handlers.load(Relaxed),
             poll_ns: c.poll_ns.load(Relaxed),
         }
     }
 
+    /// A blocking poll is about to ask the fd monitor to wait.
+    pub(super) fn count_blocking_wait(&self) {
+        self.shared
+            .poll_counters
+            .blocking_waits
+            .fetch_add(1, Relaxed);
+    }
+
     pub(super) fn publish_poll_ns(&self, ns: i64) {
         self.shared.poll_counters.poll_ns.store(ns, Relaxed);
     }
 
-    /// Whether a blocking poll may spin now: polling is on and every
-    /// handler has a poll callback, no bottom half is already queued, and
-    /// no io_uring file operation is in flight (the spin does not watch
-    /// the ring; the monitor's wait wakes on its completion).
-    pub(super) fn may_spin(local: &Local) -> bool {
-        local.poll.ns > 0
-            && local.poll_handlers.unpolled == 0
-            && local.bh_queue.is_empty()
-            && !local.ring_busy()
+    /// Whether a blocking poll may spin now: polling is on, no bottom half
+    /// is already queued, and the spin can see every kind of work without a
+    /// system call. On io_uring the completion queue covers every handler
+    /// and file operation (the queued polls are submitted here, first); on
+    /// epoll every handler must have a poll callback and no file operation
+    /// may be in flight on a ring beside it (see the module documentation).
+    pub(super) fn may_spin(local: &mut Local) -> bool {
+        if local.poll.ns <= 0 || !local.bh_queue.is_empty() {
+            return false;
+        }
+        if local.monitor.polls_in_memory() {
+            // A failure leaves the spin out; the wait that follows reports it.
+            return local.monitor.prepare_spin().is_ok();
+        }
+        local.poll_handlers.unpolled == 0 && !local.ring_busy()
     }
 
     /// QEMU's `run_poll_handlers`: spins for up to `local.poll.ns` (never
@@ -395,7 +447,9 @@ impl AioContext {
         let handlers = local.poll_handlers.polled.clone();
         let interval = local.poll_handlers.idle_interval();
         let max_ns = local.poll.max_ns;
+        let watch_ring = local.monitor.polls_in_memory();
         drop(local);
+        let mut ring = false;
         let mut ready = Vec::new();
         self.poll_set_started(true, &mut ready);
         s.poll_counters.spins.fetch_add(1, Relaxed);
@@ -405,6 +459,11 @@ impl AioContext {
         let found = 'spin: loop {
             for _ in 0..inner {
                 if !s.bh_list.is_empty() {
+                    break 'spin true;
+                }
+                // The borrow ends at once: poll callbacks may use the context.
+                if watch_ring && s.local_in_poll().monitor.has_completions() {
+                    ring = true;
                     break 'spin true;
                 }
                 if self.poll_once(&handlers, interval, &mut ready) {
@@ -427,10 +486,13 @@ impl AioContext {
         if found {
             s.poll_counters.spins_with_work.fetch_add(1, Relaxed);
         }
+        if ring {
+            s.poll_counters.ring_progress.fetch_add(1, Relaxed);
+        }
         s.local_in_poll()
             .poll_handlers
             .remove_idle(now, self.as_ptr(), &s.poll_counters);
-        Spin { found, ready }
+        Spin { found, ready, ring }
     }
 
     /// QEMU's `run_poll_handlers_once`: calls every poll callback; those
@@ -485,7 +547,13 @@ mod tests {
     /// A context that polls, with its spin already grown past 0 (it starts
     /// at 0 and grows after a blocking poll that woke within `max_ns`).
     fn polling_ctx() -> AioContext {
-        let ctx = AioContext::new().unwrap();
+        polling_ctx_on(crate::FdMon::from_env())
+    }
+
+    /// [`polling_ctx`] on the fd monitor `kind`.
+    fn polling_ctx_on(kind: crate::FdMon) -> AioContext {
+        let ctx = AioContext::with_fd_monitor(kind).unwrap();
+        assert_eq!(ctx.fd_monitor(), kind, "io_uring refused on this machine");
         // A large bound: a loaded machine must not shrink the spin to 0.
         ctx.set_poll_params(1_000_000_000, 0, 0);
         let start = Instant::now();
@@ -600,12 +668,13 @@ mod tests {
         assert_eq!(ctx.poll_stats().polled_handlers, 0);
     }
 
-    /// One handler without a poll callback switches the spin off for the
-    /// whole context (QEMU's `poll_disable_cnt`); removing it switches the
-    /// spin back on.
+    /// On epoll, one handler without a poll callback switches the spin off
+    /// for the whole context (QEMU's `poll_disable_cnt`); removing it
+    /// switches the spin back on. (On io_uring the ring covers it and the
+    /// spin stays on: tests/aio_poll_ring.rs.)
     #[test]
     fn handler_without_poll_callback_switches_polling_off() {
-        let ctx = polling_ctx();
+        let ctx = polling_ctx_on(crate::FdMon::Epoll);
         let polled = Polled::new();
         polled.register(&ctx);
         let plain = EventNotifier::new().unwrap();

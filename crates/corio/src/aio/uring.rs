@@ -115,6 +115,16 @@ impl Local {
         }
     }
 
+    /// Reaps the monitor's completions and drops them: for a poll that
+    /// has no handler to dispatch them to (see `AioContext::prepare_blocking`).
+    /// A failure is left for the next wait to report.
+    pub(super) fn drop_completions(&mut self) {
+        let mut ready = std::mem::take(&mut self.ready);
+        let _ = self.monitor.wait(0, &mut ready);
+        ready.clear();
+        self.ready = ready;
+    }
+
     /// After the monitor's wait: the coroutines whose operations completed,
     /// if any ring can have some.
     pub(super) fn take_woken(&mut self) -> Option<Vec<CoHandle>> {
@@ -151,10 +161,15 @@ impl AioContext {
     ///
     /// # Thread context
     /// Home thread only.
-    pub(crate) fn uring_submit(&self, op: FileOp, waiter: CoHandle) -> Result<u64, FileOp> {
+    pub(crate) fn uring_submit(
+        &self,
+        op: FileOp,
+        bs: *const (),
+        waiter: CoHandle,
+    ) -> Result<u64, FileOp> {
         let mut local = self.shared.local();
         match local.file_ring() {
-            Some(u) => Ok(u.submit_op(op, waiter)),
+            Some(u) => Ok(u.submit_op(op, bs, waiter)),
             None => Err(op),
         }
     }

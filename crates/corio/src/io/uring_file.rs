@@ -203,7 +203,9 @@ impl AioFile {
             return blocking(&self.fd, op);
         };
         let ctx = me.context();
-        match ctx.uring_submit(op, me.handle()) {
+        // The file's identity in the trace event (QEMU's `bs`).
+        let bs = Arc::as_ptr(&self.fd).cast();
+        match ctx.uring_submit(op, bs, me.handle()) {
             Ok(id) => {
                 drop(me);
                 wait_op(&ctx, id)

@@ -58,10 +58,17 @@ trace_events! {
     luring_init_state(s: Ptr, size: usize) "s {s:p} size {size}";
     /// A context's ring is torn down, after its operations in flight ended.
     luring_cleanup_state(s: Ptr) "{s:p} freed";
-    /// A coroutine queued a file operation (`op_type`: 0 read, 1 write, 2 fsync, 3 fallocate).
-    luring_co_submit(s: Ptr, luringcb: u64, fd: i32, offset: u64, nbytes: usize, op_type: i32) "s {s:p} luringcb {luringcb} fd {fd} offset {offset} nbytes {nbytes} type {op_type}";
+    /// A coroutine queued a file operation on the file `bs` (an `AioFile`;
+    /// QEMU's BlockDriverState): `luringcb` is the operation's id (QEMU's
+    /// LuringAIOCB pointer), `op_type` QEMU's `QEMU_AIO_*` value: 0x1 read,
+    /// 0x2 write, 0x8 flush (fsync), fallocate 0x10 (punch hole), 0x20
+    /// (zero range) or 0x80 (allocation).
+    luring_co_submit(bs: Ptr, s: Ptr, luringcb: u64, fd: i32, offset: u64, nbytes: usize, op_type: i32) "bs {bs:p} s {s:p} luringcb {luringcb} fd {fd} offset {offset} nbytes {nbytes} type {op_type}";
     /// A file operation's completion was reaped; `ret` is its result (negative errno).
     luring_process_completion(s: Ptr, luringcb: u64, ret: i32) "LuringState {s:p} luringcb {luringcb} ret {ret}";
+    /// A read that came back short is submitted again for the rest
+    /// (`AioFile::read_full_at`); `nread`: bytes read so far.
+    luring_resubmit_short_read(s: Ptr, luringcb: u64, nread: i32) "LuringState {s:p} luringcb {luringcb} nread {nread}";
     /// `io_uring_enter` submitted queued operations (`ret`: how many, or a negative errno).
     luring_io_uring_submit(s: Ptr, ret: i32) "LuringState {s:p} ret {ret}";
     // ours: iothread.rs

@@ -147,6 +147,38 @@ impl Monitor {
     }
 }
 
+/// Adaptive polling and the monitor (`aio/poll.rs`).
+impl Monitor {
+    /// Whether the monitor's readiness reports can be watched from memory
+    /// while the context spins: io_uring's completion queue can; epoll's
+    /// ready list cannot (only `epoll_wait` reads it, a system call per
+    /// look), so on epoll a handler without a poll callback keeps the
+    /// context from spinning, as in QEMU.
+    #[inline]
+    pub(crate) fn polls_in_memory(&self) -> bool {
+        matches!(self, Monitor::Uring(_))
+    }
+
+    /// Before a spin: makes every registration watchable from memory (the
+    /// ring's queued polls go to the kernel). Nothing to do on epoll.
+    pub(crate) fn prepare_spin(&mut self) -> io::Result<()> {
+        match self {
+            Monitor::Epoll(_) => Ok(()),
+            Monitor::Uring(u) => u.submit_pending(),
+        }
+    }
+
+    /// During a spin: whether a zero-timeout `wait` would report something
+    /// (io_uring: completions in the queue). Always false on epoll.
+    #[inline]
+    pub(crate) fn has_completions(&mut self) -> bool {
+        match self {
+            Monitor::Epoll(_) => false,
+            Monitor::Uring(u) => u.has_completions(),
+        }
+    }
+}
+
 impl FdMonitor for Monitor {
     fn register(&mut self, fd: BorrowedFd<'_>, interest: u32) -> io::Result<()> {
         match self {

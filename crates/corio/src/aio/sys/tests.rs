@@ -278,7 +278,7 @@ fn uring_drop_ends_reads_in_flight() {
         buf: vec![0; 64],
         at: 0,
     };
-    let id = m.submit_op(op, waiter);
+    let id = m.submit_op(op, std::ptr::null(), waiter);
     now(&mut m); // submitted: the read now waits in the kernel
     assert_eq!(m.ops_in_flight(), 1);
     assert!(m.take_op(id).is_none());
@@ -313,7 +313,7 @@ fn uring_read_completes_and_wakes() {
         buf: vec![0; 8],
         at: 2,
     };
-    let id = m.submit_op(op, waiter);
+    let id = m.submit_op(op, std::ptr::null(), waiter);
     let end = Instant::now() + DEADLINE;
     let (res, buf) = loop {
         assert!(Instant::now() < end, "read not completed");

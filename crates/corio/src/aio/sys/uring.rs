@@ -22,6 +22,20 @@
 //! `POLL_REMOVE` is submitted at once, before the caller can close the fd
 //! and expect its peer to see the close.
 //!
+//! # Adaptive polling
+//!
+//! A context that spins before it sleeps watches this ring from memory
+//! ([`Uring::has_completions`], after [`Uring::submit_pending`]): that is
+//! how fds without a poll callback take part in polling on this monitor
+//! (`aio/poll.rs`). The ring is set up with no flags, as QEMU's: a poll
+//! completion is posted by task work of this thread, and without
+//! `IORING_SETUP_COOP_TASKRUN` the kernel interrupts the spinning thread to
+//! run it, so the completion reaches the queue with no system call of ours.
+//! Should the ring ever be set up with `COOP_TASKRUN | TASKRUN_FLAG`, the
+//! kernel sets `IORING_SQ_TASKRUN` instead; the check and the zero-timeout
+//! wait handle that flag (and `IORING_SQ_CQ_OVERFLOW`) by entering the
+//! kernel with `GETEVENTS`. BENCHMARKS.md has the measurements.
+//!
 //! # user_data
 //!
 //! * polls: `generation << 32 | fd`, so that a completion of a removed
@@ -267,17 +281,44 @@ impl Uring {
     /// when its CQE is reaped. Returns the operation's id. If the ring is
     /// broken (the queue cannot be flushed), the operation completes at
     /// once with that error, its buffer untouched.
-    pub(crate) fn submit_op(&mut self, op: FileOp, waiter: CoHandle) -> u64 {
+    ///
+    /// `bs` names the file for the trace event (QEMU's BlockDriverState).
+    pub(crate) fn submit_op(&mut self, op: FileOp, bs: *const (), waiter: CoHandle) -> u64 {
         let id = self.next_op;
         self.next_op = (self.next_op + 1) & !(OP_BIT | IGNORE);
-        let (fd, offset, op_type) = match &op {
-            FileOp::Read { fd, offset, .. } => (*fd, *offset, 0),
-            FileOp::Write { fd, offset, .. } => (*fd, *offset, 1),
-            FileOp::Fsync { fd, .. } => (*fd, 0, 2),
-            FileOp::Fallocate { fd, offset, .. } => (*fd, *offset, 3),
+        let (fd, offset, nbytes, op_type) = match &op {
+            FileOp::Read {
+                fd,
+                offset,
+                buf,
+                at,
+            } => (*fd, *offset, buf.len() - at, qemu_aio::READ),
+            FileOp::Write {
+                fd,
+                offset,
+                buf,
+                at,
+            } => (*fd, *offset, buf.len() - at, qemu_aio::WRITE),
+            FileOp::Fsync { fd, .. } => (*fd, 0, 0, qemu_aio::FLUSH),
+            FileOp::Fallocate {
+                fd, offset, mode, ..
+            } => (*fd, *offset, 0, qemu_aio::fallocate(*mode)),
+        };
+        // A read that continues after a short one (`AioFile::read_full_at`)
+        // is QEMU's resubmission of a short read, not a new request.
+        let resubmit = match &op {
+            FileOp::Read { at, .. } if *at > 0 => Some(*at),
+            _ => None,
         };
         let (entry, buf) = build_op(op);
-        trace::luring_co_submit(self.ptr(), id, fd, offset, buf.len(), op_type);
+        match resubmit {
+            Some(nread) => trace::luring_resubmit_short_read(
+                self.ptr(),
+                id,
+                i32::try_from(nread).unwrap_or(i32::MAX),
+            ),
+            None => trace::luring_co_submit(bs, self.ptr(), id, fd, offset, nbytes, op_type),
+        }
         // Move the buffer into the table first: its heap block does not
         // move with the `Vec`, so the pointers `build_op` took stay valid.
         self.ops.insert(
@@ -610,10 +651,12 @@ impl FdMonitor for Uring {
         let timeout_ns = if self.stash.is_empty() { timeout_ns } else { 0 };
         let queued = self.ring.submission().len();
         let r = if timeout_ns == 0 {
-            // Nothing to wait for: enter the kernel only to submit.
-            if self.ring.submission().is_empty() {
+            // Nothing to wait for: enter the kernel only to submit, or to
+            // flush completions the kernel holds back (`kernel_has_more`).
+            if queued == 0 && !self.kernel_has_more() {
                 Ok(0)
             } else {
+                // `submit` adds GETEVENTS when the kernel holds some back.
                 self.ring.submit()
             }
         } else if timeout_ns < 0 {
@@ -647,6 +690,32 @@ impl FdMonitor for Uring {
     }
 }
 
+/// QEMU's request types (`QEMU_AIO_*` in include/block/raw-aio.h), which
+/// its `luring_co_submit` trace event reports.
+mod qemu_aio {
+    pub(super) const READ: i32 = 0x0001;
+    pub(super) const WRITE: i32 = 0x0002;
+    pub(super) const FLUSH: i32 = 0x0008;
+    pub(super) const DISCARD: i32 = 0x0010;
+    pub(super) const WRITE_ZEROES: i32 = 0x0020;
+    pub(super) const TRUNCATE: i32 = 0x0080;
+
+    /// The type QEMU gives what a `fallocate` of `mode` does: punching a
+    /// hole is a discard, zeroing a range a write of zeroes, and plain
+    /// allocation its preallocation (which QEMU runs as a truncate).
+    pub(super) fn fallocate(mode: i32) -> i32 {
+        const PUNCH_HOLE: i32 = 0x02;
+        const ZERO_RANGE: i32 = 0x10;
+        if mode & PUNCH_HOLE != 0 {
+            DISCARD
+        } else if mode & ZERO_RANGE != 0 {
+            WRITE_ZEROES
+        } else {
+            TRUNCATE
+        }
+    }
+}
+
 /// The errno values this file tests for (rustix's `Errno` without a
 /// dependency on libc).
 mod libc_errno {
@@ -655,6 +724,38 @@ mod libc_errno {
     pub(super) const EBUSY: i32 = Errno::BUSY.raw_os_error();
     pub(super) const ETIME: i32 = Errno::TIME.raw_os_error();
     pub(super) const ECANCELED: i32 = Errno::CANCELED.raw_os_error();
+}
+
+/// What the context's adaptive polling asks the ring (QEMU's
+/// `fdmon_io_uring_need_wait`): every registered fd has a poll in the ring
+/// once the queued ones are submitted, and its readiness arrives as a CQE,
+/// so "is there work" is a look at the completion queue's indexes in shared
+/// memory, not a system call.
+impl Uring {
+    /// Submits the polls and operations queued so far (one
+    /// `io_uring_enter` if any), so that from now on every registered fd's
+    /// readiness and every operation's completion shows in the completion
+    /// queue. The spin calls this once before it starts.
+    pub(crate) fn submit_pending(&mut self) -> io::Result<()> {
+        self.arm_pending()?;
+        self.flush()
+    }
+
+    /// Whether a `wait` would find work without blocking: completions in
+    /// the queue (or stashed), or held back by the kernel. No system call.
+    pub(crate) fn has_completions(&mut self) -> bool {
+        !self.stash.is_empty() || !self.ring.completion().is_empty() || self.kernel_has_more()
+    }
+
+    /// The kernel holds completions it has not posted: task work waiting
+    /// for this thread (`IORING_SQ_TASKRUN`, set only with
+    /// `IORING_SETUP_TASKRUN_FLAG`) or an overflowed completion queue
+    /// (`IORING_SQ_CQ_OVERFLOW`). Either needs an `io_uring_enter` with
+    /// `GETEVENTS`, which `submit` makes when it sees them.
+    fn kernel_has_more(&mut self) -> bool {
+        let sq = self.ring.submission();
+        sq.taskrun() || sq.cq_overflow()
+    }
 }
 
 #[cfg(all(test, not(loom)))]
