@@ -10,7 +10,7 @@ use std::sync::atomic::{
 };
 use std::sync::Arc;
 
-use crate::aio::AioContext;
+use crate::aio::{AioContext, FdMon};
 use crate::spawn::JoinHandle;
 
 /// QEMU's default `poll-max-ns` for IOThreads.
@@ -54,13 +54,34 @@ impl IoThread {
     /// # Errors
     /// If the thread or its context cannot be created.
     pub fn with_name(name: &str) -> io::Result<IoThread> {
+        IoThread::with_fd_monitor(name, FdMon::from_env())
+    }
+
+    /// Like [`with_name`](Self::with_name), with the context's fd monitor
+    /// chosen here instead of by `CORIO_FDMON`
+    /// ([`AioContext::with_fd_monitor`], which says what happens when the
+    /// kernel refuses io_uring).
+    ///
+    /// # Errors
+    /// If the thread or its context cannot be created.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use corio::{FdMon, IoThread};
+    ///
+    /// let t = IoThread::with_fd_monitor("ring", FdMon::Epoll).unwrap();
+    /// assert_eq!(t.context().run_in(|| corio::AioContext::current().fd_monitor()), FdMon::Epoll);
+    /// t.join();
+    /// ```
+    pub fn with_fd_monitor(name: &str, fdmon: FdMon) -> io::Result<IoThread> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let running = Arc::new(AtomicBool::new(true));
         let run = running.clone();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
-                let ctx = match AioContext::new() {
+                let ctx = match AioContext::with_fd_monitor(fdmon) {
                     Ok(ctx) => ctx,
                     Err(e) => {
                         let _ = tx.send(Err(e));

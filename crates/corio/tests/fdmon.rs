@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use corio::{AioContext, FdMon};
+use corio::{AioContext, FdMon, IoThread};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -181,4 +181,29 @@ fn env_var_picks_the_monitor() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("1 passed"), "child ran no test: {stdout}");
     }
+}
+
+/// An IoThread takes the monitor it is given, whatever `CORIO_FDMON`
+/// says, and serves a coroutine on it.
+#[test]
+fn iothread_takes_the_monitor_it_is_given() {
+    both(|kind| {
+        let t = IoThread::with_fd_monitor("fdmon-test", kind).unwrap();
+        let got = t.context().run_in(|| AioContext::current().fd_monitor());
+        assert_eq!(got, kind, "io_uring refused on this machine");
+        let h = t.spawn(|| {
+            corio::yield_to_loop();
+            7
+        });
+        let deadline = Instant::now() + DEADLINE;
+        while !h.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the IoThread's coroutine did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(h.join().unwrap(), 7);
+        t.join();
+    });
 }
