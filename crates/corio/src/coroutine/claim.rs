@@ -7,14 +7,20 @@
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 use super::Scheduler;
-use crate::loom::AtomicU8;
+// The crate's `loom` facade has no `AtomicUsize`; the same switch here.
+#[cfg(loom)]
+use loom::sync::atomic::AtomicUsize;
+#[cfg(not(loom))]
+use std::sync::atomic::AtomicUsize;
 
-/// 0, or the [`Scheduler`] that holds the claim.
-pub(crate) struct Claim(AtomicU8);
+/// 0, or the [`Scheduler`] that holds the claim. A word, not a byte: the
+/// enter path ORs it into its refusal check, and a byte would cost a
+/// zero-extension there.
+pub(crate) struct Claim(AtomicUsize);
 
 impl Claim {
     pub(crate) fn new() -> Claim {
-        Claim(AtomicU8::new(0))
+        Claim(AtomicUsize::new(0))
     }
 
     /// Takes the claim for `who`, or returns the holder's code.
@@ -28,8 +34,9 @@ impl Claim {
         // previous holder's consumer is done with the queue link `next`
         // before our push writes it.
         self.0
-            .compare_exchange(0, who as u8, Acquire, Relaxed)
+            .compare_exchange(0, who as usize, Acquire, Relaxed)
             .map(|_| ())
+            .map_err(|code| code as u8)
     }
 
     /// Gives back a claim that `who` holds without the coroutine having been
@@ -40,7 +47,7 @@ impl Claim {
     pub(crate) fn clear(&self, who: Scheduler) -> bool {
         // Release: pairs with the Acquire in the next `mark`.
         self.0
-            .compare_exchange(who as u8, 0, Release, Relaxed)
+            .compare_exchange(who as usize, 0, Release, Relaxed)
             .is_ok()
     }
 
@@ -66,14 +73,14 @@ impl Claim {
         // `mark`'s (pairs with a `release` / `clear`), Release as a
         // `release`'s (pairs with the next `mark`).
         self.0
-            .compare_exchange(from as u8, to as u8, AcqRel, Relaxed)
+            .compare_exchange(from as usize, to as usize, AcqRel, Relaxed)
             .is_ok()
     }
 
     /// The holder's code, 0 if none. A snapshot (`Relaxed`): the enter
     /// path's refusal check, on the home thread, which is the thread that
     /// releases the claim of a queued coroutine.
-    pub(crate) fn get(&self) -> u8 {
+    pub(crate) fn get(&self) -> usize {
         self.0.load(Relaxed)
     }
 

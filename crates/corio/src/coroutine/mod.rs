@@ -82,14 +82,14 @@
 //! ```
 
 // `unsafe_code` is allowed for this module (lib.rs) for mod.rs, enter.rs and
-// cancel.rs, which touch the switch state; the rest deny it again.
+// cancel.rs, which touch the switch state, and recycle.rs (the pool's raw
+// `Arc` pointers and the last-reference check); the rest deny it again.
 mod cancel;
 #[deny(unsafe_code)] // its loom model allows it for loom's UnsafeCell
 mod claim;
 mod enter;
 #[deny(unsafe_code)]
 mod home;
-#[deny(unsafe_code)]
 mod recycle;
 #[deny(unsafe_code)]
 mod stack;
@@ -150,14 +150,16 @@ fn scheduler_name(code: u8) -> &'static str {
 /// suspended in `yield_now`; only an idle coroutine may be entered, so the
 /// enter path checks "state is 0" in one comparison.
 mod state {
+    // `usize`, as `CoInner::state` is: the refusal check ORs it into its
+    // other words straight from memory, with no zero-extension.
     /// Entered: it, or a coroutine it entered, is executing. Set and cleared
     /// by `enter_one` around the switch.
-    pub(super) const RUNNING: u8 = 1;
+    pub(super) const RUNNING: usize = 1;
     /// Returned or panicked. Final until the object is recycled by the pool.
-    pub(super) const TERMINATED: u8 = 2;
+    pub(super) const TERMINATED: usize = 2;
     /// Only with `RUNNING`: its wakeup list is not empty (set by `wake_local`;
     /// read and cleared by `enter_one` after the switch returns).
-    pub(super) const WAKEUPS: u8 = 4;
+    pub(super) const WAKEUPS: usize = 4;
 }
 
 /// The shared state of one coroutine.
@@ -193,11 +195,12 @@ pub(crate) struct CoInner {
     raw: UnsafeCell<Option<RawCo>>,
     /// Set by the coroutine's first instructions; valid while it runs.
     yielder: Cell<*const Yielder<(), ()>>,
-    /// Who entered it, for the yield trace event: null when entered from
-    /// outside any coroutine. Meaningful only while `RUNNING`.
+    /// The coroutine that was current when this one was entered (null if
+    /// none): `enter_one` makes it current again once this one yields,
+    /// returns or unwinds. Meaningful only while `RUNNING`.
     caller: Cell<*const CoInner>,
-    /// One of the [`state`] values.
-    state: Cell<u8>,
+    /// One of the [`state`] values (a word: see [`state`]).
+    state: Cell<usize>,
     /// Terminated and still holding its stack, counted in its home
     /// thread's `kept_stacks` (at most [`KEEP_STACKS`] per thread).
     holds_stack: Cell<bool>,
@@ -359,11 +362,7 @@ impl Drop for CoHandle {
         // the object through a second reference (the field itself is
         // dropped by the compiler right after this).
         if Arc::strong_count(&self.inner) == 1 {
-            if let Some(inner) = Arc::get_mut(&mut self.inner) {
-                if recyclable(inner) {
-                    pool::put(Arc::clone(&self.inner));
-                }
-            }
+            release_handle(&mut self.inner);
         }
     }
 }
@@ -494,12 +493,9 @@ where
     F: FnOnce(&Yielder<(), ()>, ()) + 'static,
 {
     // SAFETY: the object came from this thread's pool, which held the only
-    // reference (checked by `Arc::get_mut` in `release`): nothing else can
-    // borrow `raw`, and the finished coroutine in it is not running.
+    // reference (checked by `release`): nothing else can borrow `raw`, and
+    // the finished coroutine in it is not running.
     let raw = unsafe { &mut *co.raw.get() };
-    if co.holds_stack.replace(false) {
-        tls::kept_stack_released();
-    }
     let stack = match raw.take() {
         Some(done) => stack::keep_if_fits(done.into_stack()),
         None => stack::take(),
