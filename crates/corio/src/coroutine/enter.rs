@@ -19,7 +19,7 @@ pub(crate) fn enter(co: &CoInner) {
             Back::Yielded => {}
             Back::Wakeups => run_wakeups(co),
             // Out of line and last: no value stays live across it.
-            Back::Returned => returned_then_wakeups(co),
+            Back::Returned => returned_then_wakeups::<false>(co),
         }
     })
 }
@@ -45,7 +45,7 @@ fn enter_cold(co: &CoInner, st: &tls::ThreadState) {
     match switch::<true>(co, st) {
         Back::Yielded => {}
         Back::Wakeups => run_wakeups(co),
-        Back::Returned => returned_then_wakeups(co),
+        Back::Returned => returned_then_wakeups::<true>(co),
     }
 }
 
@@ -303,11 +303,16 @@ fn returned(co: &CoInner) -> bool {
 
 /// `enter`'s end for a coroutine that returned: [`returned`], then its
 /// wakeups. The common case (no wakeups, no trace) inline and with no
-/// value live across a call, so that it saves no registers.
+/// value live across a call, so that it saves no registers. Untraced
+/// (`TRACED` false: no switch event was on when the coroutine was entered),
+/// the terminate event is not checked, as `trace::switch_events_enabled`
+/// describes.
 #[cold]
 #[inline(never)]
-fn returned_then_wakeups(co: &CoInner) {
-    if co.state.get() & state::WAKEUPS != 0 || trace::event::qemu_coroutine_terminate.enabled() {
+fn returned_then_wakeups<const TRACED: bool>(co: &CoInner) {
+    if co.state.get() & state::WAKEUPS != 0
+        || (TRACED && trace::event::qemu_coroutine_terminate.enabled())
+    {
         return returned_then_wakeups_slow(co);
     }
     co.state.set(state::TERMINATED);
@@ -409,7 +414,7 @@ pub(super) fn unwound() {
     // through the home context's queue and run from its next poll.
     reschedule_wakeups(std::mem::take(&mut *co.wakeup.borrow_mut()));
     // SAFETY: home thread, and the switch has returned: no other borrow.
-    if unsafe { &*co.raw.get() }.as_ref().is_some_and(RawCo::done) {
+    if unsafe { &*co.raw.get() }.as_ref().is_some_and(|r| r.done()) {
         terminated(co);
         keep_or_give_stack(co);
     } else {
@@ -426,14 +431,14 @@ pub(super) const KEEP_STACKS: usize = 64;
 
 /// Keeps a terminated coroutine's stack with it for the object pool (the
 /// common case: its last handle drops soon), unless this thread already has
-/// [`KEEP_STACKS`] such coroutines: then the stack goes back now. For a
+/// [`KEEP_STACKS`] such coroutines: then the stack goes back now. A kept
+/// stack is counted in the thread's `kept_stacks` for as long as the
+/// terminated coroutine's `raw` holds it (`CoInner::holds_stack_mut`). For a
 /// coroutine that returned, `returned` does the same with the thread state
 /// at hand.
 #[inline(never)]
 pub(super) fn keep_or_give_stack(co: &CoInner) {
-    if tls::keep_stack_slot(KEEP_STACKS) {
-        co.holds_stack.set(true);
-    } else {
+    if !tls::keep_stack_slot(KEEP_STACKS) {
         give_stack_now(co);
     }
 }
@@ -443,9 +448,7 @@ pub(super) fn keep_or_give_stack(co: &CoInner) {
 /// stay on one thread, so the thread state may be read in them.
 #[inline(always)]
 fn keep_or_give_stack_here(co: &CoInner) {
-    if tls::with_state(|st| st.keep_stack_slot(KEEP_STACKS)) {
-        co.holds_stack.set(true);
-    } else {
+    if !tls::with_state(|st| st.keep_stack_slot(KEEP_STACKS)) {
         give_stack_now(co);
     }
 }

@@ -82,8 +82,9 @@
 //! ```
 
 // `unsafe_code` is allowed for this module (lib.rs) for mod.rs, enter.rs and
-// cancel.rs, which touch the switch state, and recycle.rs (the pool's raw
-// `Arc` pointers and the last-reference check); the rest deny it again.
+// cancel.rs, which touch the switch state, recycle.rs (the last-reference
+// check) and running.rs (a coroutine on a view of the stack it owns); the
+// rest deny it again.
 mod cancel;
 #[deny(unsafe_code)] // its loom model allows it for loom's UnsafeCell
 mod claim;
@@ -91,6 +92,7 @@ mod enter;
 #[deny(unsafe_code)]
 mod home;
 mod recycle;
+mod running;
 #[deny(unsafe_code)]
 mod stack;
 #[deny(unsafe_code)]
@@ -111,7 +113,6 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use corosensei::stack::DefaultStack;
 use corosensei::Yielder;
 
 pub use stack::{
@@ -121,7 +122,7 @@ pub use stack::{
 use crate::loom::AtomicPtr;
 use crate::trace;
 
-type RawCo = corosensei::Coroutine<(), (), (), DefaultStack>;
+use running::Running;
 
 /// Who scheduled a coroutine: QEMU keeps the scheduling function's name in
 /// `co->scheduled` to report double scheduling.
@@ -192,7 +193,7 @@ pub(crate) struct CoInner {
     /// `enter_one` (around the switch, while `state` is `RUNNING`), by the
     /// unwind guard after the switch, by `reuse` (a pooled object, owned by
     /// the pool alone) and by `Drop`; never from inside the coroutine.
-    raw: UnsafeCell<Option<RawCo>>,
+    raw: UnsafeCell<Option<Running>>,
     /// Set by the coroutine's first instructions; valid while it runs.
     yielder: Cell<*const Yielder<(), ()>>,
     /// The coroutine that was current when this one was entered (null if
@@ -201,9 +202,6 @@ pub(crate) struct CoInner {
     caller: Cell<*const CoInner>,
     /// One of the [`state`] values (a word: see [`state`]).
     state: Cell<usize>,
-    /// Terminated and still holding its stack, counted in its home
-    /// thread's `kept_stacks` (at most [`KEEP_STACKS`] per thread).
-    holds_stack: Cell<bool>,
     /// Terminated by [`cancel`] rather than by returning: a wakeup that was
     /// already on its way (queued, or registered with an fd handler or a
     /// lock) finds it terminated and is dropped instead of panicking.
@@ -240,7 +238,7 @@ unsafe impl Sync for CoInner {}
 
 impl Drop for CoInner {
     fn drop(&mut self) {
-        if *self.holds_stack.get_mut() && *self.home_thread.get_mut() == tls::thread_token() {
+        if self.holds_stack_mut() && *self.home_thread.get_mut() == tls::thread_token() {
             // Dropped elsewhere, its home thread's count stays one high
             // until that thread exits: it then keeps one stack fewer.
             tls::kept_stack_released();
@@ -296,7 +294,7 @@ impl Drop for CoInner {
 /// A never-entered coroutine (its closure inside) on its way back to its
 /// home thread, the only one where the closure may be dropped.
 struct HomeBound {
-    raw: ManuallyDrop<RawCo>,
+    raw: ManuallyDrop<Running>,
     home_thread: usize,
 }
 
@@ -317,7 +315,7 @@ impl Drop for HomeBound {
 /// Drops a never-entered coroutine from a bottom half of its home context;
 /// leaks it if it has no context (or the bottom half never runs there).
 #[cold]
-fn send_home(raw: RawCo, home_thread: usize, home: Option<Arc<dyn Home>>) {
+fn send_home(raw: Running, home_thread: usize, home: Option<Arc<dyn Home>>) {
     let bound = HomeBound {
         raw: ManuallyDrop::new(raw),
         home_thread,
@@ -382,33 +380,12 @@ impl Coroutine {
     /// # Thread context
     /// Any thread; the coroutine's home is the calling thread.
     pub fn new<F: FnOnce() + 'static>(entry: F) -> Coroutine {
-        let body = move |yielder: &Yielder<(), ()>, ()| {
-            let me = tls::current_co();
-            // SAFETY: `enter_one` made this coroutine current before resuming
-            // it, and it is live while it runs.
-            unsafe { &*me }.yielder.set(yielder);
-            entry()
-        };
         match pool::take() {
             Some(co) => {
-                reuse(&co, body);
+                reuse(&co, entry);
                 Coroutine::from_arc(co)
             }
-            None => Coroutine::from_arc(Arc::new(CoInner {
-                next: AtomicPtr::new(ptr::null_mut()),
-                scheduled: claim::Claim::new(),
-                home_thread: AtomicUsize::new(tls::thread_token()),
-                home: Mutex::new(None),
-                raw: UnsafeCell::new(Some(RawCo::with_stack(stack::take(), body))),
-                yielder: Cell::new(ptr::null()),
-                caller: Cell::new(ptr::null()),
-                state: Cell::new(0),
-                holds_stack: Cell::new(false),
-                cancelled: Cell::new(false),
-                wakeup: RefCell::new(VecDeque::new()),
-                migrate_to: Cell::new(None),
-                polls: Cell::new(0),
-            })),
+            None => Coroutine::from_arc(fresh(entry)),
         }
     }
 
@@ -486,23 +463,74 @@ impl Coroutine {
     }
 }
 
-/// Prepares a pooled object for a new coroutine running `body` on its stack.
+/// The corosensei body of a coroutine of the object at `me`, running
+/// `entry`: it first stores its yielder in the object (for `yield_now`).
+#[inline(always)]
+fn body<F: FnOnce() + 'static>(
+    me: *const CoInner,
+    entry: F,
+) -> impl FnOnce(&Yielder<(), ()>, ()) + 'static {
+    move |yielder: &Yielder<(), ()>, ()| {
+        // SAFETY: `me` is the object that holds this coroutine; it is live
+        // while the coroutine runs (its enterer holds a reference for the
+        // whole switch) and never moves (an `Arc` allocation).
+        unsafe { &*me }.yielder.set(yielder);
+        entry()
+    }
+}
+
+/// A new object for a coroutine running `entry` (the pool was empty).
+#[cold]
+#[inline(never)]
+fn fresh<F: FnOnce() + 'static>(entry: F) -> Arc<CoInner> {
+    let mut co = Arc::new(CoInner {
+        next: AtomicPtr::new(ptr::null_mut()),
+        scheduled: claim::Claim::new(),
+        home_thread: AtomicUsize::new(tls::thread_token()),
+        home: Mutex::new(None),
+        raw: UnsafeCell::new(None),
+        yielder: Cell::new(ptr::null()),
+        caller: Cell::new(ptr::null()),
+        state: Cell::new(0),
+        cancelled: Cell::new(false),
+        wakeup: RefCell::new(VecDeque::new()),
+        migrate_to: Cell::new(None),
+        polls: Cell::new(0),
+    });
+    let me = Arc::as_ptr(&co);
+    let inner = Arc::get_mut(&mut co).expect("a new Arc is unique");
+    *inner.raw.get_mut() = Some(Running::new(stack::take(), body(me, entry)));
+    co
+}
+
+/// Prepares a pooled object for a new coroutine running `entry` on its
+/// stack.
 #[inline]
-fn reuse<F>(co: &CoInner, body: F)
-where
-    F: FnOnce(&Yielder<(), ()>, ()) + 'static,
-{
+fn reuse<F: FnOnce() + 'static>(co: &CoInner, entry: F) {
     // SAFETY: the object came from this thread's pool, which held the only
     // reference (checked by `release`): nothing else can borrow `raw`, and
     // the finished coroutine in it is not running.
     let raw = unsafe { &mut *co.raw.get() };
-    let stack = match raw.take() {
-        Some(done) => stack::keep_if_fits(done.into_stack()),
-        None => stack::take(),
-    };
-    *raw = Some(RawCo::with_stack(stack, body));
+    match raw {
+        Some(done) if stack::fits_now(done.stack()) => done.renew(body(co, entry)),
+        _ => renew_on_new_stack(raw, body(co, entry)),
+    }
     co.state.set(0);
     co.cancelled.set(false);
+}
+
+/// `reuse` when the pooled object gave its stack back when it terminated,
+/// or has one of an old size: a new coroutine on a fitting stack.
+#[cold]
+#[inline(never)]
+fn renew_on_new_stack<F>(raw: &mut Option<Running>, body: F)
+where
+    F: FnOnce(&Yielder<(), ()>, ()) + 'static,
+{
+    if let Some(done) = raw.take() {
+        stack::give(done.into_stack());
+    }
+    *raw = Some(Running::new(stack::take(), body));
 }
 
 impl fmt::Debug for Coroutine {
@@ -634,6 +662,15 @@ fn yield_to_no_one() -> ! {
 }
 
 impl CoInner {
+    /// Whether the coroutine terminated and still holds its stack (in the
+    /// finished corosensei coroutine): such coroutines are counted in their
+    /// home thread's `kept_stacks` (at most [`KEEP_STACKS`] per thread). A
+    /// terminated coroutine's stack is either kept (counted) or given back
+    /// at once (`raw` emptied), see [`keep_or_give_stack`].
+    fn holds_stack_mut(&mut self) -> bool {
+        *self.state.get_mut() == state::TERMINATED && self.raw.get_mut().is_some()
+    }
+
     /// The home context, if it has one yet.
     pub(crate) fn home(&self) -> Option<Arc<dyn Home>> {
         self.home.lock().unwrap_or_else(|e| e.into_inner()).clone()

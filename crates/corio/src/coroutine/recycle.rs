@@ -42,10 +42,9 @@ pub(super) mod pool {
                 // Pooled objects are unique (checked by `release`); a miss
                 // would just drop the object, which also frees its stack.
                 if let Some(inner) = Arc::get_mut(&mut co) {
-                    if std::mem::take(inner.holds_stack.get_mut()) {
-                        tls::kept_stack_released();
-                    }
                     if let Some(raw) = inner.raw.get_mut().take() {
+                        // It was counted as holding its stack.
+                        tls::kept_stack_released();
                         stacks.push(raw.into_stack());
                     }
                 }
@@ -91,7 +90,12 @@ pub(super) mod pool {
             let len = st.pool_len.get().wrapping_sub(1);
             let co = ManuallyDrop::into_inner(st.pool.get(len)?.replace(ManuallyDrop::new(None)))?;
             st.pool_len.set(len);
-            if co.holds_stack.replace(false) {
+            // SAFETY: the object is unique (the pool held the only reference)
+            // and on its home thread; this reads whether `raw` is `Some`.
+            if unsafe { &*co.raw.get() }.is_some() {
+                // A pooled object holds its stack if it kept it when it
+                // terminated (`CoInner::holds_stack_mut`); `Coroutine::new`
+                // reuses it at once.
                 st.kept_stacks.set(st.kept_stacks.get() - 1);
             }
             Some(co)

@@ -147,21 +147,11 @@ pub(super) fn give_all(mut stacks: Vec<DefaultStack>) {
     }
 }
 
-/// A pooled coroutine's stack, if it has the current size; otherwise it goes
-/// back to the stack pool (which unmaps it) and a fitting one is taken.
+/// Whether a pooled coroutine's stack has the current size (else it goes
+/// back to the stack pool, which unmaps it, and a fitting one is taken).
 #[inline]
-pub(super) fn keep_if_fits(stack: DefaultStack) -> DefaultStack {
-    if fits(&stack, stack_size()) {
-        stack
-    } else {
-        replace_stack(stack)
-    }
-}
-
-#[cold]
-fn replace_stack(stack: DefaultStack) -> DefaultStack {
-    give(stack);
-    take()
+pub(super) fn fits_now(stack: &DefaultStack) -> bool {
+    fits(stack, stack_size())
 }
 
 fn give_batch(batch: Vec<DefaultStack>) {
