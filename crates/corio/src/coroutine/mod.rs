@@ -95,6 +95,8 @@ mod recycle;
 mod running;
 #[deny(unsafe_code)]
 mod stack;
+#[cfg(test)]
+mod tests;
 #[deny(unsafe_code)]
 pub(crate) mod tls;
 
@@ -512,7 +514,7 @@ fn reuse<F: FnOnce() + 'static>(co: &CoInner, entry: F) {
     // the finished coroutine in it is not running.
     let raw = unsafe { &mut *co.raw.get() };
     match raw {
-        Some(done) if stack::fits_now(done.stack()) => done.renew(body(co, entry)),
+        Some(done) if stack::fits_now(done.stack_len()) => done.renew(body(co, entry)),
         _ => renew_on_new_stack(raw, body(co, entry)),
     }
     co.state.set(0);

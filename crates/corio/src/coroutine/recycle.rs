@@ -24,7 +24,7 @@ pub(super) mod pool {
     pub(crate) const MAX: usize = tls::POOL_MAX;
 
     /// Empties this thread's pool when the thread exits, and closes it.
-    pub(super) struct Drain;
+    pub(in crate::coroutine) struct Drain;
 
     impl Drop for Drain {
         fn drop(&mut self) {

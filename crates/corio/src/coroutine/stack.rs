@@ -147,11 +147,12 @@ pub(super) fn give_all(mut stacks: Vec<DefaultStack>) {
     }
 }
 
-/// Whether a pooled coroutine's stack has the current size (else it goes
-/// back to the stack pool, which unmaps it, and a fitting one is taken).
+/// Whether a pooled coroutine's stack, of `len` bytes, has the current
+/// size (else it goes back to the stack pool, which unmaps it, and a
+/// fitting one is taken).
 #[inline]
-pub(super) fn fits_now(stack: &DefaultStack) -> bool {
-    fits(stack, stack_size())
+pub(super) fn fits_now(len: usize) -> bool {
+    fits_len(len, stack_size())
 }
 
 fn give_batch(batch: Vec<DefaultStack>) {
@@ -165,7 +166,11 @@ fn give_batch(batch: Vec<DefaultStack>) {
 #[inline]
 fn fits(stack: &DefaultStack, size: usize) -> bool {
     use corosensei::stack::Stack;
-    let len = stack.base().get() - stack.limit().get();
+    fits_len(stack.base().get() - stack.limit().get(), size)
+}
+
+#[inline]
+fn fits_len(len: usize, size: usize) -> bool {
     len >= size && len < size + (64 << 10)
 }
 
