@@ -29,6 +29,10 @@ pub(crate) enum Cancel {
 ///
 /// # Panics
 /// Off the coroutine's home thread.
+///
+/// Never inlined: it reads the thread state inline (`tls::with_state`), and
+/// its callers may run in a coroutine's frame that spans a switch.
+#[inline(never)]
 pub(crate) fn cancel(co: &CoInner) -> Cancel {
     assert_eq!(
         co.home_token(),

@@ -83,8 +83,8 @@
 
 // `unsafe_code` is allowed for this module (lib.rs) for mod.rs, enter.rs and
 // cancel.rs, which touch the switch state, recycle.rs (the last-reference
-// check) and running.rs (a coroutine on a view of the stack it owns); the
-// rest deny it again.
+// check), running.rs (a coroutine on a view of the stack it owns) and the
+// unit tests (reading a coroutine's stack size); the rest deny it again.
 mod cancel;
 #[deny(unsafe_code)] // its loom model allows it for loom's UnsafeCell
 mod claim;

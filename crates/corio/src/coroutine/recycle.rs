@@ -116,7 +116,9 @@ pub(super) mod pool {
         None
     }
 
-    /// Objects in this thread's pool (each holds one stack).
+    /// Objects in this thread's pool (each holds one stack). Never
+    /// inlined: it reads the thread state (see `tls`).
+    #[inline(never)]
     pub(crate) fn len() -> usize {
         match tls::with_state(|st| st.pool_len.get()) {
             CLOSED => 0,

@@ -9,7 +9,10 @@
 //! `#[inline(never)]`, so the address is computed afresh in a frame that
 //! never spans a switch. The switch functions themselves (`enter`,
 //! `yield_now`) are not inlined either, and do no thread-local access after
-//! the switch returns inside the coroutine.
+//! the switch returns inside the coroutine. The functions that read
+//! `with_state` inline (`enter` and what it calls after the switch,
+//! `yield_prepare`, and the object pool's `take`, `release` and
+//! `release_handle`, `cancel`) are never inlined into their callers.
 
 use std::cell::Cell;
 use std::mem::ManuallyDrop;
