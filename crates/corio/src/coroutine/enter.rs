@@ -224,16 +224,14 @@ pub(super) fn enter_one(co: &CoInner) -> bool {
 }
 
 /// Every refusal in one value, non-zero if `co` may not simply be
-/// entered: the home thread (a token is never 0, so a thread that has none
-/// yet goes to the slow path, which gives it one), the schedule claim, the
+/// entered: the home thread and the schedule claim (one word, equal to the
+/// thread's token when homed here and unclaimed; a token is never 0, so a
+/// thread that has none yet goes to the slow path, which gives it one), the
 /// state (running, terminated), and the coroutine-switch trace events (the
 /// slow path emits them).
 #[inline(always)]
 fn refused(co: &CoInner, st: &tls::ThreadState) -> usize {
-    (co.home_thread.load(Relaxed) ^ st.token_if_any())
-        | co.scheduled.get()
-        | co.state.get()
-        | trace::switch_events_enabled()
+    (co.scheduled.word() ^ st.token_if_any()) | co.state.get() | trace::switch_events_enabled()
 }
 
 /// The switch itself, with the trace events when `TRACED`.
@@ -354,7 +352,7 @@ pub(super) fn enter_traced(from: *const CoInner, co: &CoInner) {
 #[cold]
 #[inline(never)]
 pub(super) fn enter_refused(co: &CoInner, st: &tls::ThreadState) {
-    if co.home_thread.load(Relaxed) != st.token() {
+    if co.scheduled.home() != st.token() {
         wrong_thread();
     }
     let sched = co.scheduled.get();

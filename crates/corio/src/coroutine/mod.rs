@@ -112,7 +112,6 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use corosensei::Yielder;
@@ -175,16 +174,15 @@ mod state {
 pub(crate) struct CoInner {
     /// Link in a context's co_schedule queue; only that queue touches it.
     pub(crate) next: AtomicPtr<CoInner>,
-    /// 0, or the [`Scheduler`] that queued this coroutine. Taken by a
-    /// compare-exchange from 0 (any thread: that is the double-schedule
-    /// check); released by the home thread just before it enters the
-    /// coroutine (the protocol and its loom models are in `claim.rs`).
-    scheduled: claim::Claim,
     /// The token ([`tls::thread_token`]) of the only thread that may enter
-    /// this coroutine. Changed only by a migration, which holds the coroutine
-    /// exclusively (it is scheduled and not running); the queue push and take
-    /// publish the change to the new thread.
-    home_thread: AtomicUsize,
+    /// this coroutine, and 0 or the [`Scheduler`] that queued it, in one
+    /// word. The claim is taken by a compare-exchange from 0 (any thread:
+    /// that is the double-schedule check) and released by the home thread
+    /// just before it enters the coroutine; the home changes only by a
+    /// migration, which holds the claim (the coroutine is scheduled and not
+    /// running), and the queue push and take publish it to the new thread
+    /// (the protocol and its loom models are in `claim.rs`).
+    scheduled: claim::Claim,
     /// The home context ("a place to wake me", see [`Home`]), filled on
     /// demand on the home thread; read by wakers on other threads. Emptied
     /// when the object is pooled.
@@ -226,10 +224,10 @@ pub(crate) struct CoInner {
 
 // SAFETY: the fields that are not thread-safe (`raw`, `yielder`, `caller`,
 // `state`, `wakeup`) are touched only on the home thread: `enter_one` checks
-// `home_thread` before anything else, the running coroutine and its wakers
+// the home thread (in `scheduled`) before anything else, the running coroutine and its wakers
 // on the same thread are by definition there, the pool is per thread and
 // takes objects only on their home thread, and the other threads only
-// use `next`, `scheduled`, `home_thread` and `home`, which are atomics or
+// use `next`, `scheduled` and `home`, which are atomics or
 // behind a mutex. The non-`Send` corosensei coroutine moves threads only
 // through `AioContext::co_schedule_migrate`, whose caller vouches that the
 // stack holds only `Send` values. Dropping on another thread is handled in
@@ -240,7 +238,7 @@ unsafe impl Sync for CoInner {}
 
 impl Drop for CoInner {
     fn drop(&mut self) {
-        if self.holds_stack_mut() && *self.home_thread.get_mut() == tls::thread_token() {
+        if self.holds_stack_mut() && self.scheduled.home_mut() == tls::thread_token() {
             // Dropped elsewhere, its home thread's count stays one high
             // until that thread exits: it then keeps one stack fewer.
             tls::kept_stack_released();
@@ -248,7 +246,8 @@ impl Drop for CoInner {
         let Some(mut raw) = self.raw.get_mut().take() else {
             return;
         };
-        let at_home = *self.home_thread.get_mut() == tls::thread_token();
+        let home_thread = self.scheduled.home_mut();
+        let at_home = home_thread == tls::thread_token();
         if raw.done() {
             stack::give(raw.into_stack());
         } else if !raw.started() {
@@ -264,7 +263,7 @@ impl Drop for CoInner {
                     .get_mut()
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
-                send_home(raw, *self.home_thread.get_mut(), home);
+                send_home(raw, home_thread, home);
             }
         } else if at_home {
             // Suspended and unreachable: unwind its stack (running its
@@ -487,8 +486,7 @@ fn body<F: FnOnce() + 'static>(
 fn fresh<F: FnOnce() + 'static>(entry: F) -> Arc<CoInner> {
     let mut co = Arc::new(CoInner {
         next: AtomicPtr::new(ptr::null_mut()),
-        scheduled: claim::Claim::new(),
-        home_thread: AtomicUsize::new(tls::thread_token()),
+        scheduled: claim::Claim::new(tls::thread_token()),
         home: Mutex::new(None),
         raw: UnsafeCell::new(None),
         yielder: Cell::new(ptr::null()),
@@ -581,7 +579,7 @@ impl CoHandle {
     }
 
     pub(crate) fn is_home(&self) -> bool {
-        self.inner.home_thread.load(Relaxed) == tls::thread_token()
+        self.inner.scheduled.home() == tls::thread_token()
     }
 }
 
@@ -690,7 +688,7 @@ impl CoInner {
         let mut home = self.home.lock().unwrap_or_else(|e| e.into_inner());
         home.get_or_insert_with(|| {
             assert_eq!(
-                self.home_thread.load(Relaxed),
+                self.scheduled.home(),
                 tls::thread_token(),
                 "a coroutine's home context is chosen on its home thread"
             );
@@ -729,13 +727,12 @@ impl CoInner {
     /// For migration: the coroutine must be on the caller's thread and not
     /// running. Returns whether it is.
     pub(crate) fn is_idle_here(&self) -> bool {
-        self.home_thread.load(Relaxed) == tls::thread_token()
-            && self.state.get() & state::RUNNING == 0
+        self.scheduled.home() == tls::thread_token() && self.state.get() & state::RUNNING == 0
     }
 
     /// The token of the thread that may enter the coroutine.
     pub(crate) fn home_token(&self) -> usize {
-        self.home_thread.load(Relaxed)
+        self.scheduled.home()
     }
 
     /// Makes `home` the home context; the caller checked that it belongs to
@@ -748,7 +745,7 @@ impl CoInner {
     /// caller has claimed it (scheduled).
     pub(crate) fn set_home(&self, home: Arc<dyn Home>, token: usize) {
         *self.home.lock().unwrap_or_else(|e| e.into_inner()) = Some(home);
-        // Relaxed: published to the new thread by the queue push (Release).
-        self.home_thread.store(token, Relaxed);
+        // Published to the new thread by the queue push (Release).
+        self.scheduled.set_home(token);
     }
 }

@@ -148,7 +148,7 @@ pub(super) fn release(co: Arc<CoInner>) {
     // `CoInner` is ever made (`Arc::get_mut` would also check that count,
     // with a locked compare-exchange): nothing else can reach the object
     // while this borrow lives. Its home-thread fields are touched only once
-    // `home_thread` matched this thread.
+    // home thread matched this thread.
     let inner = unsafe { &mut *Arc::as_ptr(&co).cast_mut() };
     if !recyclable(inner, tls::with_state(|st| st.token_if_any())) {
         return drop_unpooled(co);
@@ -214,7 +214,7 @@ pub(super) fn release_handle(co: &mut Arc<CoInner>) {
 /// the object); its home context is the caller's to drop.
 #[inline(always)]
 pub(super) fn recyclable(inner: &mut CoInner, token: usize) -> bool {
-    if *inner.state.get_mut() != state::TERMINATED || *inner.home_thread.get_mut() != token {
+    if *inner.state.get_mut() != state::TERMINATED || inner.scheduled.home_mut() != token {
         return false;
     }
     inner.scheduled.reset();

@@ -50,7 +50,8 @@ pub(super) const POOL_MAX: usize = super::stack::BATCH;
 
 impl ThreadState {
     /// This thread's token: a number never given to another thread (a
-    /// thread-local's address would be reused by a later thread).
+    /// thread-local's address would be reused by a later thread), a
+    /// non-zero multiple of 4.
     #[inline(always)]
     pub(super) fn token(&self) -> usize {
         match self.token.get() {
@@ -70,9 +71,11 @@ impl ThreadState {
     #[cold]
     #[inline(never)]
     fn assign_token(&self) -> usize {
-        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        // Multiples of 4: a coroutine's home token shares a word with its
+        // schedule claim's code (`claim::Claim`).
+        static NEXT: AtomicUsize = AtomicUsize::new(4);
         // Relaxed: uniqueness needs only the atomicity of the increment.
-        let t = NEXT.fetch_add(1, Relaxed);
+        let t = NEXT.fetch_add(4, Relaxed);
         self.token.set(t);
         // Only a thread with a token pools coroutine objects (a pooled
         // object's home is this thread's token): its pool's thread-exit
