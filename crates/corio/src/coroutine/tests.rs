@@ -127,3 +127,26 @@ fn reused_object_follows_the_stack_size() {
         assert!(ran.get() && co.is_terminated());
     });
 }
+
+/// A panic of a nested coroutine caught inside its enterer (itself a
+/// coroutine) leaves the enterer current, running and able to yield: the
+/// unwind guard restores the current coroutine from the panicking one's
+/// `caller`, holding nothing itself.
+#[test]
+fn panic_caught_inside_an_enterer_restores_it() {
+    let outer = Coroutine::new(|| {
+        let me = Coroutine::current().expect("in a coroutine");
+        let inner = Coroutine::new(|| panic!("inner"));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.enter()));
+        assert!(caught.is_err() && inner.is_terminated());
+        let now = Coroutine::current().expect("still in a coroutine");
+        assert!(now.ptr_eq(&me), "the enterer is current again");
+        assert!(me.entered());
+        yield_now();
+    });
+    outer.enter();
+    assert!(!in_coroutine());
+    assert!(!outer.entered() && !outer.is_terminated());
+    outer.enter();
+    assert!(outer.is_terminated());
+}
