@@ -185,6 +185,11 @@ fn callgrind(spec: &str) {
 }
 
 fn main() {
+    // As every AioContext constructor does. It also makes the trace
+    // switches reachable: without it, LTO proves that no event is ever
+    // switched on and folds the disabled-trace checks out of the switch
+    // path, which a program with an event loop does not get.
+    corio::trace::init_from_env();
     if let Ok(spec) = std::env::var("CORIO_CALLGRIND") {
         callgrind(&spec);
         return;

@@ -190,7 +190,7 @@
 //!
 //! The crate denies `unsafe_code`; the modules that need it allow it on their
 //! `mod` line, each with a comment saying what it holds: the stack switch
-//! ([`coroutine`]), the lock-free intrusive lists (`aio::queue` and its users
+//! and the coroutine-object pool ([`coroutine`]), the lock-free intrusive lists (`aio::queue` and its users
 //! `aio::bh`, `aio::schedule`), the epoll event buffer (`aio::sys::epoll`), the
 //! [`CoMutex`](sync::CoMutex) data cell (`sync::mutex`) and borrowing a
 //! numbered fd (`io::socket::fd`); `AioContext`'s own file allows it on two
@@ -201,7 +201,10 @@
 pub mod aio;
 // unsafe: the stack switch (raw pointers to the running coroutine and its
 // yielder, the home-thread cells of `CoInner`, reference counts by hand) in
-// coroutine/{mod,enter,cancel}.rs; its other files deny it again.
+// coroutine/{mod,enter,cancel}.rs, the last-reference check of the object
+// pool (coroutine/recycle.rs) and a corosensei coroutine running on a view
+// of the stack it is stored with (coroutine/running.rs); its other files
+// deny it again.
 #[allow(unsafe_code)]
 pub mod coroutine;
 pub mod future;

@@ -8,8 +8,6 @@
 //! finds it terminated and cancelled, and is dropped without entering it:
 //! see `cancelled_wakeup`.
 
-use std::ptr;
-
 use super::{keep_or_give_stack, reschedule_wakeups, state, terminated, tls, CoInner};
 
 /// What [`cancel`] did.
@@ -31,6 +29,10 @@ pub(crate) enum Cancel {
 ///
 /// # Panics
 /// Off the coroutine's home thread.
+///
+/// Never inlined: it reads the thread state inline (`tls::with_state`), and
+/// its callers may run in a coroutine's frame that spans a switch.
+#[inline(never)]
 pub(crate) fn cancel(co: &CoInner) -> Cancel {
     assert_eq!(
         co.home_token(),
@@ -57,14 +59,12 @@ pub(crate) fn cancel(co: &CoInner) -> Cancel {
     }
     let prev = tls::with_state(|s| s.current.replace(co as *const CoInner));
     let restore = Restore(prev);
-    co.caller.set(prev);
     co.state.set(state::RUNNING);
     // Set before the unwinding starts, so that a body that catches panics
     // (a spawned coroutine) can tell the cancellation from its own panic.
     co.cancelled.set(true);
     raw.force_unwind();
     drop(restore);
-    co.caller.set(ptr::null());
     terminated(co);
     keep_or_give_stack(co);
     // A lock released while unwinding may have queued a waiter here.

@@ -15,9 +15,26 @@ pub(crate) fn enter(co: &CoInner) {
             // re-read of the state.
             return enter_cold(co, st);
         }
-        let wakeups = switch::<false>(co, st);
-        after_switch(co, wakeups);
+        match switch::<false>(co, st) {
+            Back::Yielded => {}
+            Back::Wakeups => run_wakeups(co),
+            // Out of line and last: no value stays live across it.
+            Back::Returned => returned_then_wakeups::<false>(co),
+        }
     })
+}
+
+/// What the switch came back with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Back {
+    /// The coroutine yielded and woke no one.
+    Yielded,
+    /// It yielded and queued wakeups (or asked to migrate), left in its
+    /// `wakeup` list for the caller to run.
+    Wakeups,
+    /// It returned (or panicked and the panic was caught inside): the
+    /// caller calls [`returned`].
+    Returned,
 }
 
 /// `enter` after a refusal check failed or with a switch trace event on.
@@ -25,18 +42,10 @@ pub(crate) fn enter(co: &CoInner) {
 #[inline(never)]
 fn enter_cold(co: &CoInner, st: &tls::ThreadState) {
     enter_refused(co, st);
-    let wakeups = switch::<true>(co, st);
-    after_switch(co, wakeups);
-}
-
-/// What `enter` does once the coroutine yielded or returned.
-#[inline(always)]
-fn after_switch(co: &CoInner, wakeups: bool) {
-    if co.state.get() == state::TERMINATED && !co.holds_stack.get() {
-        keep_or_give_stack(co);
-    }
-    if wakeups {
-        run_wakeups(co);
+    match switch::<true>(co, st) {
+        Back::Yielded => {}
+        Back::Wakeups => run_wakeups(co),
+        Back::Returned => returned_then_wakeups::<true>(co),
     }
 }
 
@@ -70,11 +79,7 @@ pub(super) fn run_wakeups(co: &CoInner) {
             release(next);
             continue;
         }
-        let wakeups = enter_one(&next);
-        if next.state.get() == state::TERMINATED && !next.holds_stack.get() {
-            keep_or_give_stack(&next);
-        }
-        if wakeups {
+        if enter_one(&next) {
             let mut queued = next.wakeup.borrow_mut();
             while let Some(w) = queued.pop_back() {
                 pending.0.push_front(w);
@@ -204,63 +209,120 @@ pub(super) fn reschedule_wakeups(list: VecDeque<Arc<CoInner>>) {
 #[inline(always)]
 pub(super) fn enter_one(co: &CoInner) -> bool {
     tls::with_state(|st| {
-        if refused(co, st) != 0 {
+        let back = if refused(co, st) != 0 {
             enter_refused(co, st);
-            return switch::<true>(co, st);
+            switch::<true>(co, st)
+        } else {
+            switch::<false>(co, st)
+        };
+        match back {
+            Back::Yielded => false,
+            Back::Wakeups => true,
+            Back::Returned => returned(co),
         }
-        switch::<false>(co, st)
     })
 }
 
 /// Every refusal in one value, non-zero if `co` may not simply be
-/// entered: the home thread (a token is never 0, so a thread that has none
-/// yet goes to the slow path, which gives it one), the schedule claim, the
+/// entered: the home thread and the schedule claim (one word, equal to the
+/// thread's token when homed here and unclaimed; a token is never 0, so a
+/// thread that has none yet goes to the slow path, which gives it one), the
 /// state (running, terminated), and the coroutine-switch trace events (the
 /// slow path emits them).
 #[inline(always)]
 fn refused(co: &CoInner, st: &tls::ThreadState) -> usize {
-    (co.home_thread.load(Relaxed) ^ st.token_if_any())
-        | co.scheduled.get() as usize
-        | co.state.get() as usize
-        | trace::switch_events_enabled()
+    (co.scheduled.word() ^ st.token_if_any()) | co.state.get() | trace::switch_events_enabled()
 }
 
 /// The switch itself, with the trace events when `TRACED`.
 #[inline(always)]
-fn switch<const TRACED: bool>(co: &CoInner, st: &tls::ThreadState) -> bool {
-    // SAFETY: home thread and idle (checked by `enter_one`): no other
-    // borrow of `raw` exists, and the coroutine never touches its own `raw`.
-    let Some(raw) = (unsafe { &mut *co.raw.get() }) else {
-        entered_after_termination();
-    };
-    let from = st.current.get();
-    co.caller.set(from);
+fn switch<const TRACED: bool>(co: &CoInner, st: &tls::ThreadState) -> Back {
+    // SAFETY: home thread and idle (checked by `refused`, or the caller
+    // panicked in `enter_refused`): no other borrow of `raw` exists, and the
+    // coroutine never touches its own `raw`.
+    let raw = unsafe { &mut *co.raw.get() };
+    debug_assert!(
+        raw.is_some(),
+        "an idle coroutine holds its corosensei coroutine"
+    );
+    // SAFETY: an idle coroutine (state 0, checked above) holds its
+    // corosensei coroutine: `raw` is `None` only once its stack was given
+    // back, which happens only to a terminated coroutine (`give_stack_now`,
+    // `Drop`, the pool's `Drop`), and a terminated one becomes idle again only
+    // in `reuse`, which puts a new one in.
+    let raw = unsafe { raw.as_mut().unwrap_unchecked() };
+    // The caller is kept in the coroutine, not in a register: a value live
+    // across the switch costs a callee-saved register (a push and a pop, and
+    // here one more push and pop to keep the stack aligned), a reload only
+    // one instruction.
+    co.caller.set(st.current.get());
     co.state.set(state::RUNNING);
     st.current.set(co);
     // Armed before the trace call: a `tracing` subscriber that panics
     // must not leave this coroutine current.
-    let guard = UnwindGuard { co, from };
+    let guard = UnwindGuard;
     if TRACED && trace::event::qemu_aio_coroutine_enter.enabled() {
-        enter_traced(from, co);
+        enter_traced(co.caller.get(), co);
     }
     let result = raw.resume(());
     // Normal return: restore inline; the guard only acts on a panic.
     std::mem::forget(guard);
-    st.current.set(from);
-    let wakeups = co.state.get() & state::WAKEUPS != 0;
+    st.current.set(co.caller.get());
     if let corosensei::CoroutineResult::Return(()) = result {
-        // Checks its own event: off the round trip, and a distinct arm
-        // keeps LLVM from merging the two state stores into a select.
-        terminated(co);
-    } else {
-        co.state.set(0);
-        // QEMU emits it in the coroutine just before the switch; nothing
-        // runs on this thread between that point and this one.
-        if TRACED && trace::event::qemu_coroutine_yield.enabled() {
-            yield_traced(co, from);
-        }
+        // All of termination out of line (the caller calls `returned`):
+        // its values would otherwise take callee-saved registers that the
+        // round trip's prologue would save.
+        return Back::Returned;
     }
+    let wakeups = co.state.get() & state::WAKEUPS != 0;
+    co.state.set(0);
+    // QEMU emits it in the coroutine just before the switch; nothing
+    // runs on this thread between that point and this one.
+    if TRACED && trace::event::qemu_coroutine_yield.enabled() {
+        yield_traced(co, co.caller.get());
+    }
+    if wakeups {
+        Back::Wakeups
+    } else {
+        Back::Yielded
+    }
+}
+
+/// The coroutine returned: marks it terminated and keeps its stack with it
+/// (or gives the stack back, see [`keep_or_give_stack`]). Returns whether
+/// it queued wakeups.
+#[inline(always)]
+fn returned(co: &CoInner) -> bool {
+    let wakeups = co.state.get() & state::WAKEUPS != 0;
+    terminated(co);
+    keep_or_give_stack_here(co);
     wakeups
+}
+
+/// `enter`'s end for a coroutine that returned: [`returned`], then its
+/// wakeups. The common case (no wakeups, no trace) inline and with no
+/// value live across a call, so that it saves no registers. Untraced
+/// (`TRACED` false: no switch event was on when the coroutine was entered),
+/// the terminate event is not checked, as `trace::switch_events_enabled`
+/// describes.
+#[cold]
+#[inline(never)]
+fn returned_then_wakeups<const TRACED: bool>(co: &CoInner) {
+    if co.state.get() & state::WAKEUPS != 0
+        || (TRACED && trace::event::qemu_coroutine_terminate.enabled())
+    {
+        return returned_then_wakeups_slow(co);
+    }
+    co.state.set(state::TERMINATED);
+    keep_or_give_stack_here(co);
+}
+
+#[cold]
+#[inline(never)]
+fn returned_then_wakeups_slow(co: &CoInner) {
+    if returned(co) {
+        run_wakeups(co);
+    }
 }
 
 /// The yield trace event (QEMU's `qemu_coroutine_yield(self, to)`).
@@ -290,12 +352,12 @@ pub(super) fn enter_traced(from: *const CoInner, co: &CoInner) {
 #[cold]
 #[inline(never)]
 pub(super) fn enter_refused(co: &CoInner, st: &tls::ThreadState) {
-    if co.home_thread.load(Relaxed) != st.token() {
+    if co.scheduled.home() != st.token() {
         wrong_thread();
     }
     let sched = co.scheduled.get();
     if sched != 0 {
-        already_scheduled(sched);
+        already_scheduled(sched as u8);
     }
     match co.state.get() {
         0 => {}
@@ -315,31 +377,42 @@ pub(super) fn cancelled_wakeup(co: &CoInner) -> bool {
 
 /// Restores the caller's state if the coroutine panicked (the panic then
 /// continues into the enterer), and marks the dead coroutine terminated.
-pub(super) struct UnwindGuard<'a> {
-    co: &'a CoInner,
-    from: *const CoInner,
-}
+///
+/// It holds nothing: when a panic leaves `resume`, the coroutine that was
+/// entered is the current one again (every enter and cancel restores the
+/// current coroutine on its way out, panicking or not), and its `caller`
+/// is the enterer's. So the switch keeps no value alive across the switch
+/// for the landing pad, which would cost the round trip a spill.
+pub(super) struct UnwindGuard;
 
-impl Drop for UnwindGuard<'_> {
+impl Drop for UnwindGuard {
     #[inline(always)]
     fn drop(&mut self) {
-        unwound(self.co, self.from);
+        unwound();
     }
 }
 
-/// The unwind guard's work, out of line so that the guard's fields stay in
-/// registers on the hot path.
+/// The unwind guard's work, out of line.
 #[cold]
 #[inline(never)]
-pub(super) fn unwound(co: &CoInner, from: *const CoInner) {
+pub(super) fn unwound() {
     // The enterer's frame: still its thread.
-    tls::with_state(|st| st.current.set(from));
+    let co = tls::with_state(|st| {
+        let co = st.current.get();
+        debug_assert!(!co.is_null(), "a coroutine unwound into its enterer");
+        // SAFETY: the coroutine whose switch unwound is current again (see
+        // `UnwindGuard`) and live: its enterer, whose frame this is, holds a
+        // reference for the whole switch.
+        let co = unsafe { &*co };
+        st.current.set(co.caller.get());
+        co
+    });
     // Wakeups it queued before panicking (a lock released while
     // unwinding hands over to a waiter) must not be lost: they go
     // through the home context's queue and run from its next poll.
     reschedule_wakeups(std::mem::take(&mut *co.wakeup.borrow_mut()));
     // SAFETY: home thread, and the switch has returned: no other borrow.
-    if unsafe { &*co.raw.get() }.as_ref().is_some_and(RawCo::done) {
+    if unsafe { &*co.raw.get() }.as_ref().is_some_and(|r| r.done()) {
         terminated(co);
         keep_or_give_stack(co);
     } else {
@@ -356,14 +429,24 @@ pub(super) const KEEP_STACKS: usize = 64;
 
 /// Keeps a terminated coroutine's stack with it for the object pool (the
 /// common case: its last handle drops soon), unless this thread already has
-/// [`KEEP_STACKS`] such coroutines: then the stack goes back now. Called
-/// after `enter_one` returns, off the resume/yield path.
-#[cold]
+/// [`KEEP_STACKS`] such coroutines: then the stack goes back now. A kept
+/// stack is counted in the thread's `kept_stacks` for as long as the
+/// terminated coroutine's `raw` holds it (`CoInner::holds_stack_mut`). For a
+/// coroutine that returned, `returned` does the same with the thread state
+/// at hand.
 #[inline(never)]
 pub(super) fn keep_or_give_stack(co: &CoInner) {
-    if tls::keep_stack_slot(KEEP_STACKS) {
-        co.holds_stack.set(true);
-    } else {
+    if !tls::keep_stack_slot(KEEP_STACKS) {
+        give_stack_now(co);
+    }
+}
+
+/// [`keep_or_give_stack`] inline, for `returned`: only in the enterer's
+/// functions (`enter` and what it calls after the switch), whose frames
+/// stay on one thread, so the thread state may be read in them.
+#[inline(always)]
+fn keep_or_give_stack_here(co: &CoInner) {
+    if !tls::with_state(|st| st.keep_stack_slot(KEEP_STACKS)) {
         give_stack_now(co);
     }
 }

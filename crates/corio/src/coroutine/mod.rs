@@ -82,17 +82,21 @@
 //! ```
 
 // `unsafe_code` is allowed for this module (lib.rs) for mod.rs, enter.rs and
-// cancel.rs, which touch the switch state; the rest deny it again.
+// cancel.rs, which touch the switch state, recycle.rs (the last-reference
+// check), running.rs (a coroutine on a view of the stack it owns) and the
+// unit tests (reading a coroutine's stack size); the rest deny it again.
 mod cancel;
 #[deny(unsafe_code)] // its loom model allows it for loom's UnsafeCell
 mod claim;
 mod enter;
 #[deny(unsafe_code)]
 mod home;
-#[deny(unsafe_code)]
 mod recycle;
+mod running;
 #[deny(unsafe_code)]
 mod stack;
+#[cfg(test)]
+mod tests;
 #[deny(unsafe_code)]
 pub(crate) mod tls;
 
@@ -124,10 +128,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use corosensei::stack::DefaultStack;
 use corosensei::Yielder;
 
 pub use stack::{
@@ -137,7 +139,7 @@ pub use stack::{
 use crate::loom::AtomicPtr;
 use crate::trace;
 
-type RawCo = corosensei::Coroutine<(), (), (), DefaultStack>;
+use running::Running;
 
 /// Who scheduled a coroutine: QEMU keeps the scheduling function's name in
 /// `co->scheduled` to report double scheduling.
@@ -166,14 +168,16 @@ fn scheduler_name(code: u8) -> &'static str {
 /// suspended in `yield_now`; only an idle coroutine may be entered, so the
 /// enter path checks "state is 0" in one comparison.
 mod state {
+    // `usize`, as `CoInner::state` is: the refusal check ORs it into its
+    // other words straight from memory, with no zero-extension.
     /// Entered: it, or a coroutine it entered, is executing. Set and cleared
     /// by `enter_one` around the switch.
-    pub(super) const RUNNING: u8 = 1;
+    pub(super) const RUNNING: usize = 1;
     /// Returned or panicked. Final until the object is recycled by the pool.
-    pub(super) const TERMINATED: u8 = 2;
+    pub(super) const TERMINATED: usize = 2;
     /// Only with `RUNNING`: its wakeup list is not empty (set by `wake_local`;
     /// read and cleared by `enter_one` after the switch returns).
-    pub(super) const WAKEUPS: u8 = 4;
+    pub(super) const WAKEUPS: usize = 4;
 }
 
 /// The shared state of one coroutine.
@@ -186,16 +190,15 @@ mod state {
 pub(crate) struct CoInner {
     /// Link in a context's co_schedule queue; only that queue touches it.
     pub(crate) next: AtomicPtr<CoInner>,
-    /// 0, or the [`Scheduler`] that queued this coroutine. Taken by a
-    /// compare-exchange from 0 (any thread: that is the double-schedule
-    /// check); released by the home thread just before it enters the
-    /// coroutine (the protocol and its loom models are in `claim.rs`).
-    scheduled: claim::Claim,
     /// The token ([`tls::thread_token`]) of the only thread that may enter
-    /// this coroutine. Changed only by a migration, which holds the coroutine
-    /// exclusively (it is scheduled and not running); the queue push and take
-    /// publish the change to the new thread.
-    home_thread: AtomicUsize,
+    /// this coroutine, and 0 or the [`Scheduler`] that queued it, in one
+    /// word. The claim is taken by a compare-exchange from 0 (any thread:
+    /// that is the double-schedule check) and released by the home thread
+    /// just before it enters the coroutine; the home changes only by a
+    /// migration, which holds the claim (the coroutine is scheduled and not
+    /// running), and the queue push and take publish it to the new thread
+    /// (the protocol and its loom models are in `claim.rs`).
+    scheduled: claim::Claim,
     /// The home context ("a place to wake me", see [`Home`]), filled on
     /// demand on the home thread; read by wakers on other threads. Emptied
     /// when the object is pooled.
@@ -206,17 +209,15 @@ pub(crate) struct CoInner {
     /// `enter_one` (around the switch, while `state` is `RUNNING`), by the
     /// unwind guard after the switch, by `reuse` (a pooled object, owned by
     /// the pool alone) and by `Drop`; never from inside the coroutine.
-    raw: UnsafeCell<Option<RawCo>>,
+    raw: UnsafeCell<Option<Running>>,
     /// Set by the coroutine's first instructions; valid while it runs.
     yielder: Cell<*const Yielder<(), ()>>,
-    /// Who entered it, for the yield trace event: null when entered from
-    /// outside any coroutine. Meaningful only while `RUNNING`.
+    /// The coroutine that was current when this one was entered (null if
+    /// none): `enter_one` makes it current again once this one yields,
+    /// returns or unwinds. Meaningful only while `RUNNING`.
     caller: Cell<*const CoInner>,
-    /// One of the [`state`] values.
-    state: Cell<u8>,
-    /// Terminated and still holding its stack, counted in its home
-    /// thread's `kept_stacks` (at most [`KEEP_STACKS`] per thread).
-    holds_stack: Cell<bool>,
+    /// One of the [`state`] values (a word: see [`state`]).
+    state: Cell<usize>,
     /// Terminated by [`cancel`] rather than by returning: a wakeup that was
     /// already on its way (queued, or registered with an fd handler or a
     /// lock) finds it terminated and is dropped instead of panicking.
@@ -239,10 +240,10 @@ pub(crate) struct CoInner {
 
 // SAFETY: the fields that are not thread-safe (`raw`, `yielder`, `caller`,
 // `state`, `wakeup`) are touched only on the home thread: `enter_one` checks
-// `home_thread` before anything else, the running coroutine and its wakers
+// the home thread (in `scheduled`) before anything else, the running coroutine and its wakers
 // on the same thread are by definition there, the pool is per thread and
 // takes objects only on their home thread, and the other threads only
-// use `next`, `scheduled`, `home_thread` and `home`, which are atomics or
+// use `next`, `scheduled` and `home`, which are atomics or
 // behind a mutex. The non-`Send` corosensei coroutine moves threads only
 // through `AioContext::co_schedule_migrate`, whose caller vouches that the
 // stack holds only `Send` values. Dropping on another thread is handled in
@@ -253,7 +254,7 @@ unsafe impl Sync for CoInner {}
 
 impl Drop for CoInner {
     fn drop(&mut self) {
-        if *self.holds_stack.get_mut() && *self.home_thread.get_mut() == tls::thread_token() {
+        if self.holds_stack_mut() && self.scheduled.home_mut() == tls::thread_token() {
             // Dropped elsewhere, its home thread's count stays one high
             // until that thread exits: it then keeps one stack fewer.
             tls::kept_stack_released();
@@ -261,7 +262,8 @@ impl Drop for CoInner {
         let Some(mut raw) = self.raw.get_mut().take() else {
             return;
         };
-        let at_home = *self.home_thread.get_mut() == tls::thread_token();
+        let home_thread = self.scheduled.home_mut();
+        let at_home = home_thread == tls::thread_token();
         if raw.done() {
             stack::give(raw.into_stack());
         } else if !raw.started() {
@@ -277,7 +279,7 @@ impl Drop for CoInner {
                     .get_mut()
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
-                send_home(raw, *self.home_thread.get_mut(), home);
+                send_home(raw, home_thread, home);
             }
         } else if at_home {
             // Suspended and unreachable: unwind its stack (running its
@@ -309,7 +311,7 @@ impl Drop for CoInner {
 /// A never-entered coroutine (its closure inside) on its way back to its
 /// home thread, the only one where the closure may be dropped.
 struct HomeBound {
-    raw: ManuallyDrop<RawCo>,
+    raw: ManuallyDrop<Running>,
     home_thread: usize,
 }
 
@@ -330,7 +332,7 @@ impl Drop for HomeBound {
 /// Drops a never-entered coroutine from a bottom half of its home context;
 /// leaks it if it has no context (or the bottom half never runs there).
 #[cold]
-fn send_home(raw: RawCo, home_thread: usize, home: Option<Arc<dyn Home>>) {
+fn send_home(raw: Running, home_thread: usize, home: Option<Arc<dyn Home>>) {
     let bound = HomeBound {
         raw: ManuallyDrop::new(raw),
         home_thread,
@@ -375,11 +377,7 @@ impl Drop for CoHandle {
         // the object through a second reference (the field itself is
         // dropped by the compiler right after this).
         if Arc::strong_count(&self.inner) == 1 {
-            if let Some(inner) = Arc::get_mut(&mut self.inner) {
-                if recyclable(inner) {
-                    pool::put(Arc::clone(&self.inner));
-                }
-            }
+            release_handle(&mut self.inner);
         }
     }
 }
@@ -399,33 +397,12 @@ impl Coroutine {
     /// # Thread context
     /// Any thread; the coroutine's home is the calling thread.
     pub fn new<F: FnOnce() + 'static>(entry: F) -> Coroutine {
-        let body = move |yielder: &Yielder<(), ()>, ()| {
-            let me = tls::current_co();
-            // SAFETY: `enter_one` made this coroutine current before resuming
-            // it, and it is live while it runs.
-            unsafe { &*me }.yielder.set(yielder);
-            entry()
-        };
         match pool::take() {
             Some(co) => {
-                reuse(&co, body);
+                reuse(&co, entry);
                 Coroutine::from_arc(co)
             }
-            None => Coroutine::from_arc(Arc::new(CoInner {
-                next: AtomicPtr::new(ptr::null_mut()),
-                scheduled: claim::Claim::new(),
-                home_thread: AtomicUsize::new(tls::thread_token()),
-                home: Mutex::new(None),
-                raw: UnsafeCell::new(Some(RawCo::with_stack(stack::take(), body))),
-                yielder: Cell::new(ptr::null()),
-                caller: Cell::new(ptr::null()),
-                state: Cell::new(0),
-                holds_stack: Cell::new(false),
-                cancelled: Cell::new(false),
-                wakeup: RefCell::new(VecDeque::new()),
-                migrate_to: Cell::new(None),
-                polls: Cell::new(0),
-            })),
+            None => Coroutine::from_arc(fresh(entry)),
         }
     }
 
@@ -503,26 +480,73 @@ impl Coroutine {
     }
 }
 
-/// Prepares a pooled object for a new coroutine running `body` on its stack.
+/// The corosensei body of a coroutine of the object at `me`, running
+/// `entry`: it first stores its yielder in the object (for `yield_now`).
+#[inline(always)]
+fn body<F: FnOnce() + 'static>(
+    me: *const CoInner,
+    entry: F,
+) -> impl FnOnce(&Yielder<(), ()>, ()) + 'static {
+    move |yielder: &Yielder<(), ()>, ()| {
+        // SAFETY: `me` is the object that holds this coroutine; it is live
+        // while the coroutine runs (its enterer holds a reference for the
+        // whole switch) and never moves (an `Arc` allocation).
+        unsafe { &*me }.yielder.set(yielder);
+        entry()
+    }
+}
+
+/// A new object for a coroutine running `entry` (the pool was empty).
+#[cold]
+#[inline(never)]
+fn fresh<F: FnOnce() + 'static>(entry: F) -> Arc<CoInner> {
+    let mut co = Arc::new(CoInner {
+        next: AtomicPtr::new(ptr::null_mut()),
+        scheduled: claim::Claim::new(tls::thread_token()),
+        home: Mutex::new(None),
+        raw: UnsafeCell::new(None),
+        yielder: Cell::new(ptr::null()),
+        caller: Cell::new(ptr::null()),
+        state: Cell::new(0),
+        cancelled: Cell::new(false),
+        wakeup: RefCell::new(VecDeque::new()),
+        migrate_to: Cell::new(None),
+        polls: Cell::new(0),
+    });
+    let me = Arc::as_ptr(&co);
+    let inner = Arc::get_mut(&mut co).expect("a new Arc is unique");
+    *inner.raw.get_mut() = Some(Running::new(stack::take(), body(me, entry)));
+    co
+}
+
+/// Prepares a pooled object for a new coroutine running `entry` on its
+/// stack.
 #[inline]
-fn reuse<F>(co: &CoInner, body: F)
+fn reuse<F: FnOnce() + 'static>(co: &CoInner, entry: F) {
+    // SAFETY: the object came from this thread's pool, which held the only
+    // reference (checked by `release`): nothing else can borrow `raw`, and
+    // the finished coroutine in it is not running.
+    let raw = unsafe { &mut *co.raw.get() };
+    match raw {
+        Some(done) if stack::fits_now(done.stack_len()) => done.renew(body(co, entry)),
+        _ => renew_on_new_stack(raw, body(co, entry)),
+    }
+    co.state.set(0);
+    co.cancelled.set(false);
+}
+
+/// `reuse` when the pooled object gave its stack back when it terminated,
+/// or has one of an old size: a new coroutine on a fitting stack.
+#[cold]
+#[inline(never)]
+fn renew_on_new_stack<F>(raw: &mut Option<Running>, body: F)
 where
     F: FnOnce(&Yielder<(), ()>, ()) + 'static,
 {
-    // SAFETY: the object came from this thread's pool, which held the only
-    // reference (checked by `Arc::get_mut` in `release`): nothing else can
-    // borrow `raw`, and the finished coroutine in it is not running.
-    let raw = unsafe { &mut *co.raw.get() };
-    if co.holds_stack.replace(false) {
-        tls::kept_stack_released();
+    if let Some(done) = raw.take() {
+        stack::give(done.into_stack());
     }
-    let stack = match raw.take() {
-        Some(done) => stack::keep_if_fits(done.into_stack()),
-        None => stack::take(),
-    };
-    *raw = Some(RawCo::with_stack(stack, body));
-    co.state.set(0);
-    co.cancelled.set(false);
+    *raw = Some(Running::new(stack::take(), body));
 }
 
 impl fmt::Debug for Coroutine {
@@ -571,7 +595,7 @@ impl CoHandle {
     }
 
     pub(crate) fn is_home(&self) -> bool {
-        self.inner.home_thread.load(Relaxed) == tls::thread_token()
+        self.inner.scheduled.home() == tls::thread_token()
     }
 }
 
@@ -654,6 +678,15 @@ fn yield_to_no_one() -> ! {
 }
 
 impl CoInner {
+    /// Whether the coroutine terminated and still holds its stack (in the
+    /// finished corosensei coroutine): such coroutines are counted in their
+    /// home thread's `kept_stacks` (at most [`KEEP_STACKS`] per thread). A
+    /// terminated coroutine's stack is either kept (counted) or given back
+    /// at once (`raw` emptied), see [`keep_or_give_stack`].
+    fn holds_stack_mut(&mut self) -> bool {
+        *self.state.get_mut() == state::TERMINATED && self.raw.get_mut().is_some()
+    }
+
     /// The home context, if it has one yet.
     pub(crate) fn home(&self) -> Option<Arc<dyn Home>> {
         self.home.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -671,7 +704,7 @@ impl CoInner {
         let mut home = self.home.lock().unwrap_or_else(|e| e.into_inner());
         home.get_or_insert_with(|| {
             assert_eq!(
-                self.home_thread.load(Relaxed),
+                self.scheduled.home(),
                 tls::thread_token(),
                 "a coroutine's home context is chosen on its home thread"
             );
@@ -710,13 +743,12 @@ impl CoInner {
     /// For migration: the coroutine must be on the caller's thread and not
     /// running. Returns whether it is.
     pub(crate) fn is_idle_here(&self) -> bool {
-        self.home_thread.load(Relaxed) == tls::thread_token()
-            && self.state.get() & state::RUNNING == 0
+        self.scheduled.home() == tls::thread_token() && self.state.get() & state::RUNNING == 0
     }
 
     /// The token of the thread that may enter the coroutine.
     pub(crate) fn home_token(&self) -> usize {
-        self.home_thread.load(Relaxed)
+        self.scheduled.home()
     }
 
     /// Makes `home` the home context; the caller checked that it belongs to
@@ -729,7 +761,7 @@ impl CoInner {
     /// caller has claimed it (scheduled).
     pub(crate) fn set_home(&self, home: Arc<dyn Home>, token: usize) {
         *self.home.lock().unwrap_or_else(|e| e.into_inner()) = Some(home);
-        // Relaxed: published to the new thread by the queue push (Release).
-        self.home_thread.store(token, Relaxed);
+        // Published to the new thread by the queue push (Release).
+        self.scheduled.set_home(token);
     }
 }

@@ -9,115 +9,229 @@ use super::*;
 /// coroutine's stack goes to the stack pool (which has its own bounds) and
 /// its object is freed. When the thread exits, the pooled stacks move to the
 /// shared stack pool (or are unmapped if it is full) and the objects are freed.
+///
+/// The objects live in the thread's switch state (`tls::ThreadState::pool`,
+/// a fixed array of `ManuallyDrop` slots), which has no destructor: so
+/// the fast paths need no borrow flag and no "is the thread-local alive"
+/// check. The destructor that empties the pool at thread exit is a separate
+/// thread-local, [`pool::Drain`], registered when the thread gets its token
+/// (a thread without one pools nothing: a pooled object's home is the
+/// pooling thread's token).
 pub(super) mod pool {
     use super::*;
 
     /// The most objects one thread keeps (as many as one stack batch).
-    pub(crate) const MAX: usize = stack::BATCH;
+    pub(crate) const MAX: usize = tls::POOL_MAX;
 
-    pub(super) struct Pool(Vec<Arc<CoInner>>);
+    /// Empties this thread's pool when the thread exits, and closes it.
+    pub(in crate::coroutine) struct Drain;
 
-    impl Drop for Pool {
+    impl Drop for Drain {
         fn drop(&mut self) {
-            let mut stacks = Vec::with_capacity(self.0.len());
-            for mut co in self.0.drain(..) {
-                // Pooled objects are unique (checked by `release`); a miss
-                // would just drop the object, which also frees its stack.
-                if let Some(inner) = Arc::get_mut(&mut co) {
-                    if let Some(raw) = inner.raw.get_mut().take() {
-                        stacks.push(raw.into_stack());
-                    }
-                }
-            }
-            stack::give_all(stacks);
+            empty(true);
         }
     }
 
-    thread_local! {
-        static POOL: RefCell<Pool> = const { RefCell::new(Pool(Vec::new())) };
+    /// Empties this thread's pool (the objects' stacks go to the shared
+    /// stack pool, as at thread exit) and keeps it open: a reused worker
+    /// thread starts its next task without the last one's objects. Never
+    /// inlined: it reads the thread state (see `tls`).
+    #[inline(never)]
+    pub(crate) fn flush() {
+        empty(false);
     }
 
-    // `take` and `put` are never inlined: they touch a thread-local, and
-    // their callers (`Coroutine::new`, handle drops) may be inlined into a
-    // coroutine's frame that spans a switch (see `tls`).
+    /// Takes every pooled object out and gives their stacks to the shared
+    /// stack pool; with `close`, the pool refuses objects from then on.
+    fn empty(close: bool) {
+        let objects = tls::with_state(|st| {
+            let old = st.pool_len.get();
+            st.pool_len
+                .set(if close || old == CLOSED { CLOSED } else { 0 });
+            st.pool[..old.min(MAX)]
+                .iter()
+                .filter_map(|slot| ManuallyDrop::into_inner(slot.replace(ManuallyDrop::new(None))))
+                .collect::<Vec<_>>()
+        });
+        let mut stacks = Vec::with_capacity(objects.len());
+        for mut co in objects {
+            // Pooled objects are unique (checked by `release`); a miss
+            // would just drop the object, which also frees its stack.
+            if let Some(inner) = Arc::get_mut(&mut co) {
+                if let Some(raw) = inner.raw.get_mut().take() {
+                    // It was counted as holding its stack.
+                    tls::kept_stack_released();
+                    stacks.push(raw.into_stack());
+                }
+            }
+        }
+        stack::give_all(stacks);
+    }
 
-    /// Takes a pooled object: terminated, unique, homed on this thread.
+    thread_local! {
+        static DRAIN: Drain = const { Drain };
+    }
+
+    /// Registers the thread-exit destructor of this thread's pool; called
+    /// once, when the thread gets its token (before it can pool anything).
+    /// During thread exit, when that is no longer possible, closes the pool.
+    pub(in crate::coroutine) fn register(st: &tls::ThreadState) {
+        if DRAIN.try_with(|_| ()).is_err() {
+            close(st);
+        }
+    }
+
+    /// A closed pool's length: beyond the array, so that `put` refuses and
+    /// `take` finds nothing, both through their one bounds check.
+    const CLOSED: usize = usize::MAX;
+
+    /// Closes the pool for good (the thread is exiting).
+    fn close(st: &tls::ThreadState) {
+        st.pool_len.set(CLOSED);
+    }
+
+    /// Takes a pooled object: terminated, unique, homed on this thread. Its
+    /// stack (if it kept one) is no longer counted as a terminated
+    /// coroutine's: the caller reuses it at once.
+    ///
+    /// Never inlined: it touches the thread's state, and its caller
+    /// (`Coroutine::new`) may be inlined into a coroutine's frame that spans
+    /// a switch (see `tls`).
     #[inline(never)]
     pub(crate) fn take() -> Option<Arc<CoInner>> {
-        POOL.try_with(|p| p.borrow_mut().0.pop()).ok().flatten()
-    }
-
-    /// Pools `co` (the caller checked it is eligible); drops it if the pool
-    /// is full or the thread is exiting.
-    #[inline(never)]
-    pub(crate) fn put(co: Arc<CoInner>) {
-        let full = POOL.try_with(move |p| {
-            let mut p = p.borrow_mut();
-            if p.0.len() < MAX {
-                p.0.push(co);
-                None
-            } else {
-                Some(co)
+        tls::with_state(|st| {
+            // An empty pool (0 - 1 wraps) and a closed one (`CLOSED` - 1)
+            // both miss the array.
+            let len = st.pool_len.get().wrapping_sub(1);
+            let co = ManuallyDrop::into_inner(st.pool.get(len)?.replace(ManuallyDrop::new(None)))?;
+            st.pool_len.set(len);
+            // SAFETY: the object is unique (the pool held the only reference)
+            // and on its home thread; this reads whether `raw` is `Some`.
+            if unsafe { &*co.raw.get() }.is_some() {
+                // A pooled object holds its stack if it kept it when it
+                // terminated (`CoInner::holds_stack_mut`); `Coroutine::new`
+                // reuses it at once.
+                st.kept_stacks.set(st.kept_stacks.get() - 1);
             }
-        });
-        // Dropped here, after the pool's borrow ended.
-        drop(full);
+            Some(co)
+        })
     }
 
-    /// Empties this thread's pool (the objects' stacks go to the shared
-    /// stack pool, as at thread exit).
-    pub(crate) fn flush() {
-        let pool = POOL.try_with(|p| std::mem::replace(&mut *p.borrow_mut(), Pool(Vec::new())));
-        drop(pool); // after the borrow ended
+    /// Pools `co`, a unique reference to a terminated coroutine homed on
+    /// this thread, if the pool has room; otherwise hands it back.
+    #[inline(always)]
+    pub(super) fn put(st: &tls::ThreadState, co: Arc<CoInner>) -> Option<Arc<CoInner>> {
+        let len = st.pool_len.get();
+        let Some(slot) = st.pool.get(len) else {
+            return Some(co);
+        };
+        // The slot is `None` (at `pool_len`): nothing to drop.
+        let _ = slot.replace(ManuallyDrop::new(Some(co)));
+        st.pool_len.set(len + 1);
+        None
     }
 
-    /// Objects in this thread's pool (each holds one stack).
+    /// Objects in this thread's pool (each holds one stack). Never
+    /// inlined: it reads the thread state (see `tls`).
+    #[inline(never)]
     pub(crate) fn len() -> usize {
-        POOL.try_with(|p| p.borrow().0.len()).unwrap_or(0)
+        match tls::with_state(|st| st.pool_len.get()) {
+            CLOSED => 0,
+            len => len,
+        }
     }
 }
 
 /// Drops a reference to a coroutine, pooling the object if it was the last
 /// one and the coroutine terminated on this thread (its home).
-#[inline]
-pub(super) fn release(mut co: Arc<CoInner>) {
-    // A relaxed peek first, so that dropping a shared handle costs no
-    // read-modify-write beyond the count decrement. `Arc::get_mut` then
-    // decides with the proper synchronisation (it Acquires the other
-    // handles' Release decrements).
-    if Arc::strong_count(&co) == 1 {
-        if let Some(inner) = Arc::get_mut(&mut co) {
-            if recyclable(inner) {
-                pool::put(co);
-                return;
-            }
-        }
+///
+/// Never inlined: it touches the thread's state, and its callers (handle
+/// drops) may be inlined into a coroutine's frame that spans a switch.
+/// Every way out that does more than pool is a tail call, so that the
+/// pooling path saves no registers.
+#[inline(never)]
+pub(super) fn release(co: Arc<CoInner>) {
+    if Arc::strong_count(&co) != 1 {
+        return drop(co);
     }
+    // The count was 1 and `co` is that reference: no other handle exists,
+    // and none can appear (cloning needs one). The Acquire fence pairs with
+    // the Release decrement of every handle dropped before (on any thread),
+    // as `Arc`'s own drop does: their uses of the object happen before ours.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+    // SAFETY: `co` is the only reference (above), and no `Weak` to a
+    // `CoInner` is ever made (`Arc::get_mut` would also check that count,
+    // with a locked compare-exchange): nothing else can reach the object
+    // while this borrow lives. Its home-thread fields are touched only once
+    // home thread matched this thread.
+    let inner = unsafe { &mut *Arc::as_ptr(&co).cast_mut() };
+    if !recyclable(inner, tls::with_state(|st| st.token_if_any())) {
+        return drop_unpooled(co);
+    }
+    if inner
+        .home
+        .get_mut()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some()
+    {
+        return pool_homed(co);
+    }
+    if let Some(co) = tls::with_state(|st| pool::put(st, co)) {
+        drop_unpooled(co);
+    }
+}
+
+/// `release` for an object that still has a home context: drops it (the
+/// pool must not keep a context alive; the next user's home is chosen
+/// afresh), then pools the object. Out of line: the last reference to the
+/// context may run its teardown.
+#[cold]
+#[inline(never)]
+fn pool_homed(mut co: Arc<CoInner>) {
+    if let Some(inner) = Arc::get_mut(&mut co) {
+        *inner.home.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+    if let Some(co) = tls::with_state(|st| pool::put(st, co)) {
+        drop_unpooled(co);
+    }
+}
+
+/// Drops a reference that `release` does not pool.
+#[cold]
+#[inline(never)]
+fn drop_unpooled(co: Arc<CoInner>) {
     drop(co);
 }
 
-/// Whether a uniquely held object may be pooled; resets its cross-thread
-/// fields for the next user if so.
-#[inline]
-pub(super) fn recyclable(inner: &mut CoInner) -> bool {
-    if *inner.state.get_mut() != state::TERMINATED
-        || *inner.home_thread.get_mut() != tls::thread_token()
-    {
-        return false;
+/// The last-handle check of a handle that cannot give its `Arc` away
+/// (`CoHandle`, whose field the compiler drops after this): pools the object
+/// through a second reference, which the field's drop then leaves alone.
+#[inline(never)]
+pub(super) fn release_handle(co: &mut Arc<CoInner>) {
+    let token = tls::with_state(|st| st.token_if_any());
+    let Some(inner) = Arc::get_mut(co) else {
+        return;
+    };
+    if !recyclable(inner, token) {
+        return;
     }
-    // A claim left by a coroutine that ended without being woken (a sleep
-    // it panicked out of) must not follow the object.
-    inner.scheduled.reset();
-    let home = inner.home.get_mut().unwrap_or_else(|e| e.into_inner());
-    if home.is_some() {
-        // The pool must not keep a context alive; the next user's home
-        // context is chosen afresh.
-        drop_home(home);
-    }
-    true
+    *inner.home.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+    // Pooled through a second reference, whose count the field's drop
+    // then brings back to 1.
+    let leftover = tls::with_state(|st| pool::put(st, Arc::clone(co)));
+    drop(leftover);
 }
 
-#[cold]
-pub(super) fn drop_home(home: &mut Option<Arc<dyn Home>>) {
-    *home = None;
+/// Whether a uniquely held object may be pooled on the thread whose token
+/// is `token` (0 if it has none yet, which matches no home): terminated
+/// there. Resets its schedule claim if so (a claim left by a coroutine that
+/// ended without being woken, a sleep it panicked out of, must not follow
+/// the object); its home context is the caller's to drop.
+#[inline(always)]
+pub(super) fn recyclable(inner: &mut CoInner, token: usize) -> bool {
+    if *inner.state.get_mut() != state::TERMINATED || inner.scheduled.home_mut() != token {
+        return false;
+    }
+    inner.scheduled.reset();
+    true
 }

@@ -154,21 +154,12 @@ pub(super) fn give_all(mut stacks: Vec<DefaultStack>) {
     }
 }
 
-/// A pooled coroutine's stack, if it has the current size; otherwise it goes
-/// back to the stack pool (which unmaps it) and a fitting one is taken.
+/// Whether a pooled coroutine's stack, of `len` bytes, has the current
+/// size (else it goes back to the stack pool, which unmaps it, and a
+/// fitting one is taken).
 #[inline]
-pub(super) fn keep_if_fits(stack: DefaultStack) -> DefaultStack {
-    if fits(&stack, stack_size()) {
-        stack
-    } else {
-        replace_stack(stack)
-    }
-}
-
-#[cold]
-fn replace_stack(stack: DefaultStack) -> DefaultStack {
-    give(stack);
-    take()
+pub(super) fn fits_now(len: usize) -> bool {
+    fits_len(len, stack_size())
 }
 
 fn give_batch(batch: Vec<DefaultStack>) {
@@ -182,7 +173,11 @@ fn give_batch(batch: Vec<DefaultStack>) {
 #[inline]
 fn fits(stack: &DefaultStack, size: usize) -> bool {
     use corosensei::stack::Stack;
-    let len = stack.base().get() - stack.limit().get();
+    fits_len(stack.base().get() - stack.limit().get(), size)
+}
+
+#[inline]
+fn fits_len(len: usize, size: usize) -> bool {
     len >= size && len < size + (64 << 10)
 }
 

@@ -9,11 +9,16 @@
 //! `#[inline(never)]`, so the address is computed afresh in a frame that
 //! never spans a switch. The switch functions themselves (`enter`,
 //! `yield_now`) are not inlined either, and do no thread-local access after
-//! the switch returns inside the coroutine.
+//! the switch returns inside the coroutine. The functions that read
+//! `with_state` inline (`enter` and what it calls after the switch,
+//! `yield_prepare`, and the object pool's `take`, `release` and
+//! `release_handle`, `cancel`) are never inlined into their callers.
 
 use std::cell::Cell;
+use std::mem::ManuallyDrop;
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 
 use super::CoInner;
 
@@ -27,11 +32,26 @@ pub(super) struct ThreadState {
     /// Terminated coroutines of this thread that still hold their stack:
     /// waiting for their last handle to drop, or pooled with it.
     pub(super) kept_stacks: Cell<usize>,
+    /// The coroutine-object pool (`recycle::pool`): `pool[..pool_len]` are
+    /// `Some`, the rest `None`. Here rather than in a thread-local of its
+    /// own so that the pool needs no borrow flag and no registration check
+    /// on its fast path. `ManuallyDrop`, so that this thread-local has no
+    /// destructor; `recycle::pool` registers one of its own that empties
+    /// the pool.
+    pub(super) pool: [Cell<ManuallyDrop<Option<Arc<CoInner>>>>; POOL_MAX],
+    /// How many entries of `pool` are filled; [`POOL_MAX`] with every slot
+    /// `None` once the pool is closed (the thread is exiting), so that
+    /// nothing is pooled any more.
+    pub(super) pool_len: Cell<usize>,
 }
+
+/// The most objects one thread's pool keeps (as many as one stack batch).
+pub(super) const POOL_MAX: usize = super::stack::BATCH;
 
 impl ThreadState {
     /// This thread's token: a number never given to another thread (a
-    /// thread-local's address would be reused by a later thread).
+    /// thread-local's address would be reused by a later thread), a
+    /// non-zero multiple of 4.
     #[inline(always)]
     pub(super) fn token(&self) -> usize {
         match self.token.get() {
@@ -51,13 +71,24 @@ impl ThreadState {
     #[cold]
     #[inline(never)]
     fn assign_token(&self) -> usize {
-        static NEXT: AtomicUsize = AtomicUsize::new(1);
+        // Multiples of 4: a coroutine's home token shares a word with its
+        // schedule claim's code (`claim::Claim`).
+        static NEXT: AtomicUsize = AtomicUsize::new(4);
         // Relaxed: uniqueness needs only the atomicity of the increment.
-        let t = NEXT.fetch_add(1, Relaxed);
+        let t = NEXT.fetch_add(4, Relaxed);
         self.token.set(t);
+        // Only a thread with a token pools coroutine objects (a pooled
+        // object's home is this thread's token): its pool's thread-exit
+        // destructor is registered now, off every fast path.
+        super::recycle::pool::register(self);
         t
     }
 }
+
+// `STATE` must never need a destructor: then it is never "already
+// destroyed" (its accessors need no liveness check, and work during thread
+// exit), and the pool it holds is emptied by `recycle::pool::Drain` instead.
+const _: () = assert!(!std::mem::needs_drop::<ThreadState>());
 
 thread_local! {
     static STATE: ThreadState = const {
@@ -65,6 +96,8 @@ thread_local! {
             current: Cell::new(ptr::null()),
             token: Cell::new(0),
             kept_stacks: Cell::new(0),
+            pool: [const { Cell::new(ManuallyDrop::new(None)) }; POOL_MAX],
+            pool_len: Cell::new(0),
         }
     };
 }
@@ -73,30 +106,36 @@ thread_local! {
 /// `max` do; returns whether it may.
 #[inline(never)]
 pub(super) fn keep_stack_slot(max: usize) -> bool {
-    STATE
-        .try_with(|s| {
-            let kept = s.kept_stacks.get();
-            let ok = kept < max;
-            if ok {
-                s.kept_stacks.set(kept + 1);
-            }
-            ok
-        })
-        .unwrap_or(false)
+    STATE.with(|s| s.keep_stack_slot(max))
+}
+
+impl ThreadState {
+    /// [`keep_stack_slot`], for a frame that has the state at hand.
+    #[inline(always)]
+    pub(super) fn keep_stack_slot(&self, max: usize) -> bool {
+        let kept = self.kept_stacks.get();
+        let ok = kept < max;
+        if ok {
+            self.kept_stacks.set(kept + 1);
+        }
+        ok
+    }
 }
 
 /// One terminated coroutine of this thread gave up the stack it kept (it
-/// was reused, or dropped on this thread). Quiet during thread exit.
+/// was reused, or dropped on this thread). Also during thread exit: this
+/// thread-local has no destructor, so it is never gone.
 #[inline(never)]
 pub(super) fn kept_stack_released() {
-    let _ = STATE.try_with(|s| s.kept_stacks.set(s.kept_stacks.get().saturating_sub(1)));
+    STATE.with(|s| s.kept_stacks.set(s.kept_stacks.get().saturating_sub(1)));
 }
 
 /// The switch functions' access to the thread's state.
 ///
 /// Inlined on purpose, so only for frames that never span a switch: `enter`
-/// (the resumer's frame: its thread cannot change while it runs) and
-/// `yield_prepare`. Everything else uses the functions below.
+/// (the resumer's frame: its thread cannot change while it runs),
+/// `yield_prepare`, and the pool's `take` and `release` (never inlined:
+/// their callers may be). Everything else uses the functions below.
 #[inline(always)]
 pub(super) fn with_state<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
     STATE.with(f)
