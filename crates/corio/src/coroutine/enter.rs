@@ -421,23 +421,26 @@ pub(super) fn unwound() {
 }
 
 /// How many terminated coroutines per thread keep their stack until their
-/// last handle drops; beyond that, a terminating coroutine gives its stack
-/// back at once, so that code keeping many finished coroutines' handles
-/// does not keep as many stacks mapped (QEMU frees the stack at
-/// termination too, when its pool is full).
+/// last handle drops, before `inc_pool_size`; beyond that, a terminating
+/// coroutine gives its stack back at once, so that code keeping many
+/// finished coroutines' handles does not keep as many stacks mapped (QEMU
+/// frees the stack at termination too, when its pool is full). The extra
+/// pool size from `inc_pool_size` raises the bound by as much
+/// ([`keep_beyond_or_give`]), since as many more objects, each with its
+/// stack, may then be pooled (`recycle::pool::put_beyond`).
 pub(super) const KEEP_STACKS: usize = 64;
 
 /// Keeps a terminated coroutine's stack with it for the object pool (the
 /// common case: its last handle drops soon), unless this thread already has
-/// [`KEEP_STACKS`] such coroutines: then the stack goes back now. A kept
-/// stack is counted in the thread's `kept_stacks` for as long as the
+/// [`KEEP_STACKS`] such coroutines: then [`keep_beyond_or_give`] decides. A
+/// kept stack is counted in the thread's `kept_stacks` for as long as the
 /// terminated coroutine's `raw` holds it (`CoInner::holds_stack_mut`). For a
 /// coroutine that returned, `returned` does the same with the thread state
 /// at hand.
 #[inline(never)]
 pub(super) fn keep_or_give_stack(co: &CoInner) {
     if !tls::keep_stack_slot(KEEP_STACKS) {
-        give_stack_now(co);
+        keep_beyond_or_give(co);
     }
 }
 
@@ -447,6 +450,18 @@ pub(super) fn keep_or_give_stack(co: &CoInner) {
 #[inline(always)]
 fn keep_or_give_stack_here(co: &CoInner) {
     if !tls::with_state(|st| st.keep_stack_slot(KEEP_STACKS)) {
+        keep_beyond_or_give(co);
+    }
+}
+
+/// Beyond [`KEEP_STACKS`]: keeps the stack while fewer than `KEEP_STACKS`
+/// plus the extra pool size (`inc_pool_size`) terminated coroutines of this
+/// thread keep theirs, else gives it back now. Cold, out of the fixed
+/// bound's fast path.
+#[cold]
+#[inline(never)]
+pub(super) fn keep_beyond_or_give(co: &CoInner) {
+    if !tls::keep_stack_slot(KEEP_STACKS + stack::pool_extra()) {
         give_stack_now(co);
     }
 }

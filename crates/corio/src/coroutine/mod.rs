@@ -97,6 +97,8 @@ mod running;
 mod stack;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pool_size;
 #[deny(unsafe_code)]
 pub(crate) mod tls;
 
@@ -680,7 +682,8 @@ fn yield_to_no_one() -> ! {
 impl CoInner {
     /// Whether the coroutine terminated and still holds its stack (in the
     /// finished corosensei coroutine): such coroutines are counted in their
-    /// home thread's `kept_stacks` (at most [`KEEP_STACKS`] per thread). A
+    /// home thread's `kept_stacks` (at most [`KEEP_STACKS`] plus the extra
+    /// pool size from `inc_pool_size` per thread). A
     /// terminated coroutine's stack is either kept (counted) or given back
     /// at once (`raw` emptied), see [`keep_or_give_stack`].
     fn holds_stack_mut(&mut self) -> bool {

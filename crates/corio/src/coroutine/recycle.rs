@@ -5,18 +5,32 @@ use super::*;
 
 /// The per-thread pool of terminated coroutine objects, each with its stack.
 ///
-/// Bounded by [`pool::MAX`] objects per thread; beyond that a dying
-/// coroutine's stack goes to the stack pool (which has its own bounds) and
-/// its object is freed. When the thread exits, the pooled stacks move to the
-/// shared stack pool (or are unmapped if it is full) and the objects are freed.
+/// Bounded by [`pool::MAX`] objects per thread in a fixed array (the fast
+/// path), plus as many as `inc_pool_size` added (less `dec_pool_size`) in a
+/// cold overflow vector, used only when the array is full (`put_beyond`) or
+/// empty (`take_beyond`): a device that keeps 1000 requests in flight
+/// reuses 1000 objects and their stacks, as QEMU's per-thread alloc pool of
+/// `pool_max_size` does. Beyond the bound a dying coroutine's stack goes to
+/// the stack pool (which has its own bounds) and its object is freed. When
+/// the thread exits, the pooled stacks move to the shared stack pool (or
+/// are unmapped if it is full) and the objects are freed.
 ///
 /// The objects live in the thread's switch state (`tls::ThreadState::pool`,
-/// a fixed array of `ManuallyDrop` slots), which has no destructor: so
-/// the fast paths need no borrow flag and no "is the thread-local alive"
-/// check. The destructor that empties the pool at thread exit is a separate
-/// thread-local, [`pool::Drain`], registered when the thread gets its token
-/// (a thread without one pools nothing: a pooled object's home is the
-/// pooling thread's token).
+/// a fixed array of `ManuallyDrop` slots, and `overflow`), which has no
+/// destructor: so the fast paths need no borrow flag and no "is the
+/// thread-local alive" check. The destructor that empties the pool at
+/// thread exit is a separate thread-local, [`pool::Drain`], registered when
+/// the thread gets its token (a thread without one pools nothing: a pooled
+/// object's home is the pooling thread's token).
+///
+/// How this bounds stacks: a terminated coroutine keeps its stack while
+/// this thread has fewer than `KEEP_STACKS` plus the extra pool size such
+/// coroutines (`keep_or_give_stack`), whether its handles are still held or
+/// it went to the pool; beyond that it gives its stack back at termination.
+/// With no extra pool size that is the 64 of the fixed array; with one, the
+/// objects that fill the overflow keep their stacks too (termination cannot
+/// tell whether handles will be dropped soon, so kept handles share the
+/// same bound: at most 64 plus the extra size per thread, never unbounded).
 pub(super) mod pool {
     use super::*;
 
@@ -41,17 +55,21 @@ pub(super) mod pool {
         empty(false);
     }
 
-    /// Takes every pooled object out and gives their stacks to the shared
-    /// stack pool; with `close`, the pool refuses objects from then on.
+    /// Takes every pooled object out (the array's and the overflow's) and
+    /// gives their stacks to the shared stack pool; with `close`, the pool
+    /// refuses objects from then on.
     fn empty(close: bool) {
         let objects = tls::with_state(|st| {
             let old = st.pool_len.get();
             st.pool_len
                 .set(if close || old == CLOSED { CLOSED } else { 0 });
-            st.pool[..old.min(MAX)]
-                .iter()
-                .filter_map(|slot| ManuallyDrop::into_inner(slot.replace(ManuallyDrop::new(None))))
-                .collect::<Vec<_>>()
+            let mut objects = ManuallyDrop::into_inner(st.overflow.take());
+            objects.extend(
+                st.pool[..old.min(MAX)].iter().filter_map(|slot| {
+                    ManuallyDrop::into_inner(slot.replace(ManuallyDrop::new(None)))
+                }),
+            );
+            objects
         });
         let mut stacks = Vec::with_capacity(objects.len());
         for mut co in objects {
@@ -103,18 +121,38 @@ pub(super) mod pool {
             // An empty pool (0 - 1 wraps) and a closed one (`CLOSED` - 1)
             // both miss the array.
             let len = st.pool_len.get().wrapping_sub(1);
-            let co = ManuallyDrop::into_inner(st.pool.get(len)?.replace(ManuallyDrop::new(None)))?;
+            let Some(slot) = st.pool.get(len) else {
+                return take_beyond(st);
+            };
+            let co = ManuallyDrop::into_inner(slot.replace(ManuallyDrop::new(None)))?;
             st.pool_len.set(len);
-            // SAFETY: the object is unique (the pool held the only reference)
-            // and on its home thread; this reads whether `raw` is `Some`.
-            if unsafe { &*co.raw.get() }.is_some() {
-                // A pooled object holds its stack if it kept it when it
-                // terminated (`CoInner::holds_stack_mut`); `Coroutine::new`
-                // reuses it at once.
-                st.kept_stacks.set(st.kept_stacks.get() - 1);
-            }
-            Some(co)
+            Some(taken(st, co))
         })
+    }
+
+    /// `take` with the array empty (or the pool closed, when the overflow
+    /// is empty too): an object from the overflow, if any.
+    #[cold]
+    #[inline(never)]
+    fn take_beyond(st: &tls::ThreadState) -> Option<Arc<CoInner>> {
+        let mut overflow = st.overflow.take();
+        let co = overflow.pop();
+        st.overflow.set(overflow);
+        Some(taken(st, co?))
+    }
+
+    /// Un-counts the stack of `co`, just taken from the pool, if it kept one.
+    #[inline(always)]
+    fn taken(st: &tls::ThreadState, co: Arc<CoInner>) -> Arc<CoInner> {
+        // SAFETY: the object is unique (the pool held the only reference)
+        // and on its home thread; this reads whether `raw` is `Some`.
+        if unsafe { &*co.raw.get() }.is_some() {
+            // A pooled object holds its stack if it kept it when it
+            // terminated (`CoInner::holds_stack_mut`); `Coroutine::new`
+            // reuses it at once.
+            st.kept_stacks.set(st.kept_stacks.get() - 1);
+        }
+        co
     }
 
     /// Pools `co`, a unique reference to a terminated coroutine homed on
@@ -131,14 +169,46 @@ pub(super) mod pool {
         None
     }
 
-    /// Objects in this thread's pool (each holds one stack). Never
-    /// inlined: it reads the thread state (see `tls`).
+    /// Pools `co`, which [`put`] handed back (the array is full, or the pool
+    /// is closed), in the overflow if it is below the extra pool size from
+    /// `inc_pool_size`; otherwise drops it (its stack goes to the stack
+    /// pool). Cold and never inlined: it reads the thread state (see `tls`).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn put_beyond(co: Arc<CoInner>) {
+        let extra = stack::pool_extra();
+        let refused = tls::with_state(|st| {
+            if st.pool_len.get() != MAX {
+                return Some(co); // closed
+            }
+            let mut overflow = st.overflow.take();
+            let refused = if overflow.len() < extra {
+                overflow.push(co);
+                None
+            } else {
+                Some(co)
+            };
+            st.overflow.set(overflow);
+            refused
+        });
+        // Dropped after the thread state's closure: the drop reads it too.
+        drop(refused);
+    }
+
+    /// Objects in this thread's pool, the array's and the overflow's (each
+    /// holds at most one stack). Never inlined: it reads the thread state
+    /// (see `tls`).
     #[inline(never)]
     pub(crate) fn len() -> usize {
-        match tls::with_state(|st| st.pool_len.get()) {
-            CLOSED => 0,
-            len => len,
-        }
+        tls::with_state(|st| {
+            let overflow = st.overflow.take();
+            let beyond = overflow.len();
+            st.overflow.set(overflow);
+            match st.pool_len.get() {
+                CLOSED => beyond,
+                len => len + beyond,
+            }
+        })
     }
 }
 
@@ -177,7 +247,7 @@ pub(super) fn release(co: Arc<CoInner>) {
         return pool_homed(co);
     }
     if let Some(co) = tls::with_state(|st| pool::put(st, co)) {
-        drop_unpooled(co);
+        pool::put_beyond(co);
     }
 }
 
@@ -192,7 +262,7 @@ fn pool_homed(mut co: Arc<CoInner>) {
         *inner.home.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
     }
     if let Some(co) = tls::with_state(|st| pool::put(st, co)) {
-        drop_unpooled(co);
+        pool::put_beyond(co);
     }
 }
 
@@ -218,8 +288,9 @@ pub(super) fn release_handle(co: &mut Arc<CoInner>) {
     *inner.home.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
     // Pooled through a second reference, whose count the field's drop
     // then brings back to 1.
-    let leftover = tls::with_state(|st| pool::put(st, Arc::clone(co)));
-    drop(leftover);
+    if let Some(leftover) = tls::with_state(|st| pool::put(st, Arc::clone(co))) {
+        pool::put_beyond(leftover);
+    }
 }
 
 /// Whether a uniquely held object may be pooled on the thread whose token

@@ -6,8 +6,9 @@
 //!
 //! * a terminated coroutine keeps its stack; when its last handle drops on
 //!   its home thread, the coroutine object goes, stack and all, to that
-//!   thread's object pool (at most `BATCH` objects; `coroutine::pool`), which
-//!   `create` tries first; otherwise the stack goes to its thread's cache;
+//!   thread's object pool (at most `BATCH` objects, plus what
+//!   `inc_pool_size` added; `coroutine::pool`), which `create` tries first;
+//!   otherwise the stack goes to its thread's cache;
 //! * when the cache holds two batches, one batch moves to the shared pool
 //!   (if the shared pool has room; otherwise the stacks are unmapped);
 //! * `create` takes from the cache, else a whole batch from the shared pool,
@@ -36,6 +37,13 @@ static POOL_EXTRA: AtomicUsize = AtomicUsize::new(0);
 /// The shared pool: a list of batches. Guarded by its mutex; touched once per
 /// batch, never per coroutine.
 static SHARED: Mutex<Vec<Vec<DefaultStack>>> = Mutex::new(Vec::new());
+
+#[cfg(test)]
+thread_local! {
+    /// Stacks mapped by this thread (unit tests: that a pooled object was
+    /// reused with its stack, not given a new one).
+    pub(super) static MAPPED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 thread_local! {
     static CACHE: RefCell<LocalCache> = const { RefCell::new(LocalCache { stacks: Vec::new() }) };
@@ -72,14 +80,19 @@ pub fn stack_size() -> usize {
     STACK_SIZE.load(Ordering::Relaxed)
 }
 
-/// Grows the shared pool's bound by `n` stacks (QEMU's
-/// `qemu_coroutine_inc_pool_size`).
+/// Grows the coroutine pools by `n` (QEMU's `qemu_coroutine_inc_pool_size`,
+/// called by a device for its queue depth): the shared stack pool's bound,
+/// and each thread's object pool beyond its fixed 64 objects, so that `n`
+/// more coroutines terminated on one thread are reused, object and stack,
+/// by the next ones created there.
 pub fn inc_pool_size(n: usize) {
     POOL_EXTRA.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Shrinks the shared pool's bound by `n` stacks (QEMU's
-/// `qemu_coroutine_dec_pool_size`).
+/// Shrinks the pools grown by [`inc_pool_size`] by `n` (QEMU's
+/// `qemu_coroutine_dec_pool_size`). Later terminations see the smaller
+/// bound; objects already pooled stay until they are reused or their
+/// thread exits.
 pub fn dec_pool_size(n: usize) {
     let _ = POOL_EXTRA.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
         Some(v.saturating_sub(n))
@@ -90,15 +103,29 @@ pub fn dec_pool_size(n: usize) {
 /// so that pooled stacks never use more than half of what `vm.max_map_count`
 /// leaves after a margin of 5000 mappings (QEMU's rule).
 pub fn pool_max() -> usize {
+    (DEFAULT_POOL_MAX + POOL_EXTRA.load(Ordering::Relaxed)).min(map_limit())
+}
+
+/// The pool size added by `inc_pool_size` (less what `dec_pool_size`
+/// removed), under the same `vm.max_map_count` cap as [`pool_max`]: how
+/// many coroutine objects, each with its stack, a thread keeps beyond its
+/// fixed pool (`recycle::pool::put_beyond`), and how many terminated
+/// coroutines beyond `KEEP_STACKS` keep their stack.
+pub(super) fn pool_extra() -> usize {
+    POOL_EXTRA.load(Ordering::Relaxed).min(map_limit())
+}
+
+/// Half of what `vm.max_map_count` leaves after a margin of 5000 mappings,
+/// in stacks (each is two mappings: the stack and its guard page).
+fn map_limit() -> usize {
     static MAP_LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let limit = *MAP_LIMIT.get_or_init(|| {
+    *MAP_LIMIT.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/vm/max_map_count")
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
             .map(|m| m.saturating_sub(5000) / 2)
             .unwrap_or(usize::MAX)
-    });
-    (DEFAULT_POOL_MAX + POOL_EXTRA.load(Ordering::Relaxed)).min(limit)
+    })
 }
 
 /// Takes a stack of the current size: from the cache, a batch from the shared
@@ -183,6 +210,8 @@ fn fits_len(len: usize, size: usize) -> bool {
 
 #[cold]
 fn new_stack(size: usize) -> DefaultStack {
+    #[cfg(test)]
+    MAPPED.with(|m| m.set(m.get() + 1));
     DefaultStack::new(size)
         .unwrap_or_else(|e| panic!("cannot map a {size}-byte coroutine stack: {e}"))
 }

@@ -8,13 +8,13 @@ use std::rc::Rc;
 use super::*;
 
 /// This thread's count of terminated coroutines that keep their stack.
-fn kept() -> usize {
+pub(super) fn kept() -> usize {
     tls::with_state(|st| st.kept_stacks.get())
 }
 
 /// Runs `f` on a thread of its own (a fresh pool and count), and fails the
 /// test with `f`'s panic.
-fn on_new_thread(f: impl FnOnce() + Send + 'static) {
+pub(super) fn on_new_thread(f: impl FnOnce() + Send + 'static) {
     if let Err(p) = std::thread::spawn(f).join() {
         std::panic::resume_unwind(p);
     }
@@ -63,6 +63,8 @@ fn pool_counts_kept_stacks_and_closes_at_thread_exit() {
 /// without one; reusing such an object takes a fresh stack.
 #[test]
 fn kept_stacks_bounded_and_stackless_objects_reused() {
+    // The bounds are the defaults: no pool-size test runs meanwhile.
+    let _sizes = super::tests_pool_size::lock();
     on_new_thread(|| {
         let n = KEEP_STACKS + 5;
         let cos: Vec<_> = (0..n)

@@ -43,6 +43,13 @@ pub(super) struct ThreadState {
     /// `None` once the pool is closed (the thread is exiting), so that
     /// nothing is pooled any more.
     pub(super) pool_len: Cell<usize>,
+    /// The pool's cold overflow: objects pooled while `pool` is full, up to
+    /// the extra pool size that `inc_pool_size` asked for
+    /// (`recycle::pool::put_beyond`), taken while `pool` is empty. Touched
+    /// only from the pool's never-inlined cold functions, by moving the
+    /// vector out and back (a `Cell` needs no borrow flag). `ManuallyDrop`
+    /// like `pool`; emptied with it by `recycle::pool::Drain` and `flush`.
+    pub(super) overflow: Cell<ManuallyDrop<Vec<Arc<CoInner>>>>,
 }
 
 /// The most objects one thread's pool keeps (as many as one stack batch).
@@ -98,6 +105,7 @@ thread_local! {
             kept_stacks: Cell::new(0),
             pool: [const { Cell::new(ManuallyDrop::new(None)) }; POOL_MAX],
             pool_len: Cell::new(0),
+            overflow: Cell::new(ManuallyDrop::new(Vec::new())),
         }
     };
 }
