@@ -64,11 +64,9 @@ pub(super) mod pool {
             st.pool_len
                 .set(if close || old == CLOSED { CLOSED } else { 0 });
             let mut objects = ManuallyDrop::into_inner(st.overflow.take());
-            objects.extend(
-                st.pool[..old.min(MAX)].iter().filter_map(|slot| {
-                    ManuallyDrop::into_inner(slot.replace(ManuallyDrop::new(None)))
-                }),
-            );
+            objects.extend(st.pool[..old.min(MAX)].iter().filter_map(|slot| {
+                ManuallyDrop::into_inner(slot.replace(ManuallyDrop::new(None)))
+            }));
             objects
         });
         let mut stacks = Vec::with_capacity(objects.len());

@@ -84,7 +84,11 @@ fn extra_pool_size_pools_and_reuses_objects_with_stacks() {
         let objects: HashSet<_> = cos.iter().map(Coroutine::as_ptr).collect();
         drop(cos);
         assert_eq!(pool::len(), pool::MAX + EXTRA, "array and overflow full");
-        assert_eq!(kept(), pool::MAX + EXTRA, "every pooled object kept its stack");
+        assert_eq!(
+            kept(),
+            pool::MAX + EXTRA,
+            "every pooled object kept its stack"
+        );
 
         let (cache, maps) = (cached_stacks(), mapped());
         let ran = Rc::new(Cell::new(0));
@@ -114,8 +118,16 @@ fn dec_pool_size_shrinks_the_overflow_bound() {
         assert_eq!(kept(), pool::MAX + EXTRA);
         extra.dec(EXTRA / 2);
         drop(cos);
-        assert_eq!(pool::len(), pool::MAX + EXTRA / 2, "pooled up to the new bound");
-        assert_eq!(kept(), pool::MAX + EXTRA / 2, "the others' stacks given back");
+        assert_eq!(
+            pool::len(),
+            pool::MAX + EXTRA / 2,
+            "pooled up to the new bound"
+        );
+        assert_eq!(
+            kept(),
+            pool::MAX + EXTRA / 2,
+            "the others' stacks given back"
+        );
         extra.dec(EXTRA / 2);
         pool::flush(); // so that the kept-stack count starts from 0 again
         let cos = terminated(pool::MAX + 10);
@@ -135,7 +147,10 @@ fn flush_and_thread_exit_empty_the_overflow() {
     let _extra = ExtraPool::inc(EXTRA);
     on_new_thread(|| {
         drop(terminated(pool::MAX + EXTRA));
-        assert_eq!((pool::len(), kept()), (pool::MAX + EXTRA, pool::MAX + EXTRA));
+        assert_eq!(
+            (pool::len(), kept()),
+            (pool::MAX + EXTRA, pool::MAX + EXTRA)
+        );
         pool::flush();
         assert_eq!((pool::len(), kept()), (0, 0), "flushed, stacks given back");
         assert!(pool::take().is_none(), "nothing left in the overflow");
