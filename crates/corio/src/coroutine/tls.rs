@@ -11,7 +11,7 @@
 //! `yield_now`) are not inlined either, and do no thread-local access after
 //! the switch returns inside the coroutine. The functions that read
 //! `with_state` inline (`enter` and what it calls after the switch,
-//! `yield_prepare`, and the object pool's `take`, `release` and
+//! `yield_prepare`, and the object pool's `take`, `put_beyond`, `release` and
 //! `release_handle`, `cancel`) are never inlined into their callers.
 
 use std::cell::Cell;
