@@ -1,7 +1,7 @@
 //! Sockets and adaptive polling (issue 13): on the io_uring fd monitor the
 //! spin watches the ring's completion queue, so a context serving sockets
 //! keeps polling and handles a request without sleeping; on epoll a handler
-//! without a poll callback still switches the spin off (see aio/poll.rs).
+//! without a poll callback still switches the spin off (see aio/poll/mod.rs).
 //!
 //! The contexts here spin for up to a second (`poll-max-ns` 1 s, grown to
 //! it before each test), so that a loaded machine does not end a spin

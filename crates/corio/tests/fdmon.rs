@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use corio::{AioContext, FdMon, IoThread};
 
+mod helpers;
+
 const DEADLINE: Duration = Duration::from_secs(10);
 
 fn both(test: impl Fn(FdMon)) {
@@ -195,14 +197,7 @@ fn iothread_takes_the_monitor_it_is_given() {
             corio::yield_to_loop();
             7
         });
-        let deadline = Instant::now() + DEADLINE;
-        while !h.is_finished() {
-            assert!(
-                Instant::now() < deadline,
-                "the IoThread's coroutine did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        helpers::wait_until("the IoThread's coroutine", || h.is_finished());
         assert_eq!(h.join().unwrap(), 7);
         t.join();
     });

@@ -147,7 +147,7 @@ impl Monitor {
     }
 }
 
-/// Adaptive polling and the monitor (`aio/poll.rs`).
+/// Adaptive polling and the monitor (`aio/poll/mod.rs`).
 impl Monitor {
     /// Whether the monitor's readiness reports can be watched from memory
     /// while the context spins: io_uring's completion queue can; epoll's

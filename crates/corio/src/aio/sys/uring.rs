@@ -27,7 +27,7 @@
 //! A context that spins before it sleeps watches this ring from memory
 //! ([`Uring::has_completions`], after [`Uring::submit_pending`]): that is
 //! how fds without a poll callback take part in polling on this monitor
-//! (`aio/poll.rs`). The ring is set up with no flags, as QEMU's: a poll
+//! (`aio/poll/mod.rs`). The ring is set up with no flags, as QEMU's: a poll
 //! completion is posted by task work of this thread, and without
 //! `IORING_SETUP_COOP_TASKRUN` the kernel interrupts the spinning thread to
 //! run it, so the completion reaches the queue with no system call of ours.
