@@ -14,6 +14,21 @@ pub(super) fn kept() -> usize {
 
 /// Runs `f` on a thread of its own (a fresh pool and count), and fails the
 /// test with `f`'s panic.
+/// `n` coroutines that each count one run in the returned cell, entered
+/// until they terminated; their handles held.
+pub(super) fn run_counted(n: usize) -> (Rc<Cell<usize>>, Vec<Coroutine>) {
+    let ran = Rc::new(Cell::new(0));
+    let cos: Vec<_> = (0..n)
+        .map(|_| {
+            let r = ran.clone();
+            let co = Coroutine::new(move || r.set(r.get() + 1));
+            co.enter();
+            co
+        })
+        .collect();
+    (ran, cos)
+}
+
 pub(super) fn on_new_thread(f: impl FnOnce() + Send + 'static) {
     if let Err(p) = std::thread::spawn(f).join() {
         std::panic::resume_unwind(p);
@@ -79,15 +94,7 @@ fn kept_stacks_bounded_and_stackless_objects_reused() {
         assert_eq!(pool::len(), pool::MAX.min(n));
         assert_eq!(kept(), KEEP_STACKS.min(pool::MAX));
         // Reuse every pooled object, with or without a stack, all alive.
-        let ran = Rc::new(Cell::new(0));
-        let cos: Vec<_> = (0..pool::MAX.min(n))
-            .map(|_| {
-                let r = ran.clone();
-                let co = Coroutine::new(move || r.set(r.get() + 1));
-                co.enter();
-                co
-            })
-            .collect();
+        let (ran, cos) = run_counted(pool::MAX.min(n));
         assert_eq!(ran.get(), cos.len());
         assert!(cos.iter().all(Coroutine::is_terminated));
     });

@@ -10,10 +10,9 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
-use std::rc::Rc;
 use std::sync::{Mutex, MutexGuard};
 
-use super::tests::{kept, on_new_thread};
+use super::tests::{kept, on_new_thread, run_counted};
 use super::*;
 
 /// Serializes the tests that change or depend on the extra pool size.
@@ -91,15 +90,7 @@ fn extra_pool_size_pools_and_reuses_objects_with_stacks() {
         );
 
         let (cache, maps) = (cached_stacks(), mapped());
-        let ran = Rc::new(Cell::new(0));
-        let cos: Vec<_> = (0..pool::MAX + EXTRA)
-            .map(|_| {
-                let r = ran.clone();
-                let co = Coroutine::new(move || r.set(r.get() + 1));
-                co.enter();
-                co
-            })
-            .collect();
+        let (ran, cos) = run_counted(pool::MAX + EXTRA);
         assert_eq!(ran.get(), cos.len());
         assert_eq!(pool::len(), 0, "every pooled object reused");
         assert!(cos.iter().all(|co| objects.contains(&co.as_ptr())));
