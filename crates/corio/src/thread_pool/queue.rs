@@ -576,16 +576,24 @@ mod loom_tests {
         }
     }
 
-    /// The pool's `spawn_worker`: a thread that runs `work` and can start
-    /// the next worker itself.
-    fn start(m: &Arc<Spawning>) -> std::io::Result<()> {
+    /// The pool's `spawn_worker`: a thread that runs `work` with the
+    /// worker `make` builds and can start the next worker itself.
+    fn start_with<W: Worker<usize> + 'static>(
+        m: &Arc<Spawning>,
+        make: fn(Arc<Ran>) -> W,
+    ) -> std::io::Result<()> {
         let m2 = m.clone();
         let h = thread::spawn(move || {
             let m3 = m2.clone();
-            m2.q.work(&mut Blocking(m2.ran.clone()), move || start(&m3));
+            m2.q.work(&mut make(m2.ran.clone()), move || start_with(&m3, make));
         });
         m.threads.lock().unwrap().push(h);
         Ok(())
+    }
+
+    /// [`start_with`] with workers that wait for each other.
+    fn start(m: &Arc<Spawning>) -> std::io::Result<()> {
+        start_with(m, Blocking)
     }
 
     /// One request: taken by the spinning worker or by a woken one, never
@@ -638,15 +646,9 @@ mod loom_tests {
         });
     }
 
-    /// [`start`] with workers that only count.
+    /// [`start_with`] with workers that only count.
     fn start_counting(m: &Arc<Spawning>) -> std::io::Result<()> {
-        let m2 = m.clone();
-        let h = thread::spawn(move || {
-            let m3 = m2.clone();
-            m2.q.work(&mut Counting(m2.ran.clone()), move || start_counting(&m3));
-        });
-        m.threads.lock().unwrap().push(h);
-        Ok(())
+        start_with(m, Counting)
     }
 
     /// Workers started on demand, outside the lock: two requests on an
