@@ -245,11 +245,12 @@ fn switch<const TRACED: bool>(co: &CoInner, st: &tls::ThreadState) -> Back {
         raw.is_some(),
         "an idle coroutine holds its corosensei coroutine"
     );
+    // `raw` is `None` only once its stack was given back, which happens only
+    // to a terminated coroutine (`give_stack_now`, `Drop`, the pool's
+    // `Drop`), and a terminated one becomes idle again only in `reuse`,
+    // which puts a new one in.
     // SAFETY: an idle coroutine (state 0, checked above) holds its
-    // corosensei coroutine: `raw` is `None` only once its stack was given
-    // back, which happens only to a terminated coroutine (`give_stack_now`,
-    // `Drop`, the pool's `Drop`), and a terminated one becomes idle again only
-    // in `reuse`, which puts a new one in.
+    // corosensei coroutine (see above), so `raw` is `Some`.
     let raw = unsafe { raw.as_mut().unwrap_unchecked() };
     // The caller is kept in the coroutine, not in a register: a value live
     // across the switch costs a callee-saved register (a push and a pop, and

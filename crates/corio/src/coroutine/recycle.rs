@@ -227,11 +227,12 @@ pub(super) fn release(co: Arc<CoInner>) {
     // the Release decrement of every handle dropped before (on any thread),
     // as `Arc`'s own drop does: their uses of the object happen before ours.
     std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
-    // SAFETY: `co` is the only reference (above), and no `Weak` to a
-    // `CoInner` is ever made (`Arc::get_mut` would also check that count,
-    // with a locked compare-exchange): nothing else can reach the object
-    // while this borrow lives. Its home-thread fields are touched only once
-    // home thread matched this thread.
+    // No `Weak` to a `CoInner` is ever made (`Arc::get_mut` would also
+    // check that count, with a locked compare-exchange), so nothing else
+    // can reach the object while this borrow lives; `recyclable` touches
+    // its home-thread fields only once its home matched this thread.
+    // SAFETY: `co` is the only reference (count 1, above) and no `Weak`
+    // exists: this borrow is unique.
     let inner = unsafe { &mut *Arc::as_ptr(&co).cast_mut() };
     if !recyclable(inner, tls::with_state(|st| st.token_if_any())) {
         return drop_unpooled(co);
