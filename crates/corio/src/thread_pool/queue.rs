@@ -622,20 +622,9 @@ mod loom_tests {
     #[test]
     fn loom_pool_stop_while_spawning() {
         loom::model(|| {
-            let m = Arc::new(Spawning {
-                q: WorkQueue::new(2, Duration::from_secs(1)),
-                ran: Arc::new(Ran::default()),
-                threads: Mutex::new(Vec::new()),
-            });
-            for j in 0..2 {
-                m.q.push(j, || start_counting(&m));
-            }
+            let m = submit_two(start_counting);
             let cancelled = m.q.stop().len();
-            m.q.wait_spawned();
-            let threads = std::mem::take(&mut *m.threads.lock().unwrap());
-            for t in threads {
-                t.join().unwrap();
-            }
+            join_all(&m);
             assert!(
                 m.threads.lock().unwrap().is_empty(),
                 "a thread was not joined"
@@ -644,6 +633,29 @@ mod loom_tests {
             assert_eq!((st.cur, st.starting, st.spawning), (0, 0, 0));
             assert_eq!(*m.ran.n.lock().unwrap() + cancelled, 2);
         });
+    }
+
+    /// A pool of at most two workers, none started, given two requests
+    /// whose submissions start workers with `start`.
+    fn submit_two(start: fn(&Arc<Spawning>) -> std::io::Result<()>) -> Arc<Spawning> {
+        let m = Arc::new(Spawning {
+            q: WorkQueue::new(2, Duration::from_secs(1)),
+            ran: Arc::new(Ran::default()),
+            threads: Mutex::new(Vec::new()),
+        });
+        for j in 0..2 {
+            m.q.push(j, || start(&m));
+        }
+        m
+    }
+
+    /// Waits for every worker creation to settle, then joins each thread.
+    fn join_all(m: &Spawning) {
+        m.q.wait_spawned();
+        let threads = std::mem::take(&mut *m.threads.lock().unwrap());
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 
     /// [`start_with`] with workers that only count.
@@ -662,25 +674,14 @@ mod loom_tests {
     #[test]
     fn loom_pool_spawn_chain() {
         loom::model(|| {
-            let m = Arc::new(Spawning {
-                q: WorkQueue::new(2, Duration::from_secs(1)),
-                ran: Arc::new(Ran::default()),
-                threads: Mutex::new(Vec::new()),
-            });
-            for j in 0..2 {
-                m.q.push(j, || start(&m));
-            }
+            let m = submit_two(start);
             let mut n = m.ran.n.lock().unwrap();
             while *n < 2 {
                 n = m.ran.cv.wait(n).unwrap();
             }
             drop(n);
             assert!(m.q.stop().is_empty());
-            m.q.wait_spawned();
-            let threads = std::mem::take(&mut *m.threads.lock().unwrap());
-            for t in threads {
-                t.join().unwrap();
-            }
+            join_all(&m);
             let st = m.q.lock();
             assert_eq!((st.cur, st.starting, st.spawning), (0, 0, 0));
         });
